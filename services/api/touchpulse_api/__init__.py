@@ -1,0 +1,1 @@
+"""Touchpulse api service."""

@@ -1,0 +1,1 @@
+"""Touchpulse scoring service."""

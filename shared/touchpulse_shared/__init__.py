@@ -1,0 +1,1 @@
+"""Code shared by the Touchpulse services: the event contract, settings, schema, topics and the local stack."""

@@ -1,0 +1,165 @@
+"""``touchpulse``: run the local stack, apply migrations, create topics, export schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
+from touchpulse_shared.logs import configure_logging
+from touchpulse_shared.provision import provision
+from touchpulse_shared.settings import ConfigError, Settings, env_name, load_settings
+from touchpulse_shared.stack.kafka import kafka_libs
+from touchpulse_shared.stack.local import LocalStack
+from touchpulse_shared.stack.procs import StackError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and PostgreSQL.")
+schema_app = typer.Typer(no_args_is_help=True, help="The event contract's JSON Schemas.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(schema_app, name="schema")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"touchpulse: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings)
+    return settings
+
+
+def _required(value: str | None, field: str) -> str:
+    if value is None:
+        typer.echo(f"touchpulse: {env_name(field)} must be set for this command", err=True)
+        raise typer.Exit(2)
+    return value
+
+
+@app.command()
+def run() -> None:
+    """Start Kafka and PostgreSQL (unless configured), migrate, create topics; stop on Ctrl-C."""
+    settings = _settings()
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    # Installed before anything starts, so a SIGTERM during start-up still stops in order.
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        with LocalStack(settings) as stack:
+            kafka, postgres = stack.kafka(), stack.postgres()
+            resolved = stack.resolved()
+            done = asyncio.run(provision(resolved))
+            env_file = stack.workdir.parent.parent / "current.env"
+            env_file.write_text(
+                f"{env_name('kafka_bootstrap_servers')}={kafka.address}\n"
+                f"{env_name('database_url')}={postgres.address}\n"
+            )
+            lines = [
+                "Touchpulse is up.",
+                f"  kafka      {kafka.address}" + _origin(kafka.local, kafka.pid, "broker"),
+                f"  postgres   {postgres.address}" + _origin(postgres.local, postgres.pid, "server"),
+                "  topics     "
+                + ", ".join(f"{s.name} ({s.partitions})" for s in topic_specs(resolved)),
+                f"  schema     migrations applied now: {done.migrations_applied or 'none needed'}",
+                "  services   none yet: ingest, scoring and api start here once they exist",
+                f"  logs       {stack.workdir}",
+                f"  env        {env_file} (source it to reach this stack from another shell)",
+                "Ctrl-C stops everything.",
+            ]
+            typer.echo("\n".join(lines))
+            while not stopping.wait(0.5):
+                for name, endpoint in (("kafka", kafka), ("postgres", postgres)):
+                    if endpoint.pid is not None and not _alive(endpoint.pid):
+                        typer.echo(f"touchpulse: {name} exited unexpectedly", err=True)
+                        raise typer.Exit(1)
+            typer.echo("Stopping…")
+    except StackError as exc:
+        typer.echo(f"touchpulse: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("Stopped.")
+
+
+def _origin(local: bool, pid: int | None, what: str) -> str:
+    return f"   (local {what}, pid {pid})" if local else "   (configured)"
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # noqa: PLC0415
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@stack_app.command("fetch")
+def stack_fetch() -> None:
+    """Fetch (once) and cache the Kafka jars from Maven Central."""
+    settings = _settings()
+    if settings.kafka_bootstrap_servers is not None:
+        typer.echo("Kafka is configured; no jars needed.")
+        return
+    try:
+        libs = kafka_libs(settings.cache_dir, settings.kafka_version)
+    except StackError as exc:
+        typer.echo(f"touchpulse: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Apache Kafka {settings.kafka_version} jars: {libs}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the schema migrations to the configured database."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+    applied = asyncio.run(migrate_url(url))
+    typer.echo(f"applied: {[m.version for m in applied] or 'nothing, already current'}")
+
+
+@app.command()
+def topics() -> None:
+    """Create the Touchpulse topics (with their configs) on the configured cluster."""
+    settings = _settings()
+    servers = _required(settings.kafka_bootstrap_servers, "kafka_bootstrap_servers")
+    created = asyncio.run(ensure_topics_at(servers, topic_specs(settings)))
+    typer.echo(f"created: {created or 'nothing, all exist'}")
+
+
+@app.command()
+def config() -> None:
+    """Validate the configuration and print it."""
+    settings = _settings()
+    for name, value in settings.model_dump().items():
+        shown = "***" if name == "database_url" and value and "@" in str(value) else value
+        typer.echo(f"{env_name(name)}={'' if shown is None else shown}")
+
+
+@schema_app.command("export")
+def schema_export(
+    directory: Annotated[Path, typer.Argument(help="where to write the JSON Schema files")],
+) -> None:
+    """Write the event contract's JSON Schemas (the docs/schema files)."""
+    from touchpulse_shared.contract.schema import export_json_schemas  # noqa: PLC0415
+
+    for path in export_json_schemas(directory):
+        typer.echo(str(path))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,158 @@
+"""Typed configuration shared by every Touchpulse process.
+
+Values come, strongest first, from: arguments in code, environment variables
+(``TOUCHPULSE_<NAME>``), the TOML file named by ``TOUCHPULSE_CONFIG_FILE``, then the defaults
+below. Settings are built once at a process's entry point (:func:`load_settings`) and
+handed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "TOUCHPULSE_"
+CONFIG_FILE_ENV = "TOUCHPULSE_CONFIG_FILE"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every offending setting."""
+
+
+class Settings(BaseSettings):
+    """Everything a Touchpulse process can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        # The plain name is what Kafka tooling and operators already export.
+        validation_alias=AliasChoices("TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,host:port…] of a Kafka cluster; unset starts a local broker",
+    )
+    events_topic: str = Field("touchpoint.events.v1", min_length=1, max_length=249)
+    dead_letter_topic: str = Field("touchpoint.events.dlq.v1", min_length=1, max_length=249)
+    health_topic: str = Field("journey.health.v1", min_length=1, max_length=249)
+    interventions_topic: str = Field("interventions.v1", min_length=1, max_length=249)
+    events_partitions: int = Field(
+        6, ge=1, le=1000, description="partitions of the events topic (the unit of scale)"
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, le=10, description="1 on one node; 3 (with min.insync.replicas=2) in production"
+    )
+    events_retention_hours: int = Field(
+        168, ge=1, description="how long raw events stay on the topic for replay"
+    )
+    dead_letter_retention_hours: int = Field(720, ge=1)
+
+    # --- PostgreSQL --------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/db; unset starts an embedded server",
+    )
+
+    # --- local stack -------------------------------------------------------------------
+    kafka_version: str = Field(
+        "4.1.1", pattern=r"^4\.\d+\.\d+$", description="Apache Kafka 4.x version for the local broker"
+    )
+    cache_dir: Path = Field(Path(".cache"), description="downloaded jars (git-ignored)")
+    state_dir: Path = Field(
+        Path(".touchpulse"), description="per-run data and logs of the local stack (git-ignored)"
+    )
+
+    # --- process -----------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    host: str = Field("127.0.0.1", description="interface the services listen on")
+    ingest_port: Port = 8081
+    api_port: Port = 8082
+    scoring_metrics_port: Port = 8083
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"'{server}' is not host:port")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, or raise :class:`ConfigError` naming every bad setting."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}: no such file: {config_file}")
+    # A mistyped variable would otherwise be silently ignored and its default used.
+    known = {env_name(name) for name in Settings.model_fields} | {CONFIG_FILE_ENV}
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigError("unknown setting(s): " + ", ".join(unknown))
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # the TOML file does not parse
+        raise ConfigError(f"{CONFIG_FILE_ENV}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = field if field.startswith(ENV_PREFIX) else env_name(field)
+        # URLs may carry passwords: never echo them back.
+        hidden = error["type"] == "extra_forbidden" or "url" in name.lower()
+        shown = "" if hidden else f" (got {error.get('input')!r})"
+        lines.append(f"  {name}: {error['msg']}{shown}")
+    return "\n".join(lines)

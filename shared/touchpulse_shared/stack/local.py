@@ -1,0 +1,101 @@
+"""The local stack: Kafka and PostgreSQL, real, started only where settings name none.
+
+One class serves ``make run`` and the pytest session fixtures. Each server is started on
+first use and stopped, in reverse order, by :meth:`LocalStack.close`; should this process
+die without closing, the kernel kills the servers with it (see ``procs.spawn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from touchpulse_shared.settings import Settings
+from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
+from touchpulse_shared.stack.postgres import LocalPostgres
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    local: bool  # started by this stack (as opposed to named by the settings)
+    pid: int | None = None
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, *, workdir: Path | None = None) -> None:
+        self.settings = settings
+        self.workdir = workdir or new_run_dir(settings.state_dir)
+        self._kafka: LocalKafka | None = None
+        self._postgres: LocalPostgres | None = None
+        self._exit = contextlib.ExitStack()
+
+    def kafka(self) -> Endpoint:
+        if self.settings.kafka_bootstrap_servers is not None:
+            return Endpoint(self.settings.kafka_bootstrap_servers, local=False)
+        if self._kafka is None:
+            broker = LocalKafka(
+                libs=kafka_libs(self.settings.cache_dir, self.settings.kafka_version),
+                workdir=self.workdir / "kafka",
+            )
+            broker.start()
+            self._exit.callback(broker.stop)
+            self._kafka = broker
+        return Endpoint(self._kafka.bootstrap_servers, local=True, pid=self._kafka.pid)
+
+    def postgres(self) -> Endpoint:
+        if self.settings.database_url is not None:
+            return Endpoint(self.settings.database_url, local=False)
+        if self._postgres is None:
+            server = LocalPostgres(workdir=self.workdir / "postgres")
+            server.start()
+            self._exit.callback(server.stop)
+            self._postgres = server
+        return Endpoint(self._postgres.url, local=True, pid=self._postgres.pid)
+
+    def resolved(self) -> Settings:
+        """The settings with the addresses of the servers this stack runs filled in."""
+        return self.settings.model_copy(
+            update={
+                "kafka_bootstrap_servers": self.kafka().address,
+                "database_url": self.postgres().address,
+            }
+        )
+
+    def close(self) -> None:
+        self._exit.close()
+        self._kafka = None
+        self._postgres = None
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def new_run_dir(state_dir: Path) -> Path:
+    """A fresh folder for this run's data and logs; folders of dead runs are removed."""
+    runs = state_dir.resolve() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in runs.iterdir():
+        pid = _owner_pid(old)
+        if pid is not None and not psutil.pid_exists(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    path = runs / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    path.mkdir()
+    # Others (the unprivileged owner of PostgreSQL's data, when run as root) must pass through.
+    for folder in (state_dir.resolve(), runs, path):
+        folder.chmod(0o755)
+    return path
+
+
+def _owner_pid(run_dir: Path) -> int | None:
+    _, _, pid = run_dir.name.rpartition("-")
+    return int(pid) if pid.isdigit() else None
