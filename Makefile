@@ -8,15 +8,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run stack test lint format lock schema clean
+.PHONY: help setup run test lint format lock schema clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# The locked set, hashes checked, then the project itself (editable) built by the locked
+# hatchling, so no unpinned build environment is ever downloaded.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
-	# The project itself, editable, built by the locked hatchling (no unpinned build env).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -24,7 +25,7 @@ setup: $(STAMP) ## Create the virtualenv, install locked dependencies and fetch 
 	$(BIN)/touchpulse stack fetch
 
 run: setup ## Start Kafka, PostgreSQL and every service; Ctrl-C stops all of it
-	exec $(BIN)/touchpulse run
+	TOUCHPULSE_LOG_FORMAT=$${TOUCHPULSE_LOG_FORMAT:-console} exec $(BIN)/touchpulse run
 
 test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 	$(BIN)/python -m pytest

@@ -70,7 +70,8 @@ def run() -> None:
             lines = [
                 "Touchpulse is up.",
                 f"  kafka      {kafka.address}" + _origin(kafka.local, kafka.pid, "broker"),
-                f"  postgres   {postgres.address}" + _origin(postgres.local, postgres.pid, "server"),
+                f"  postgres   {postgres.address}"
+                + _origin(postgres.local, postgres.pid, "server"),
                 "  topics     "
                 + ", ".join(f"{s.name} ({s.partitions})" for s in topic_specs(resolved)),
                 f"  schema     migrations applied now: {done.migrations_applied or 'none needed'}",
@@ -163,3 +164,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

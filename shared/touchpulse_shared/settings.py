@@ -9,7 +9,6 @@ handed down; nothing reads the environment at import time.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,7 +45,9 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = Field(
         default=None,
         # The plain name is what Kafka tooling and operators already export.
-        validation_alias=AliasChoices("TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices(
+            "TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
         description="host:port[,host:port…] of a Kafka cluster; unset starts a local broker",
     )
     events_topic: str = Field("touchpoint.events.v1", min_length=1, max_length=249)
@@ -72,7 +73,9 @@ class Settings(BaseSettings):
 
     # --- local stack -------------------------------------------------------------------
     kafka_version: str = Field(
-        "4.1.1", pattern=r"^4\.\d+\.\d+$", description="Apache Kafka 4.x version for the local broker"
+        "4.1.1",
+        pattern=r"^4\.\d+\.\d+$",
+        description="Apache Kafka 4.x version for the local broker",
     )
     cache_dir: Path = Field(Path(".cache"), description="downloaded jars (git-ignored)")
     state_dir: Path = Field(

@@ -1,11 +1,10 @@
 """The Kafka topics Touchpulse owns, and their idempotent creation.
 
-| topic                     | key         | cleanup | why                                                  |
-|---------------------------|-------------|---------|------------------------------------------------------|
-| touchpoint.events.v1      | customer id | delete  | the raw events; kept for replay, then deleted        |
-| touchpoint.events.dlq.v1  | customer id | delete  | records scoring could not use, with the reason       |
-| journey.health.v1         | customer id | compact | latest health per customer; erasure = a tombstone    |
-| interventions.v1          | intervention| compact | latest state of each intervention                    |
+- ``touchpoint.events.v1`` (key: customer id; delete): the raw events, kept for replay.
+- ``touchpoint.events.dlq.v1`` (delete): records scoring could not use, with the reason.
+- ``journey.health.v1`` (key: customer id; compacted): the latest health per customer;
+  erasure writes a tombstone.
+- ``interventions.v1`` (key: intervention; compacted): the latest state of each one.
 
 The health topic has as many partitions as the events topic so a customer's health lands
 on the partition number its events came from (co-partitioned for stream joins).
@@ -102,6 +101,7 @@ async def ensure_topics(admin: Any, specs: Sequence[TopicSpec]) -> list[str]:
     existing = set(await admin.list_topics())
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
+    raced: set[str] = set()
     if missing:
         response = await admin.create_topics(
             [
@@ -111,14 +111,16 @@ async def ensure_topics(admin: Any, specs: Sequence[TopicSpec]) -> list[str]:
             timeout_ms=CREATE_TIMEOUT_MS,
         )
         for topic, code, *rest in response.topic_errors:
-            # Another process may have created it between our list and create: fine.
+            # Another process created it between our list and create (or the metadata we
+            # listed was stale): it still has to pass the checks below.
             if code == _TOPIC_ALREADY_EXISTS:
+                raced.add(topic)
                 continue
             if code != 0:
                 message = rest[0] if rest else ""
                 raise TopicError(f"creating topic {topic} failed with error {code}: {message}")
             created.append(topic)
-    await _check_existing(admin, [s for s in specs if s.name in existing])
+    await _check_existing(admin, [s for s in specs if s.name in existing | raced])
     if created:
         log.info("kafka.topics.created", topics=created)
     return created
@@ -160,7 +162,9 @@ async def describe_topic_configs(admin: Any, names: Sequence[str]) -> dict[str, 
     for response in responses:
         for resource in response.to_object()["resources"]:
             entries = resource["config_entries"]
-            result[resource["resource_name"]] = {e["config_names"]: e["config_value"] for e in entries}
+            result[resource["resource_name"]] = {
+                e["config_names"]: e["config_value"] for e in entries
+            }
     return result
 
 

@@ -262,7 +262,7 @@ async def kafka_ready(bootstrap_servers: str) -> bool:
         await admin.start()
         cluster = await admin.describe_cluster()
         return bool(cluster.get("brokers"))
-    except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
+    except Exception:
         return False
     finally:
         with contextlib.suppress(Exception):

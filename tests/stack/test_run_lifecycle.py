@@ -1,0 +1,127 @@
+"""`touchpulse run` (what `make run` executes): up, addresses printed, and nothing left behind.
+
+Both ways a run can end are covered: a SIGTERM stops the servers in order, and a SIGKILL of
+the runner (a crashed test session looks the same) takes them down with it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+# Broker and database start in a few seconds; the rest is slack for a loaded machine.
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+READY_LINE = "Ctrl-C stops everything."
+
+
+class Runner:
+    def __init__(self) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in {
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS",
+                "TOUCHPULSE_DATABASE_URL",
+            }
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "touchpulse_shared.cli", "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.output.append(line)
+            if text in line:
+                return
+        pytest.fail(f"no {text!r} from touchpulse run; output:\n{''.join(self.output)}")
+
+    def server_pids(self) -> dict[str, int]:
+        pids = {}
+        for line in self.output:
+            match = re.match(r"\s+(kafka|postgres)\s.*pid (\d+)", line)
+            if match:
+                pids[match[1]] = int(match[2])
+        return pids
+
+
+@pytest.fixture
+def runner() -> Iterator[Runner]:
+    run = Runner()
+    yield run
+    if run.proc.poll() is None:
+        run.proc.kill()
+        run.proc.wait()
+    run._pump_thread.join(10)  # EOF once the runner is gone
+    assert run.proc.stdout is not None
+    run.proc.stdout.close()
+
+
+def _gone(pids: dict[str, int], timeout: float) -> list[str]:
+    procs = []
+    for pid in pids.values():
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [f"{p.pid} {p.name()}" for p in alive]
+
+
+def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
+    runner.wait_for(READY_LINE, START_TIMEOUT_S)
+    printed = "".join(runner.output)
+    assert re.search(r"kafka\s+127\.0\.0\.1:\d+", printed)
+    assert re.search(r"postgres\s+postgresql://\S+@127\.0\.0\.1:\d+/touchpulse", printed)
+    pids = runner.server_pids()
+    assert set(pids) == {"kafka", "postgres"}
+    assert psutil.Process(pids["kafka"]).name() == "java"
+    assert psutil.Process(pids["postgres"]).name() == "postgres"
+
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(STOP_TIMEOUT_S) == 0
+    assert _gone(pids, timeout=5) == []
+    runner.wait_for("Stopped.", 5)
+
+
+def test_a_killed_runner_takes_its_servers_with_it(runner: Runner) -> None:
+    runner.wait_for(READY_LINE, START_TIMEOUT_S)
+    pids = runner.server_pids()
+    assert set(pids) == {"kafka", "postgres"}
+
+    runner.proc.kill()  # SIGKILL: no cleanup code of ours runs
+    runner.proc.wait()
+    # The kernel's parent-death signal does the work; postgres children follow the postmaster.
+    assert _gone(pids, timeout=20) == []
