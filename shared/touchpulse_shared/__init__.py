@@ -1,1 +1,4 @@
-"""Code shared by the Touchpulse services: the event contract, settings, schema, topics and the local stack."""
+"""Code shared by the Touchpulse services.
+
+The event contract, settings, schema migrations, topics and the local stack.
+"""
