@@ -120,3 +120,9 @@ def test_the_cli_refuses_to_start_and_names_the_setting(
     )
     assert result.returncode == 2
     assert "TOUCHPULSE_EVENTS_PARTITIONS" in result.stderr
+
+
+def test_the_example_file_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[1] / "deploy" / "touchpulse.example.toml"
+    monkeypatch.setenv("TOUCHPULSE_CONFIG_FILE", str(example))
+    assert load_settings().events_partitions == 6
