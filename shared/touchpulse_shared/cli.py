@@ -6,12 +6,25 @@ import asyncio
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
+import asyncpg
 import typer
 
+from touchpulse_shared.auth import (
+    InvalidKeySpec,
+    KeyRecord,
+    Scope,
+    create_key,
+    list_keys,
+    lookup,
+    parse_key,
+    revoke_key,
+    validate_spec,
+)
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
 from touchpulse_shared.logs import configure_logging
@@ -24,8 +37,10 @@ from touchpulse_shared.stack.procs import StackError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and PostgreSQL.")
 schema_app = typer.Typer(no_args_is_help=True, help="The event contract's JSON Schemas.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schema_app, name="schema")
+app.add_typer(keys_app, name="keys")
 
 
 def _settings() -> Settings:
@@ -157,6 +172,119 @@ def schema_export(
 
     for path in export_json_schemas(directory):
         typer.echo(str(path))
+
+
+# InvalidKeySpec.field -> the option that carries it.
+_KEY_OPTIONS = {
+    "name": "--name",
+    "scopes": "--scope",
+    "source": "--source",
+    "touchpoints": "--touchpoint",
+}
+
+
+async def _keys_connection(url: str) -> asyncpg.Connection:
+    # Migrated first, so the first key can be made on a database nothing has started on yet.
+    await migrate_url(url)
+    return await asyncpg.connect(url)
+
+
+def _key_line(record: KeyRecord) -> str:
+    state = f"revoked {record.revoked_at:%Y-%m-%d %H:%M:%S%z}" if record.revoked_at else "active"
+    touchpoints = "all" if record.touchpoints is None else ",".join(sorted(record.touchpoints))
+    return (
+        f"{record.key_id}  {record.name!r}  scopes={','.join(sorted(record.scopes))}"
+        f"  source={record.source or '-'}  touchpoints={touchpoints}"
+        f"  created {record.created_at:%Y-%m-%d %H:%M:%S%z}  {state}"
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what uses the key, e.g. 'billing system'")],
+    scope: Annotated[list[Scope], typer.Option(help="a scope to grant; repeat for several")],
+    source: Annotated[
+        str | None, typer.Option(help="the source an events:write key writes events for")
+    ] = None,
+    touchpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="a touchpoint an events:write key may write; repeat; none means all"),
+    ] = None,
+) -> None:
+    """Create an API key and print it: the only time it is shown (Touchpulse keeps its hash)."""
+    settings = _settings()
+    try:
+        validate_spec(name=name, scopes=scope, source=source, touchpoints=touchpoint or None)
+    except InvalidKeySpec as exc:
+        raise typer.BadParameter(exc.message, param_hint=f"'{_KEY_OPTIONS[exc.field]}'") from None
+    url = _required(settings.database_url, "database_url")
+
+    async def _create() -> tuple[str, KeyRecord]:
+        conn = await _keys_connection(url)
+        try:
+            return await create_key(
+                conn,
+                name=name,
+                scopes=scope,
+                source=source,
+                touchpoints=touchpoint or None,
+                now=datetime.now(UTC),
+            )
+        finally:
+            await conn.close()
+
+    plaintext, record = asyncio.run(_create())
+    typer.echo(_key_line(record))
+    typer.echo(f"key: {plaintext}")
+    typer.echo("touchpulse: store the key now; it will not be shown again", err=True)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[
+        str, typer.Argument(help="the key's id, as `touchpulse keys list` shows (or the whole key)")
+    ],
+) -> None:
+    """Revoke an API key; services refuse it once their key cache expires."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+    # Someone holding a leaked key may paste the whole of it; its id is all that is needed.
+    parsed = parse_key(key_id)
+    key_id = key_id if parsed is None else parsed[0]
+
+    async def _revoke() -> tuple[bool, KeyRecord | None]:
+        conn = await _keys_connection(url)
+        try:
+            revoked = await revoke_key(conn, key_id, now=datetime.now(UTC))
+            return revoked, await lookup(conn, key_id)
+        finally:
+            await conn.close()
+
+    revoked, record = asyncio.run(_revoke())
+    if record is None:
+        typer.echo(f"touchpulse: there is no key with id {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(("revoked: " if revoked else "already revoked: ") + _key_line(record))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the API keys, revoked ones included (never their secrets)."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+
+    async def _list() -> list[KeyRecord]:
+        conn = await _keys_connection(url)
+        try:
+            return await list_keys(conn)
+        finally:
+            await conn.close()
+
+    records = asyncio.run(_list())
+    for record in records:
+        typer.echo(_key_line(record))
+    if not records:
+        typer.echo("no keys yet: create one with `touchpulse keys create`")
 
 
 def main() -> None:

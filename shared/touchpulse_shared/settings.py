@@ -90,6 +90,39 @@ class Settings(BaseSettings):
     api_port: Port = 8082
     scoring_metrics_port: Port = 8083
 
+    # --- ingest ------------------------------------------------------------------------
+    ingest_max_batch_items: int = Field(
+        1000, ge=1, le=10_000, description="events in one batch request at most"
+    )
+    ingest_max_body_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, description="request body size at most (413 above it)"
+    )
+    ingest_produce_timeout_ms: int = Field(
+        5000,
+        ge=100,
+        le=60_000,
+        description="how long a request waits for Kafka's acknowledgement before a 503",
+    )
+    ingest_retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503")
+    ingest_linger_ms: int = Field(
+        5, ge=0, le=1000, description="producer batching delay: throughput against latency"
+    )
+    ingest_max_event_age_hours: int = Field(
+        24 * 90, ge=1, description="events older than this are refused (422)"
+    )
+    ingest_max_clock_skew_s: int = Field(
+        900, ge=0, description="events this far in the future are still accepted"
+    )
+    rate_limit_events_per_s: float = Field(
+        2000.0, gt=0, description="sustained events per second per API key"
+    )
+    rate_limit_burst: float = Field(
+        10_000.0, gt=0, description="events a key may send at once before 429s"
+    )
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="how long a verified key is trusted before re-reading it"
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_list(cls, value: str | None) -> str | None:

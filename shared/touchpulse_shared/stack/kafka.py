@@ -214,6 +214,9 @@ class LocalKafka:
         result = subprocess.run(fmt, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             raise StackError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
+        self._launch(config, timeout)
+
+    def _launch(self, config: Path, timeout: float) -> None:
         self._proc = spawn(self._java("kafka.Kafka", str(config)), log_path=self.log_path)
         try:
             wait_until(
@@ -234,6 +237,18 @@ class LocalKafka:
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL the broker, keeping its data: a crash, for fault tests."""
+        if self._proc is not None:
+            stop(self._proc, sig=9, timeout=STOP_TIMEOUT_S)
+            self._proc = None
+
+    def restart(self, *, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start again on the same ports and data after :meth:`kill` or a kept stop."""
+        if self._proc is not None:
+            raise StackError("the broker is still running")
+        self._launch(self.workdir / "server.properties", timeout)
 
     def _answers_metadata(self) -> bool:
         return run_async(lambda: kafka_ready(self.bootstrap_servers))

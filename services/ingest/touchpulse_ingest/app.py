@@ -1,0 +1,501 @@
+"""The ingest HTTP API: authenticate, read within limits, validate, produce, answer.
+
+The request path, in order, with the status each step can give:
+auth (401/403) → content type (415) → body within the size limit (413, checked before
+parsing) → parse and validate (422, every bad field named by a JSON Pointer) → the key may
+write this source and touchpoint (403) → occurred_at plausible (422) → rate limit (429 +
+Retry-After) → Kafka acknowledged every record within the bound (202), or not (503 +
+Retry-After). Nothing a client sends can produce a 5xx; only Kafka can.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+import structlog
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from touchpulse_ingest.metrics import IngestMetrics
+from touchpulse_ingest.problems import Problem, field_errors, pointer
+from touchpulse_ingest.producer import EventProducer, ProduceUnavailable
+from touchpulse_shared.auth import KeyVerifier, Principal
+from touchpulse_shared.auth import Scope as KeyScope
+from touchpulse_shared.contract import (
+    CONTENT_TYPE_CLOUDEVENT,
+    CONTENT_TYPE_CLOUDEVENT_BATCH,
+    CONTENT_TYPE_JSON,
+    ExperienceEventV1,
+    InvalidBatch,
+    ItemError,
+    check_time_window,
+    encode_record,
+    from_batch,
+    from_binary,
+    media_type,
+    parse_event_json,
+    parse_native_batch,
+    parse_structured,
+)
+from touchpulse_shared.ratelimit import RateLimiter
+from touchpulse_shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PRODUCER_NAME = "ingest"
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Ingest:
+    """Everything a request needs, built once per process."""
+
+    settings: Settings
+    producer: EventProducer
+    verifier: KeyVerifier
+    limiter: RateLimiter
+    metrics: IngestMetrics
+    clock: Clock = utc_now
+    monotonic: Callable[[], float] = time.monotonic
+
+
+def _ingest(request: Request) -> Ingest:
+    ingest: Ingest = request.app.state.ingest
+    return ingest
+
+
+IngestDep = Annotated[Ingest, Depends(_ingest)]
+
+
+async def _principal(request: Request, ingest: IngestDep) -> Principal:
+    presented = _presented_key(request)
+    principal = await ingest.verifier.verify(presented)
+    if principal is None:
+        raise Problem(
+            401,
+            "unauthenticated",
+            "Unauthenticated",
+            "A valid API key is required: 'Authorization: Bearer <key>'"
+            if presented is None
+            else "The API key is not valid (unknown, revoked or malformed)",
+            headers={"WWW-Authenticate": 'Bearer realm="touchpulse"'},
+        )
+    if not principal.has(KeyScope.EVENTS_WRITE):
+        raise Problem(403, "forbidden", "Forbidden", "This API key lacks the scope events:write")
+    return principal
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return request.headers.get("x-api-key")
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(
+        413, "too-large", "Payload Too Large", f"The body exceeds the limit of {limit} bytes"
+    )
+
+
+def _unsupported(content_type: str | None, allowed: Sequence[str]) -> Problem:
+    return Problem(
+        415,
+        "unsupported-media-type",
+        "Unsupported Media Type",
+        f"Content-Type {content_type or '(none)'} is not accepted here; use one of "
+        + ", ".join(allowed),
+        headers={"Accept-Post": ", ".join(allowed)},
+    )
+
+
+def _invalid(detail: str, errors: list[dict[str, Any]]) -> Problem:
+    return Problem(422, "invalid-event", "Invalid Event", detail, errors=errors)
+
+
+@dataclass
+class _Judged:
+    """One event's verdict after validation, authorization and the time window."""
+
+    accepted: list[ExperienceEventV1]
+    rejected: list[dict[str, Any]]
+
+
+def _judge(
+    ingest: Ingest,
+    principal: Principal,
+    items: Sequence[ExperienceEventV1 | ItemError],
+    prefix: Sequence[str | int] | None,
+    time_field: str,
+) -> _Judged:
+    """Sort events into accepted and rejected.
+
+    ``prefix`` locates batch items in the body (None for a single event); ``time_field`` is
+    what the client called occurred_at (``time`` in a CloudEvent).
+    """
+    settings = ingest.settings
+    now = ingest.clock()
+    max_future = timedelta(seconds=settings.ingest_max_clock_skew_s)
+    max_past = timedelta(hours=settings.ingest_max_event_age_hours)
+    judged = _Judged([], [])
+    for index, item in enumerate(items):
+        where = () if prefix is None else (*prefix, index)
+        if isinstance(item, ItemError):
+            judged.rejected.append(
+                {"index": index, "status": 422, "errors": field_errors(item.errors, where)}
+            )
+            ingest.metrics.rejected("invalid", None)
+            continue
+        refusal = principal.write_refusal(item.source, item.touchpoint)
+        if refusal is not None:
+            judged.rejected.append(
+                {"index": index, "status": 403, "event_id": item.event_id, "detail": refusal}
+            )
+            ingest.metrics.rejected("forbidden", item.touchpoint)
+            continue
+        late = check_time_window(item, now=now, max_future=max_future, max_past=max_past)
+        if late is not None:
+            judged.rejected.append(
+                {
+                    "index": index,
+                    "status": 422,
+                    "event_id": item.event_id,
+                    "errors": [
+                        {
+                            "pointer": pointer((*where, time_field)),
+                            "detail": late,
+                            "code": "time_window",
+                        }
+                    ],
+                }
+            )
+            too_new = item.occurred_at > now
+            ingest.metrics.rejected("too_new" if too_new else "too_old", item.touchpoint)
+            continue
+        judged.accepted.append(item)
+    return judged
+
+
+async def _produce(
+    ingest: Ingest, principal: Principal, events: Sequence[ExperienceEventV1]
+) -> None:
+    """Rate-limit, then hand every event to Kafka and wait for all acknowledgements."""
+    wait = ingest.limiter.take(principal.key_id, len(events), ingest.monotonic())
+    if wait > 0:
+        for event in events:
+            ingest.metrics.rejected("rate_limited", event.touchpoint)
+        raise Problem(
+            429,
+            "rate-limited",
+            "Too Many Requests",
+            f"This API key is over its limit of {ingest.settings.rate_limit_events_per_s:g} "
+            "events per second",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    received_at = ingest.clock()
+    records = [encode_record(e, producer=PRODUCER_NAME, received_at=received_at) for e in events]
+    started = time.perf_counter()
+    try:
+        await ingest.producer.produce(
+            records, within_s=ingest.settings.ingest_produce_timeout_ms / 1000
+        )
+    except ProduceUnavailable as exc:
+        for event in events:
+            ingest.metrics.rejected("unavailable", event.touchpoint)
+        log.warning("ingest.produce.unavailable", events=len(events), error=str(exc))
+        raise Problem(
+            503,
+            "unavailable",
+            "Service Unavailable",
+            "The events were not confirmed as stored; retry with the same event ids "
+            "(a retry of an event that did arrive is recognised as the same event)",
+            headers={"Retry-After": str(ingest.settings.ingest_retry_after_s)},
+        ) from None
+    ingest.metrics.produce_duration.observe(time.perf_counter() - started)
+    for event in events:
+        ingest.metrics.events_accepted.labels(ingest.metrics.touchpoint(event.touchpoint)).inc()
+
+
+async def _single(
+    ingest: Ingest, principal: Principal, event: ExperienceEventV1, time_field: str = "occurred_at"
+) -> Response:
+    judged = _judge(ingest, principal, [event], None, time_field)
+    if judged.rejected:
+        verdict = judged.rejected[0]
+        if verdict["status"] == 403:
+            raise Problem(403, "forbidden", "Forbidden", verdict["detail"])
+        raise _invalid("The event is not acceptable", verdict["errors"])
+    await _produce(ingest, principal, judged.accepted)
+    return JSONResponse(
+        {"status": "accepted", "source": event.source, "event_id": event.event_id},
+        status_code=202,
+    )
+
+
+async def _batch(
+    ingest: Ingest,
+    principal: Principal,
+    items: Sequence[ExperienceEventV1 | ItemError],
+    prefix: Sequence[str | int],
+    time_field: str = "occurred_at",
+) -> Response:
+    ingest.metrics.batch_events.observe(len(items))
+    judged = _judge(ingest, principal, items, prefix, time_field)
+    if not judged.accepted:
+        raise Problem(
+            422 if items else 400,
+            "invalid-batch",
+            "No Event Accepted",
+            "No event in the batch was acceptable" if items else "The batch is empty",
+            extra={"accepted": 0, "rejected": len(judged.rejected), "items": judged.rejected},
+        )
+    await _produce(ingest, principal, judged.accepted)
+    rejected_at = {r["index"] for r in judged.rejected}
+    results = iter(judged.accepted)
+    verdicts = {r["index"]: r for r in judged.rejected}
+    body_items = []
+    for index in range(len(items)):
+        if index in rejected_at:
+            body_items.append(
+                {**verdicts[index], "status": "rejected", "http_status": verdicts[index]["status"]}
+            )
+        else:
+            event = next(results)
+            body_items.append({"index": index, "status": "accepted", "event_id": event.event_id})
+    return Response(
+        orjson.dumps(
+            {
+                "accepted": len(judged.accepted),
+                "rejected": len(judged.rejected),
+                "items": body_items,
+            }
+        ),
+        status_code=202,
+        media_type="application/json",
+    )
+
+
+def _batch_or_problem(
+    parse: Callable[[], list[ExperienceEventV1 | ItemError]],
+) -> list[ExperienceEventV1 | ItemError]:
+    try:
+        return parse()
+    except InvalidBatch as exc:
+        if exc.reason == "too_many_items":
+            raise Problem(413, "too-many-events", "Too Many Events", exc.message) from None
+        raise Problem(
+            400 if exc.reason == "not_json" else 422, "invalid-batch", "Invalid Batch", exc.message
+        ) from None
+
+
+def _parse_one(
+    parse: Callable[[], ExperienceEventV1], prefix: Sequence[str | int] = ()
+) -> ExperienceEventV1:
+    try:
+        return parse()
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if len(errors) == 1 and errors[0]["type"] == "json_invalid":
+            raise Problem(
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                f"The body is not valid JSON: {errors[0]['msg']}",
+            ) from None
+        raise _invalid("The event is not valid", field_errors(errors, prefix)) from None
+
+
+EVENT_TYPES = (CONTENT_TYPE_JSON, CONTENT_TYPE_CLOUDEVENT, CONTENT_TYPE_CLOUDEVENT_BATCH)
+BATCH_TYPES = (CONTENT_TYPE_JSON, CONTENT_TYPE_CLOUDEVENT_BATCH)
+
+
+def create_app(
+    settings: Settings,
+    metrics: IngestMetrics,
+    *,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """The routes; ``app.state.ingest`` must hold an :class:`Ingest` before requests come."""
+    app = FastAPI(
+        title="Touchpulse ingest",
+        version="1",
+        summary="Customer-experience events from every touchpoint, into Kafka.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    max_items = settings.ingest_max_batch_items
+
+    @app.post("/v1/events", status_code=202, tags=["events"])
+    async def post_event(request: Request, ingest: IngestDep, principal: PrincipalDep) -> Response:
+        """One event: native JSON, or a CloudEvent in structured, binary or batch mode."""
+        kind = _media_type(request, EVENT_TYPES)
+        body = await read_body(request, ingest.settings.ingest_max_body_bytes)
+        ingest.metrics.body_bytes.labels("/v1/events").observe(len(body))
+        if kind == CONTENT_TYPE_CLOUDEVENT_BATCH:
+            items = _batch_or_problem(lambda: from_batch(body, max_items=max_items))
+            return await _batch(ingest, principal, items, (), "time")
+        if kind == CONTENT_TYPE_CLOUDEVENT:
+            event = _parse_one(lambda: parse_structured(body))
+            return await _single(ingest, principal, event, "time")
+        if "ce-specversion" in request.headers:
+            headers = {k: v for k, v in request.headers.items() if k.startswith("ce-")}
+            event = _parse_one(lambda: from_binary(headers, body))
+            return await _single(ingest, principal, event, "time")
+        return await _single(ingest, principal, _parse_one(lambda: parse_event_json(body)))
+
+    @app.post("/v1/events/batch", status_code=202, tags=["events"])
+    async def post_batch(request: Request, ingest: IngestDep, principal: PrincipalDep) -> Response:
+        """Many events, each accepted or rejected on its own, reported by index."""
+        kind = _media_type(request, BATCH_TYPES)
+        body = await read_body(request, ingest.settings.ingest_max_body_bytes)
+        ingest.metrics.body_bytes.labels("/v1/events/batch").observe(len(body))
+        if kind == CONTENT_TYPE_CLOUDEVENT_BATCH:
+            items = _batch_or_problem(lambda: from_batch(body, max_items=max_items))
+            return await _batch(ingest, principal, items, (), "time")
+        items = _batch_or_problem(lambda: parse_native_batch(body, max_items=max_items))
+        return await _batch(ingest, principal, items, ("events",))
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(ingest: IngestDep) -> Response:
+        """Ready when a Kafka producer is connected: a load balancer may send traffic."""
+        ready = ingest.producer.ready
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "kafka_producer": ready},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def prometheus(ingest: IngestDep) -> Response:
+        ingest.metrics.producer_ready.set(1 if ingest.producer.ready else 0)
+        ingest.metrics.producer_replacements.set(ingest.producer.replacements)
+        return Response(generate_latest(ingest.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> Response:
+        return exc.response(request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        title = str(exc.detail)
+        return Problem(exc.status_code, f"http-{exc.status_code}", title, title).response(
+            request.url.path
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        problem = _invalid("The request is not valid", field_errors(exc.errors()))
+        return problem.response(request.url.path)
+
+    return app
+
+
+def _media_type(request: Request, allowed: Sequence[str]) -> str:
+    content_type = request.headers.get("content-type")
+    kind = media_type(content_type) if content_type else ""
+    if kind not in allowed:
+        raise _unsupported(content_type, allowed)
+    return kind
+
+
+def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
+    """The production wiring: a PostgreSQL pool for keys and a supervised Kafka producer."""
+    if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+        raise ValueError("ingest needs TOUCHPULSE_DATABASE_URL and Kafka bootstrap servers")
+    database_url, bootstrap = settings.database_url, settings.kafka_bootstrap_servers
+    metrics = IngestMetrics(CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Small pool: ingest only reads API keys, and those are cached.
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        producer = EventProducer(
+            bootstrap_servers=bootstrap,
+            topic=settings.events_topic,
+            linger_ms=settings.ingest_linger_ms,
+        )
+        await producer.start()
+        app.state.ingest = Ingest(
+            settings=settings,
+            producer=producer,
+            verifier=KeyVerifier(pool, cache_ttl_s=settings.auth_cache_s),
+            limiter=RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst),
+            metrics=metrics,
+            clock=clock,
+        )
+        try:
+            yield
+        finally:
+            await producer.stop()
+            await pool.close()
+
+    return create_app(settings, metrics, lifespan=lifespan)
+
+
+class MetricsMiddleware:
+    """Counts every request by route template and status, and times it (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, metrics: IngestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            # The router stored the matched route in this same scope dict.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(template, str(status)).inc()
+            self.metrics.request_duration.labels(template).observe(time.perf_counter() - started)
