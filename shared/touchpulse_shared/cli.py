@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import asyncpg
@@ -28,10 +25,9 @@ from touchpulse_shared.auth import (
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
 from touchpulse_shared.logs import configure_logging
-from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import ConfigError, Settings, env_name, load_settings
+from touchpulse_shared.stack import runner
 from touchpulse_shared.stack.kafka import kafka_libs
-from touchpulse_shared.stack.local import LocalStack
 from touchpulse_shared.stack.procs import StackError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -62,63 +58,14 @@ def _required(value: str | None, field: str) -> str:
 
 @app.command()
 def run() -> None:
-    """Start Kafka and PostgreSQL (unless configured), migrate, create topics; stop on Ctrl-C."""
+    """Start Kafka and PostgreSQL (unless configured), migrate, create topics, start every
+    service; Ctrl-C or SIGTERM stops it all."""
     settings = _settings()
-    stopping = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    # Installed before anything starts, so a SIGTERM during start-up still stops in order.
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     try:
-        with LocalStack(settings) as stack:
-            kafka, postgres = stack.kafka(), stack.postgres()
-            resolved = stack.resolved()
-            done = asyncio.run(provision(resolved))
-            env_file = stack.workdir.parent.parent / "current.env"
-            env_file.write_text(
-                f"{env_name('kafka_bootstrap_servers')}={kafka.address}\n"
-                f"{env_name('database_url')}={postgres.address}\n"
-            )
-            lines = [
-                "Touchpulse is up.",
-                f"  kafka      {kafka.address}" + _origin(kafka.local, kafka.pid, "broker"),
-                f"  postgres   {postgres.address}"
-                + _origin(postgres.local, postgres.pid, "server"),
-                "  topics     "
-                + ", ".join(f"{s.name} ({s.partitions})" for s in topic_specs(resolved)),
-                f"  schema     migrations applied now: {done.migrations_applied or 'none needed'}",
-                "  services   none yet: ingest, scoring and api start here once they exist",
-                f"  logs       {stack.workdir}",
-                f"  env        {env_file} (source it to reach this stack from another shell)",
-                "Ctrl-C stops everything.",
-            ]
-            typer.echo("\n".join(lines))
-            while not stopping.wait(0.5):
-                for name, endpoint in (("kafka", kafka), ("postgres", postgres)):
-                    if endpoint.pid is not None and not _alive(endpoint.pid):
-                        typer.echo(f"touchpulse: {name} exited unexpectedly", err=True)
-                        raise typer.Exit(1)
-            typer.echo("Stopping…")
+        runner.run(settings, typer.echo)
     except StackError as exc:
         typer.echo(f"touchpulse: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo("Stopped.")
-
-
-def _origin(local: bool, pid: int | None, what: str) -> str:
-    return f"   (local {what}, pid {pid})" if local else "   (configured)"
-
-
-def _alive(pid: int) -> bool:
-    import psutil  # noqa: PLC0415
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @stack_app.command("fetch")

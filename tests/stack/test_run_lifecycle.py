@@ -15,9 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
+import httpx
 import psutil
 import pytest
+
+from touchpulse_shared.stack.procs import free_port
 
 # Broker and database start in a few seconds; the rest is slack for a loaded machine.
 START_TIMEOUT_S = 120.0
@@ -27,6 +31,7 @@ READY_LINE = "Ctrl-C stops everything."
 
 class Runner:
     def __init__(self) -> None:
+        # A run of its own: local servers, and service ports nobody else uses.
         env = {
             k: v
             for k, v in os.environ.items()
@@ -37,6 +42,12 @@ class Runner:
                 "TOUCHPULSE_DATABASE_URL",
             }
         }
+        for setting in (
+            "TOUCHPULSE_INGEST_PORT",
+            "TOUCHPULSE_API_PORT",
+            "TOUCHPULSE_SCORING_METRICS_PORT",
+        ):
+            env[setting] = str(free_port())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "touchpulse_shared.cli", "run"],
             stdout=subprocess.PIPE,
@@ -71,10 +82,15 @@ class Runner:
     def server_pids(self) -> dict[str, int]:
         pids = {}
         for line in self.output:
-            match = re.match(r"\s+(kafka|postgres)\s.*pid (\d+)", line)
+            match = re.match(r"\s+(kafka|postgres|ingest)\s.*pid (\d+)", line)
             if match:
                 pids[match[1]] = int(match[2])
         return pids
+
+    def printed(self, pattern: str) -> str:
+        match = re.search(pattern, "".join(self.output))
+        assert match, f"{pattern!r} not in output:\n{''.join(self.output)}"
+        return match[1]
 
 
 @pytest.fixture
@@ -106,9 +122,27 @@ def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
     assert re.search(r"kafka\s+127\.0\.0\.1:\d+", printed)
     assert re.search(r"postgres\s+postgresql://\S+@127\.0\.0\.1:\d+/touchpulse", printed)
     pids = runner.server_pids()
-    assert set(pids) == {"kafka", "postgres"}
+    assert set(pids) == {"kafka", "postgres", "ingest"}
     assert psutil.Process(pids["kafka"]).name() == "java"
     assert psutil.Process(pids["postgres"]).name() == "postgres"
+
+    # The printed demo key works against the printed ingest address, over real HTTP.
+    ingest = runner.printed(r"ingest\s+(http://\S+)")
+    key = runner.printed(r"demo key\s+(tpk_\S+)")
+    event = {
+        "event_id": "lifecycle-1",
+        "source": "demo",
+        "customer_id": "C-1",
+        "touchpoint": "call_centre",
+        "type": "call.answered",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "measures": {"wait_seconds": 420},
+    }
+    response = httpx.post(
+        f"{ingest}/v1/events", json=event, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    assert httpx.get(f"{ingest}/readyz", timeout=5).status_code == 200
 
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.proc.wait(STOP_TIMEOUT_S) == 0
@@ -119,7 +153,7 @@ def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
 def test_a_killed_runner_takes_its_servers_with_it(runner: Runner) -> None:
     runner.wait_for(READY_LINE, START_TIMEOUT_S)
     pids = runner.server_pids()
-    assert set(pids) == {"kafka", "postgres"}
+    assert set(pids) == {"kafka", "postgres", "ingest"}
 
     runner.proc.kill()  # SIGKILL: no cleanup code of ours runs
     runner.proc.wait()

@@ -324,12 +324,11 @@ def _batch_or_problem(
         ) from None
 
 
-def _parse_one(
-    parse: Callable[[], ExperienceEventV1], prefix: Sequence[str | int] = ()
-) -> ExperienceEventV1:
+def _parse_one(ingest: Ingest, parse: Callable[[], ExperienceEventV1]) -> ExperienceEventV1:
     try:
         return parse()
     except ValidationError as exc:
+        ingest.metrics.rejected("invalid", None)
         errors = exc.errors(include_url=False)
         if len(errors) == 1 and errors[0]["type"] == "json_invalid":
             raise Problem(
@@ -338,7 +337,7 @@ def _parse_one(
                 "Malformed JSON",
                 f"The body is not valid JSON: {errors[0]['msg']}",
             ) from None
-        raise _invalid("The event is not valid", field_errors(errors, prefix)) from None
+        raise _invalid("The event is not valid", field_errors(errors)) from None
 
 
 EVENT_TYPES = (CONTENT_TYPE_JSON, CONTENT_TYPE_CLOUDEVENT, CONTENT_TYPE_CLOUDEVENT_BATCH)
@@ -371,13 +370,13 @@ def create_app(
             items = _batch_or_problem(lambda: from_batch(body, max_items=max_items))
             return await _batch(ingest, principal, items, (), "time")
         if kind == CONTENT_TYPE_CLOUDEVENT:
-            event = _parse_one(lambda: parse_structured(body))
+            event = _parse_one(ingest, lambda: parse_structured(body))
             return await _single(ingest, principal, event, "time")
         if "ce-specversion" in request.headers:
             headers = {k: v for k, v in request.headers.items() if k.startswith("ce-")}
-            event = _parse_one(lambda: from_binary(headers, body))
+            event = _parse_one(ingest, lambda: from_binary(headers, body))
             return await _single(ingest, principal, event, "time")
-        return await _single(ingest, principal, _parse_one(lambda: parse_event_json(body)))
+        return await _single(ingest, principal, _parse_one(ingest, lambda: parse_event_json(body)))
 
     @app.post("/v1/events/batch", status_code=202, tags=["events"])
     async def post_batch(request: Request, ingest: IngestDep, principal: PrincipalDep) -> Response:
