@@ -62,3 +62,17 @@ async def test_metrics_count_requests_events_latency_and_sizes(
     assert value("touchpulse_ingest_request_body_bytes_count", route="/v1/events") == 3
     assert value("touchpulse_ingest_batch_events_sum") == 3
     assert value("touchpulse_ingest_producer_ready") == 1
+
+
+async def test_the_openapi_document_describes_bodies_and_problems(client: IngestClient) -> None:
+    document = (await client.http.get("/openapi.json")).json()
+    post = document["paths"]["/v1/events"]["post"]
+    assert set(post["requestBody"]["content"]) == {
+        "application/json",
+        "application/cloudevents+json",
+        "application/cloudevents-batch+json",
+    }
+    assert {"202", "401", "403", "413", "415", "422", "429", "503"} <= set(post["responses"])
+    schemas = document["components"]["schemas"]
+    assert "customer_id" in schemas["ExperienceEventV1"]["properties"]
+    assert "customerid" in schemas["CloudEventV1"]["properties"]

@@ -71,3 +71,11 @@ def test_production_replication_asks_for_two_in_sync_replicas() -> None:
     specs = topic_specs(Settings(topic_replication_factor=3))
     assert {s.configs["min.insync.replicas"] for s in specs} == {"2"}
     assert {s.replication_factor for s in specs} == {3}
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    # A random id starting with "-" once made the storage tool's argument parser fail.
+    from touchpulse_shared.stack.kafka import _cluster_id  # noqa: PLC0415
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

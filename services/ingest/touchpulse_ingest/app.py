@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from touchpulse_ingest.metrics import IngestMetrics
+from touchpulse_ingest.openapi import install_openapi
 from touchpulse_ingest.problems import Problem, field_errors, pointer
 from touchpulse_ingest.producer import EventProducer, ProduceUnavailable
 from touchpulse_shared.auth import KeyVerifier, Principal
@@ -358,6 +359,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_openapi(app)
     max_items = settings.ingest_max_batch_items
 
     @app.post("/v1/events", status_code=202, tags=["events"])

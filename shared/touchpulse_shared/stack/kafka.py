@@ -118,7 +118,11 @@ def _check_jars(libs: Path, version: str) -> None:
 def _cluster_id() -> str:
     # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding; made here
     # rather than by `StorageTool random-uuid` to save a JVM start.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # One that starts with "-" would be read as an option by the storage tool's parser.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class LocalKafka:
