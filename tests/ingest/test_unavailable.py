@@ -13,9 +13,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.ingest.conftest import EventFactory, IngestClient, read_topic, running
+from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.settings import Settings
 from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
 from touchpulse_shared.stack.local import new_run_dir
+from touchpulse_shared.stack.postgres import LocalPostgres
 
 # The service's bound is 2 s; the rest is slack for the event loop and a busy machine.
 BOUND_S = 2.0
@@ -123,3 +125,30 @@ async def test_a_dead_producer_is_replaced(client: IngestClient, make_event: Eve
     assert statuses[-1] == 202, statuses
     assert set(statuses[:-1]) <= {503}
     assert client.ingest.producer.replacements == 1
+
+
+async def test_key_store_down_is_a_503_not_a_500(
+    base_settings: Settings, kafka_bootstrap: str, topic: str, make_event: EventFactory
+) -> None:
+    server = LocalPostgres(workdir=new_run_dir(base_settings.state_dir) / "postgres")
+    server.start()
+    try:
+        await migrate_url(server.url)
+        settings = Settings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            database_url=server.url,
+            events_topic=topic,
+            auth_cache_s=0,
+        )
+        async with running(settings) as client:
+            assert (
+                await client.http.post("/v1/events", json=make_event(), headers=client.auth())
+            ).status_code == 202
+            server.stop()
+            response = await client.http.post(
+                "/v1/events", json=make_event(), headers=client.auth()
+            )
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"]
+    finally:
+        server.stop()

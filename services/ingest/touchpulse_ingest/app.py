@@ -87,7 +87,18 @@ IngestDep = Annotated[Ingest, Depends(_ingest)]
 
 async def _principal(request: Request, ingest: IngestDep) -> Principal:
     presented = _presented_key(request)
-    principal = await ingest.verifier.verify(presented)
+    try:
+        principal = await ingest.verifier.verify(presented)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # The key store is down: the client is not at fault and may retry.
+        log.warning("ingest.auth.unavailable", error=str(exc))
+        raise Problem(
+            503,
+            "unavailable",
+            "Service Unavailable",
+            "API keys cannot be checked right now; retry later",
+            headers={"Retry-After": str(ingest.settings.ingest_retry_after_s)},
+        ) from None
     if principal is None:
         raise Problem(
             401,
