@@ -1,0 +1,62 @@
+"""Errors of the scoring domain, grouped by how the caller reacts to them.
+
+- :class:`CatalogueError`: the promise catalogue is unusable; keep the previous one (on a
+  reload) or refuse to start.
+- :class:`UnscorableEvent`: this one event cannot be judged; send it to the dead-letter topic
+  with :attr:`UnscorableEvent.reason` and go on.
+- :class:`IllegalTransition`: an intervention cannot make the move asked for in its current
+  state (the API answers 409).
+- :class:`InvalidCommand`: the move is legal but its input is not (the API answers 422).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ScoringDomainError(Exception):
+    """Root of every error the scoring domain raises itself."""
+
+
+class CatalogueError(ScoringDomainError):
+    """The catalogue text is invalid; each line of the message names a promise and a field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = tuple(problems)
+
+
+class UnscorableReason(StrEnum):
+    """Why an event cannot be scored: the dead-letter reason, a bounded label for metrics."""
+
+    UNKNOWN_TOUCHPOINT = "unknown_touchpoint"
+    WRONG_MEASURE_KIND = "wrong_measure_kind"
+    BAD_DUE_AT = "bad_due_at"
+
+
+class UnscorableEvent(ScoringDomainError):
+    """An event that passed the contract but cannot be judged against the catalogue."""
+
+    def __init__(self, reason: UnscorableReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class IllegalTransition(ScoringDomainError):
+    """An intervention was asked to move where its state machine has no edge."""
+
+    def __init__(self, intervention_id: str, state: str, command: str) -> None:
+        super().__init__(f"intervention {intervention_id} is {state}; it cannot be {command}")
+        self.intervention_id = intervention_id
+        self.state = state
+        self.command = command
+
+
+class InvalidCommand(ScoringDomainError):
+    """A legal intervention move with unusable input, such as a resolution without a note."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message

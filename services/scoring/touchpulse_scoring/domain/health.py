@@ -1,0 +1,138 @@
+"""Touchpoint health: a recency-weighted mean of outcome scores, updated in O(1).
+
+``H = Σ wᵢ sᵢ dᵢ / Σ wᵢ dᵢ`` with ``dᵢ = 2^(-(T - tᵢ)/h)``. The factor ``2^(-T/h)`` is common
+to every term and cancels in the ratio, so H does not depend on the time T it is read at and
+the state stores sums relative to a reference time ``t_ref`` instead::
+
+    S = Σ wᵢ sᵢ 2^((tᵢ - t_ref)/h)        W = Σ wᵢ 2^((tᵢ - t_ref)/h)        H = S / W
+
+Adding and removing an outcome are O(1), and a multiset of outcomes gives the same H (to
+float rounding) whatever order it arrives in. ``outcomes`` counts the terms so that removing
+the last one resets the sums to exact zeros rather than to rounding residue.
+
+Float bounds: an outcome more than :data:`REBASE_ABOVE` half-lives newer than ``t_ref`` first
+moves ``t_ref`` to its own time (scaling S and W down), so no factor exceeds ``2^64`` and, with
+weights at most 1000 * the new-customer multiplier (≤ 100), W stays below ``2^64 * 10^5 * n``,
+nowhere near the float maximum (~``2^1024``). Outcomes older than ``t_ref`` get factors below
+1; past about 1074 half-lives (88 years at 30 days) they underflow to 0 and stop counting,
+which their weight relative to newer outcomes (< ``2^-1000``) already meant in practice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+#: Rebase once a new outcome is this many half-lives ahead of ``t_ref``: factors stay ≤ 2^64,
+#: so sums keep ~1e-19 relative precision for the smallest terms that still matter.
+REBASE_ABOVE = 64.0
+#: A factor of 2^1000 is still a finite float; beyond it ``2.0 ** x`` would overflow.
+_MAX_EXPONENT = 1000.0
+_DAY = 86_400.0
+
+
+class Scored(Protocol):
+    """What health needs of an outcome (an :class:`~.outcomes.Outcome`, or a stored row)."""
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def weight(self) -> float: ...
+
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TouchpointHealth:
+    """``(S, W, t_ref)`` plus the number of outcomes in the sums."""
+
+    s: float = 0.0
+    w: float = 0.0
+    t_ref: datetime | None = None
+    outcomes: int = 0
+
+    @property
+    def value(self) -> float | None:
+        """H in [0, 1], or ``None`` when no outcome carries weight."""
+        if self.outcomes <= 0 or not self.w > 0.0:
+            return None
+        ratio = self.s / self.w
+        return min(max(ratio, 0.0), 1.0)
+
+
+EMPTY = TouchpointHealth()
+
+
+def add_outcome(
+    state: TouchpointHealth, outcome: Scored, *, half_life_days: float
+) -> TouchpointHealth:
+    """Fold one outcome into the sums."""
+    if state.t_ref is None or state.outcomes <= 0:
+        return TouchpointHealth(
+            s=outcome.weight * outcome.score,
+            w=outcome.weight,
+            t_ref=outcome.occurred_at,
+            outcomes=1,
+        )
+    exponent = _exponent(outcome.occurred_at, state.t_ref, half_life_days)
+    if exponent > REBASE_ABOVE:
+        state = rebase(state, outcome.occurred_at, half_life_days=half_life_days)
+        exponent = 0.0
+    factor = 2.0**exponent
+    return TouchpointHealth(
+        s=state.s + outcome.weight * outcome.score * factor,
+        w=state.w + outcome.weight * factor,
+        t_ref=state.t_ref,
+        outcomes=state.outcomes + 1,
+    )
+
+
+def remove_outcome(
+    state: TouchpointHealth, outcome: Scored, *, half_life_days: float
+) -> TouchpointHealth:
+    """Take back an outcome that was added before (to supersede or erase it)."""
+    if state.t_ref is None or state.outcomes <= 1:
+        return EMPTY
+    factor = 2.0 ** _exponent(outcome.occurred_at, state.t_ref, half_life_days)
+    # Rounding may leave a hair below zero; the clamp keeps the sums meaningful.
+    w = max(state.w - outcome.weight * factor, 0.0)
+    s = min(max(state.s - outcome.weight * outcome.score * factor, 0.0), w)
+    return TouchpointHealth(s=s, w=w, t_ref=state.t_ref, outcomes=state.outcomes - 1)
+
+
+def replace_outcome(
+    state: TouchpointHealth, old: Scored, new: Scored, *, half_life_days: float
+) -> TouchpointHealth:
+    """Supersede ``old`` by ``new``: the same as if only ``new`` had ever been added.
+
+    Exact up to rounding relative to ``old``'s term. Supersessions here never replace an
+    outcome by a much older one (a late delivery comes after the due time its breach is dated
+    at), so that rounding is small next to what remains; the property tests hold it to 1e-9.
+    """
+    removed = remove_outcome(state, old, half_life_days=half_life_days)
+    return add_outcome(removed, new, half_life_days=half_life_days)
+
+
+def rebase(state: TouchpointHealth, t_ref: datetime, *, half_life_days: float) -> TouchpointHealth:
+    """The same health with sums relative to ``t_ref``; H changes only by float rounding.
+
+    Moving ``t_ref`` back by more than 1000 half-lives would overflow and is refused.
+    """
+    if state.t_ref is None:
+        return state
+    exponent = _exponent(state.t_ref, t_ref, half_life_days)
+    if exponent > _MAX_EXPONENT:
+        raise ValueError(f"cannot rebase {exponent:.0f} half-lives back: the sums would overflow")
+    factor = 2.0**exponent
+    return TouchpointHealth(
+        s=state.s * factor, w=state.w * factor, t_ref=t_ref, outcomes=state.outcomes
+    )
+
+
+def _exponent(at: datetime, t_ref: datetime, half_life_days: float) -> float:
+    # Capped so that a removal of something never added cannot raise OverflowError.
+    exponent = (at - t_ref).total_seconds() / (half_life_days * _DAY)
+    return min(exponent, _MAX_EXPONENT)

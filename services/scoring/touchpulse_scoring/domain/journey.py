@@ -1,0 +1,86 @@
+"""Journey health: one 0-100 score per customer that stresses the weakest link.
+
+``100 * ((1 - λ) · Σ aₜ Hₜ / Σ aₜ + λ · minₜ Hₜ)`` over the touchpoints with data.
+
+- No touchpoint with data: no score (``None``), never 100: silence is not satisfaction.
+- Touchpoints missing from the catalogue (removed by a reload) are left out: nothing can
+  judge them any more, and their importance is unknown.
+- Importance 0 keeps a touchpoint out of the weighted mean but not out of the minimum: it
+  cannot raise the score, yet it can still be the weakest link. When every touchpoint with
+  data has importance 0, the mean falls back to the plain mean so λ keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from touchpulse_scoring.domain.catalogue import Catalogue
+from touchpulse_scoring.domain.health import TouchpointHealth
+from touchpulse_scoring.domain.policy import Band
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """A customer's journey health, its band and its weakest touchpoint."""
+
+    score: float | None
+    band: Band | None
+    weakest_touchpoint: str | None
+    #: H per touchpoint that counted.
+    touchpoints: Mapping[str, float]
+
+
+def journey_health(
+    health: Mapping[str, float | None],
+    importance: Mapping[str, float],
+    weakest_link_lambda: float,
+) -> float | None:
+    """The 0-100 score from per-touchpoint H (``None`` = no data) and importances."""
+    values = _with_data(health, importance)
+    if not values:
+        return None
+    largest = max(importance[t] for t in values)
+    if largest > 0:
+        # Relative to the largest, so that tiny importances cannot underflow the products.
+        relative = {t: importance[t] / largest for t in values}
+        mean = sum(relative[t] * h for t, h in values.items()) / sum(relative.values())
+    else:
+        mean = sum(values.values()) / len(values)
+    lam = min(max(weakest_link_lambda, 0.0), 1.0)
+    score = 100.0 * ((1.0 - lam) * mean + lam * min(values.values()))
+    return min(max(score, 0.0), 100.0)
+
+
+def weakest_touchpoint(
+    health: Mapping[str, float | None], importance: Mapping[str, float]
+) -> str | None:
+    """The touchpoint with the lowest H; ties go to the more important, then by name."""
+    values = _with_data(health, importance)
+    if not values:
+        return None
+    return min(values, key=lambda t: (values[t], -importance[t], t))
+
+
+def assess(states: Mapping[str, TouchpointHealth], catalogue: Catalogue) -> Journey:
+    """Journey health, band and weakest touchpoint under the catalogue's policy."""
+    health = {t: state.value for t, state in states.items()}
+    importance = catalogue.touchpoints
+    score = journey_health(health, importance, catalogue.policy.weakest_link_lambda)
+    return Journey(
+        score=score,
+        band=None if score is None else catalogue.policy.bands.of(score),
+        weakest_touchpoint=weakest_touchpoint(health, importance),
+        touchpoints=_with_data(health, importance),
+    )
+
+
+def _with_data(
+    health: Mapping[str, float | None], importance: Mapping[str, float]
+) -> dict[str, float]:
+    return {
+        t: min(max(h, 0.0), 1.0)
+        for t, h in health.items()
+        if h is not None and not math.isnan(h) and t in importance
+    }

@@ -1,0 +1,80 @@
+"""The catalogue's policy: decay, weakest-link emphasis, bands, new customers, interventions.
+
+Every field has the brief's default so a catalogue may state only what it changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from touchpulse_scoring.domain.promises import MODEL_CONFIG
+
+Band = Literal["red", "amber", "green"]
+Score100 = Annotated[float, Field(ge=0, le=100)]
+Days = Annotated[float, Field(gt=0, le=3650)]
+
+
+class Bands(BaseModel):
+    """``red < amber_from <= amber < green_from <= green`` on the 0-100 journey scale."""
+
+    model_config = MODEL_CONFIG
+
+    amber_from: Score100 = 50.0
+    green_from: Score100 = 75.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bands:
+        if self.amber_from > self.green_from:
+            raise PydanticCustomError("bands_order", "amber_from must not exceed green_from")
+        return self
+
+    def of(self, score: float) -> Band:
+        if score < self.amber_from:
+            return "red"
+        if score < self.green_from:
+            return "amber"
+        return "green"
+
+
+class RepeatBreaches(BaseModel):
+    """The same promise broken ``count`` times within ``within_days`` calls for action."""
+
+    model_config = MODEL_CONFIG
+
+    count: Annotated[int, Field(ge=2, le=100)] = 3
+    within_days: Days = 7.0
+
+
+class InterventionPolicy(BaseModel):
+    """When interventions open, how long they wait, and when a new one may follow."""
+
+    model_config = MODEL_CONFIG
+
+    threshold: Score100 = 50.0
+    new_customer_threshold: Score100 = 60.0
+    recovery_margin: Annotated[float, Field(ge=0, le=100)] = 10.0
+    cooldown_days: Annotated[float, Field(ge=0, le=3650)] = 7.0
+    repeat_breaches: RepeatBreaches = Field(default_factory=RepeatBreaches)
+    expire_unacknowledged_days: Days = 14.0
+    follow_up_days: Days = 14.0
+    critical_priority_floor: Annotated[float, Field(gt=0, le=1000)] = 10.0
+
+    def threshold_for(self, *, is_new: bool) -> float:
+        return self.new_customer_threshold if is_new else self.threshold
+
+
+class Policy(BaseModel):
+    """How outcomes become health and health becomes action."""
+
+    model_config = MODEL_CONFIG
+
+    half_life_days: Days = 30.0
+    weakest_link_lambda: Annotated[float, Field(ge=0, le=1)] = 0.5
+    bands: Bands = Field(default_factory=Bands)
+    new_customer_days: Annotated[int, Field(ge=0, le=3650)] = 90
+    # Below 1 it would soften breaches for exactly the customers the brief says to protect.
+    new_customer_breach_weight: Annotated[float, Field(ge=1, le=100)] = 1.5
+    interventions: InterventionPolicy = Field(default_factory=InterventionPolicy)

@@ -1,0 +1,243 @@
+"""When a customer needs action: triggers, hysteresis and the open-or-attach decision.
+
+Triggers are judged only when outcomes were just applied and at least one of them is broken:
+nothing new happened otherwise, and a case needs a fresh gap to show. Among the broken ones:
+
+- **critical breach**: an outcome with severity ``critical`` (a survey score of 2 or less);
+- **repeated breach**: the same promise broken ``repeat_breaches.count`` times within
+  ``repeat_breaches.within_days`` (by event time), counting only breaches after the last
+  intervention closed: those before were that intervention's business;
+- **low health**: journey health under the threshold (``new_customer_threshold`` for new
+  customers).
+
+Hysteresis: a customer has at most one open (open or acknowledged) intervention, and every
+later trigger attaches to it (its gaps and reasons added, priority raised if higher). After
+an intervention is **resolved**, a new one opens only once health has recovered to threshold
++ margin since, or once the cooldown has passed. Two deliberate exceptions:
+
+- a **critical breach** opens a new intervention regardless: the brief's CEO calls every
+  customer below the line, however recently they were called;
+- after an intervention **expired** unworked there is nothing to damp: nobody acted, the
+  customer still needs someone, so the next trigger opens a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from touchpulse_scoring.domain.catalogue import Catalogue
+from touchpulse_scoring.domain.interventions import (
+    Gap,
+    Intervention,
+    InterventionState,
+    Trigger,
+    TriggerKind,
+    attach,
+    intervention_priority,
+    open_intervention,
+)
+from touchpulse_scoring.domain.outcomes import Outcome
+from touchpulse_scoring.domain.policy import InterventionPolicy
+from touchpulse_scoring.domain.profile import CustomerProfile
+
+#: Per promise id, the event times of the customer's breaches recorded *before* the outcomes
+#: being decided on (the consumer queries the last ``within_days``; older ones are ignored).
+BreachHistory = Mapping[str, Sequence[datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenGuard:
+    """What hysteresis remembers of the customer's last closed intervention."""
+
+    closed_at: datetime | None = None
+    health_at_close: float | None = None
+    #: Health has reached threshold + margin since ``closed_at``.
+    recovered: bool = True
+
+    @classmethod
+    def after_close(cls, intervention: Intervention) -> ReopenGuard:
+        """The guard once ``intervention`` has closed (see the module doc for expiry)."""
+        if intervention.closed_at is None:
+            raise ValueError(f"intervention {intervention.intervention_id} is not closed")
+        if intervention.state is InterventionState.EXPIRED:
+            return cls(closed_at=intervention.closed_at, recovered=True)
+        return cls(
+            closed_at=intervention.closed_at,
+            health_at_close=intervention.health_at_resolve,
+            recovered=False,
+        )
+
+    def observe(
+        self, health: float | None, policy: InterventionPolicy, *, is_new: bool
+    ) -> ReopenGuard:
+        """Note a health reading taken after the close."""
+        if self.recovered or health is None:
+            return self
+        if health >= policy.threshold_for(is_new=is_new) + policy.recovery_margin:
+            return replace(self, recovered=True)
+        return self
+
+    def allows_new(self, now: datetime, policy: InterventionPolicy) -> bool:
+        """Whether a non-critical trigger may open a new intervention at ``now``."""
+        if self.recovered or self.closed_at is None:
+            return True
+        return now >= self.closed_at + timedelta(days=policy.cooldown_days)
+
+
+#: No intervention has closed yet: nothing to damp.
+NO_GUARD = ReopenGuard()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do: nothing, open a new intervention, or attach to the open one."""
+
+    kind: Literal["none", "opened", "attached"]
+    #: The new or updated intervention; the open one unchanged (or None) for ``none``.
+    intervention: Intervention | None
+    #: Every trigger found, including those hysteresis held back.
+    triggers: tuple[Trigger, ...]
+    #: The guard to keep for the next decision.
+    guard: ReopenGuard
+
+
+def decide(
+    *,
+    catalogue: Catalogue,
+    customer_id: str,
+    now: datetime,
+    health: float | None,
+    previous_health: float | None,
+    is_new: bool,
+    profile: CustomerProfile,
+    outcomes: Sequence[Outcome],
+    breaches: BreachHistory,
+    current: Intervention | None,
+    guard: ReopenGuard,
+) -> Decision:
+    """Judge the outcomes just applied for one customer (health is already updated).
+
+    ``current`` is the customer's open or acknowledged intervention, if any; ``guard`` what
+    is remembered of the last closed one; ``outcomes`` only those that changed the state
+    (:attr:`~.ledger.Applied.recorded`), so a replayed duplicate triggers nothing.
+    """
+    if current is not None and not current.is_open:
+        raise ValueError(f"intervention {current.intervention_id} is {current.state}, not open")
+    policy = catalogue.policy.interventions
+    threshold = policy.threshold_for(is_new=is_new)
+    guard = guard.observe(guard.health_at_close, policy, is_new=is_new)
+    guard = guard.observe(previous_health, policy, is_new=is_new)
+    guard = guard.observe(health, policy, is_new=is_new)
+
+    broken = [o for o in outcomes if not o.met]
+    triggers = _triggers(
+        broken, breaches, guard=guard, policy=policy, health=health, threshold=threshold
+    )
+    if not triggers:
+        return Decision(kind="none", intervention=current, triggers=(), guard=guard)
+
+    critical = any(t.kind is TriggerKind.CRITICAL_BREACH for t in triggers)
+    gaps = [Gap.of(o, _action(catalogue, o.promise_id)) for o in broken]
+    rank = intervention_priority(
+        threshold=threshold,
+        health=health,
+        value=profile.value,
+        reach=profile.reach,
+        critical=critical,
+        critical_floor=policy.critical_priority_floor,
+    )
+    if current is not None:
+        updated = attach(current, now=now, triggers=triggers, gaps=gaps, priority=rank)
+        return Decision(kind="attached", intervention=updated, triggers=triggers, guard=guard)
+    if not critical and not guard.allows_new(now, policy):
+        return Decision(kind="none", intervention=None, triggers=triggers, guard=guard)
+    opened = open_intervention(
+        customer_id=customer_id,
+        now=now,
+        triggers=triggers,
+        gaps=gaps,
+        priority=rank,
+        threshold=threshold,
+        health=health,
+    )
+    return Decision(kind="opened", intervention=opened, triggers=triggers, guard=guard)
+
+
+def _triggers(
+    broken: Sequence[Outcome],
+    breaches: BreachHistory,
+    *,
+    guard: ReopenGuard,
+    policy: InterventionPolicy,
+    health: float | None,
+    threshold: float,
+) -> tuple[Trigger, ...]:
+    if not broken:
+        return ()
+    found: list[Trigger] = []
+    # Critical first: the first trigger names the intervention and leads its reasons.
+    for outcome in broken:
+        if outcome.severity == "critical":
+            found.append(
+                Trigger(
+                    kind=TriggerKind.CRITICAL_BREACH,
+                    detail=_describe_breach(outcome),
+                    promise_id=outcome.promise_id,
+                )
+            )
+    found.extend(_repeated(broken, breaches, guard, policy))
+    if health is not None and health < threshold:
+        found.append(
+            Trigger(
+                kind=TriggerKind.LOW_HEALTH,
+                detail=f"journey health {health:.1f} is under the threshold {threshold:g}",
+            )
+        )
+    return tuple(found)
+
+
+def _repeated(
+    broken: Sequence[Outcome],
+    breaches: BreachHistory,
+    guard: ReopenGuard,
+    policy: InterventionPolicy,
+) -> list[Trigger]:
+    rule = policy.repeat_breaches
+    window = timedelta(days=rule.within_days)
+    new_times: dict[str, list[datetime]] = {}
+    for outcome in broken:
+        new_times.setdefault(outcome.promise_id, []).append(outcome.occurred_at)
+    found: list[Trigger] = []
+    for promise_id, times in new_times.items():
+        every = [*breaches.get(promise_id, ()), *times]
+        if guard.closed_at is not None:
+            every = [t for t in every if t > guard.closed_at]
+        latest = max(times)
+        count = sum(1 for t in every if latest - window < t <= latest)
+        if count >= rule.count:
+            found.append(
+                Trigger(
+                    kind=TriggerKind.REPEATED_BREACH,
+                    detail=f"promise {promise_id!r} broken {count} times within"
+                    f" {rule.within_days:g} days",
+                    promise_id=promise_id,
+                )
+            )
+    return found
+
+
+def _describe_breach(outcome: Outcome) -> str:
+    expected = outcome.expected
+    actual = "nothing" if outcome.actual is None else f"{outcome.actual}"
+    return (
+        f"promise {outcome.promise_id!r} broken: expected {expected.unit} {expected.op}"
+        f" {expected.target}, got {actual}"
+    )
+
+
+def _action(catalogue: Catalogue, promise_id: str) -> str | None:
+    promise = catalogue.promise(promise_id)
+    return None if promise is None else promise.action

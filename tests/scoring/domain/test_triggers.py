@@ -1,0 +1,223 @@
+"""When interventions open or attach: thresholds, critical and repeated breaches, hysteresis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from tests.scoring.domain.support import T0, catalogue, outcome
+from touchpulse_scoring.domain import (
+    NO_GUARD,
+    NO_PROFILE,
+    BreachHistory,
+    CustomerProfile,
+    Decision,
+    Intervention,
+    Outcome,
+    ReopenGuard,
+    TriggerKind,
+    acknowledge,
+    decide,
+    expire_intervention,
+    resolve,
+)
+
+CAT = catalogue()
+DAY = timedelta(days=1)
+_counter = iter(range(1_000_000))
+
+
+def _breach(
+    at: datetime = T0, *, promise_id: str = "call-answer-time", critical: bool = False
+) -> Outcome:
+    broken = outcome(score=0.2, at=at, key=f"b-{next(_counter)}", promise_id=promise_id)
+    return replace(broken, met=False, gap=300.0, severity="critical" if critical else "normal")
+
+
+def _kept(at: datetime = T0) -> Outcome:
+    return outcome(score=1.0, at=at, key=f"k-{next(_counter)}", promise_id="call-answer-time")
+
+
+def _decide(
+    outcomes: Sequence[Outcome],
+    *,
+    health: float | None,
+    now: datetime = T0,
+    previous: float | None = None,
+    is_new: bool = False,
+    profile: CustomerProfile = NO_PROFILE,
+    breaches: BreachHistory | None = None,
+    current: Intervention | None = None,
+    guard: ReopenGuard = NO_GUARD,
+) -> Decision:
+    return decide(
+        catalogue=CAT,
+        customer_id="C-1",
+        now=now,
+        health=health,
+        previous_health=previous,
+        is_new=is_new,
+        profile=profile,
+        outcomes=outcomes,
+        breaches=breaches or {},
+        current=current,
+        guard=guard,
+    )
+
+
+def _opened(health: float = 40.0, now: datetime = T0) -> Intervention:
+    decision = _decide([_breach(now)], health=health, now=now)
+    assert decision.intervention is not None
+    return decision.intervention
+
+
+def _resolved(at: datetime, health: float = 45.0) -> Intervention:
+    acked = acknowledge(_opened(now=at - 2 * DAY), now=at - DAY, assignee="ops")
+    return resolve(acked, now=at, note="called", health=health)
+
+
+def test_a_breach_that_leaves_health_under_the_threshold_opens_one() -> None:
+    decision = _decide([_breach()], health=40.0, profile=CustomerProfile(value=2.0))
+    assert decision.kind == "opened"
+    assert decision.intervention is not None
+    iv = decision.intervention
+    assert iv.reasons == (TriggerKind.LOW_HEALTH,)
+    assert iv.priority == 20.0  # (50 - 40) * 2 * (1 + ln 1)
+    assert iv.health_at_open == 40.0
+    assert iv.threshold == 50.0
+    assert [g.promise_id for g in iv.gaps] == ["call-answer-time"]
+    assert iv.actions == ("Call back within 24 hours",)
+    assert iv.opened_at == T0
+
+
+def test_nothing_happens_without_a_breach_or_above_the_threshold() -> None:
+    assert _decide([_kept()], health=30.0).kind == "none"
+    assert _decide([], health=30.0).kind == "none"
+    assert _decide([_breach()], health=50.0).kind == "none"
+
+
+def test_new_customers_have_a_higher_threshold() -> None:
+    assert _decide([_breach()], health=55.0, is_new=True).kind == "opened"
+    assert _decide([_breach()], health=55.0, is_new=False).kind == "none"
+    iv = _decide([_breach()], health=55.0, is_new=True).intervention
+    assert iv is not None
+    assert (iv.threshold, iv.priority) == (60.0, 5.0)
+
+
+def test_a_critical_breach_opens_one_even_on_a_healthy_journey() -> None:
+    decision = _decide([_breach(promise_id="survey-csat", critical=True)], health=90.0)
+    assert decision.kind == "opened"
+    assert decision.intervention is not None
+    assert decision.intervention.reasons == (TriggerKind.CRITICAL_BREACH,)
+    assert decision.intervention.priority == 10.0  # the floor
+    assert decision.intervention.actions == ("A manager calls the customer",)
+
+
+def test_the_same_promise_broken_three_times_in_a_week() -> None:
+    history = {"call-answer-time": [T0 - 6 * DAY, T0 - 2 * DAY]}
+    decision = _decide([_breach()], health=80.0, breaches=history)
+    assert decision.kind == "opened"
+    assert decision.intervention is not None
+    assert decision.intervention.reasons == (TriggerKind.REPEATED_BREACH,)
+    assert decision.intervention.priority == 0.0  # healthy, not critical: bottom of the queue
+    # One of them eight days old: only two in the window.
+    stale = {"call-answer-time": [T0 - 8 * DAY, T0 - 2 * DAY]}
+    assert _decide([_breach()], health=80.0, breaches=stale).kind == "none"
+    # Other promises' breaches do not add up.
+    other = {"invoice-correct": [T0 - DAY, T0 - 2 * DAY]}
+    assert _decide([_breach()], health=80.0, breaches=other).kind == "none"
+    # Three in one batch count too.
+    assert _decide([_breach(), _breach(), _breach()], health=80.0).kind == "opened"
+
+
+def test_later_triggers_attach_to_the_open_intervention() -> None:
+    opened = _opened()
+    later = _breach(T0 + DAY, promise_id="survey-csat", critical=True)
+    decision = _decide([later], health=30.0, now=T0 + DAY, current=opened)
+    assert decision.kind == "attached"
+    assert decision.intervention is not None
+    iv = decision.intervention
+    assert iv.intervention_id == opened.intervention_id
+    assert iv.reasons == (TriggerKind.LOW_HEALTH, TriggerKind.CRITICAL_BREACH)
+    assert len(iv.gaps) == 2
+    assert iv.priority == 20.0
+    assert iv.actions[0] == "A manager calls the customer"
+    # Still open and nothing broken: it stays as it is.
+    quiet = _decide([_kept()], health=30.0, current=iv)
+    assert (quiet.kind, quiet.intervention) == ("none", iv)
+
+
+def test_an_acknowledged_intervention_still_collects_triggers() -> None:
+    acked = acknowledge(_opened(), now=T0, assignee="ops")
+    decision = _decide([_breach(T0 + DAY)], health=35.0, now=T0 + DAY, current=acked)
+    assert decision.kind == "attached"
+    assert decision.intervention is not None
+    assert decision.intervention.state == "acknowledged"
+
+
+def test_no_new_intervention_until_recovery_or_cooldown() -> None:
+    closed = _resolved(T0, health=45.0)
+    guard = ReopenGuard.after_close(closed)
+    # Still low the next day: held back, though the trigger is reported.
+    held = _decide([_breach(T0 + DAY)], health=40.0, now=T0 + DAY, guard=guard)
+    assert held.kind == "none"
+    assert [t.kind for t in held.triggers] == [TriggerKind.LOW_HEALTH]
+    # Recovered only to 55 (< 50 + 10) in between: still held back.
+    held = _decide(
+        [_breach(T0 + 2 * DAY)], health=40.0, previous=55.0, now=T0 + 2 * DAY, guard=held.guard
+    )
+    assert held.kind == "none"
+    # After the cooldown, a new one may open.
+    after = _decide([_breach(T0 + 7 * DAY)], health=40.0, now=T0 + 7 * DAY, guard=held.guard)
+    assert after.kind == "opened"
+
+
+def test_recovery_past_threshold_plus_margin_rearms_it() -> None:
+    guard = ReopenGuard.after_close(_resolved(T0, health=45.0))
+    # Health reached 60 at some point after the close (seen as a reading, no trigger).
+    seen = _decide([_kept(T0 + DAY)], health=60.0, previous=45.0, now=T0 + DAY, guard=guard)
+    assert seen.kind == "none"
+    assert seen.guard.recovered
+    # Then it falls again, within the cooldown: a new intervention opens.
+    fall = _decide(
+        [_breach(T0 + 2 * DAY)], health=40.0, previous=48.0, now=T0 + 2 * DAY, guard=seen.guard
+    )
+    assert fall.kind == "opened"
+
+
+def test_resolving_on_a_healthy_journey_needs_no_recovery() -> None:
+    guard = ReopenGuard.after_close(_resolved(T0, health=85.0))
+    assert _decide([_breach(T0 + DAY)], health=40.0, now=T0 + DAY, guard=guard).kind == "opened"
+
+
+def test_a_critical_breach_ignores_the_cooldown() -> None:
+    guard = ReopenGuard.after_close(_resolved(T0, health=45.0))
+    critical = _breach(T0 + DAY, promise_id="survey-csat", critical=True)
+    assert _decide([critical], health=40.0, now=T0 + DAY, guard=guard).kind == "opened"
+
+
+def test_an_expired_intervention_does_not_hold_the_next_one_back() -> None:
+    expired = expire_intervention(_opened(), now=T0 + 14 * DAY)
+    guard = ReopenGuard.after_close(expired)
+    decision = _decide([_breach(T0 + 15 * DAY)], health=40.0, now=T0 + 15 * DAY, guard=guard)
+    assert decision.kind == "opened"
+
+
+def test_repeated_breaches_before_the_last_close_do_not_count() -> None:
+    closed = _resolved(T0, health=85.0)
+    guard = ReopenGuard.after_close(closed)
+    history = {"call-answer-time": [T0 - 2 * DAY, T0 - DAY]}
+    decision = _decide(
+        [_breach(T0 + DAY)], health=80.0, now=T0 + DAY, breaches=history, guard=guard
+    )
+    assert decision.kind == "none"
+
+
+def test_replays_reproduce_the_same_intervention() -> None:
+    first = _breach()
+    a = _decide([first], health=40.0).intervention
+    b = _decide([first], health=40.0).intervention
+    assert a is not None
+    assert b is not None
+    assert a.intervention_id == b.intervention_id
