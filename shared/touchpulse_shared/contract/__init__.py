@@ -55,6 +55,7 @@ from touchpulse_shared.contract.record import (
     KafkaRecord,
     decode_record,
     encode_record,
+    encode_records,
 )
 from touchpulse_shared.contract.schema import export_json_schemas, json_schemas, render_schema
 
@@ -92,6 +93,7 @@ __all__ = [
     "check_time_window",
     "decode_record",
     "encode_record",
+    "encode_records",
     "event_to_json",
     "events_to_batch_json",
     "export_json_schemas",
