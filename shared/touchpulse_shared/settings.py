@@ -123,6 +123,22 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how long a verified key is trusted before re-reading it"
     )
 
+    # --- scoring -----------------------------------------------------------------------
+    promise_catalogue: Path = Field(
+        Path("deploy/promises.yaml"),
+        description="the promise catalogue (YAML); re-read when the file changes",
+    )
+    scoring_group_id: str = Field("touchpulse-scoring", min_length=1)
+    scoring_max_batch: int = Field(
+        500, ge=1, le=10_000, description="records per batch transaction at most"
+    )
+    scoring_sweep_interval_s: float = Field(
+        1.0, gt=0, description="how often expired deadlines are looked for"
+    )
+    scoring_stuck_after_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the consumer loop made no progress this long"
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_list(cls, value: str | None) -> str | None:

@@ -6,6 +6,7 @@ the runner (a crashed test session looks the same) takes them down with it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import asyncpg
 import httpx
 import psutil
 import pytest
@@ -82,7 +84,7 @@ class Runner:
     def server_pids(self) -> dict[str, int]:
         pids = {}
         for line in self.output:
-            match = re.match(r"\s+(kafka|postgres|ingest)\s.*pid (\d+)", line)
+            match = re.match(r"\s+(kafka|postgres|ingest|scoring)\s.*pid (\d+)", line)
             if match:
                 pids[match[1]] = int(match[2])
         return pids
@@ -122,7 +124,7 @@ def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
     assert re.search(r"kafka\s+127\.0\.0\.1:\d+", printed)
     assert re.search(r"postgres\s+postgresql://\S+@127\.0\.0\.1:\d+/touchpulse", printed)
     pids = runner.server_pids()
-    assert set(pids) == {"kafka", "postgres", "ingest"}
+    assert set(pids) == {"kafka", "postgres", "ingest", "scoring"}
     assert psutil.Process(pids["kafka"]).name() == "java"
     assert psutil.Process(pids["postgres"]).name() == "postgres"
 
@@ -144,16 +146,37 @@ def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
     assert response.status_code == 202, response.text
     assert httpx.get(f"{ingest}/readyz", timeout=5).status_code == 200
 
+    # ... and scoring turns it into journey health: 420 s on hold is a broken promise.
+    database = runner.printed(r"postgres\s+(postgresql://\S+)")
+    score = asyncio.run(_health_of(database, "C-1"))
+    assert score is not None
+    assert score < 100
+
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.proc.wait(STOP_TIMEOUT_S) == 0
     assert _gone(pids, timeout=5) == []
     runner.wait_for("Stopped.", 5)
 
 
+async def _health_of(database: str, customer: str) -> float | None:
+    conn = await asyncpg.connect(database)
+    try:
+        for _ in range(int(START_TIMEOUT_S / 0.2)):
+            score = await conn.fetchval(
+                "SELECT score FROM journey_health WHERE customer_id = $1", customer
+            )
+            if score is not None:
+                return float(score)
+            await asyncio.sleep(0.2)
+        return None
+    finally:
+        await conn.close()
+
+
 def test_a_killed_runner_takes_its_servers_with_it(runner: Runner) -> None:
     runner.wait_for(READY_LINE, START_TIMEOUT_S)
     pids = runner.server_pids()
-    assert set(pids) == {"kafka", "postgres", "ingest"}
+    assert set(pids) == {"kafka", "postgres", "ingest", "scoring"}
 
     runner.proc.kill()  # SIGKILL: no cleanup code of ours runs
     runner.proc.wait()

@@ -133,8 +133,9 @@ def _banner(
         f"  schema     migrations applied now: {migrations or 'none needed'}",
     ]
     for service in services:
+        docs = f"docs {service.url}/docs, " if service.spec.api_docs else ""
         lines.append(
-            f"  {service.spec.name:<10} {service.url}   (docs {service.url}/docs, "
+            f"  {service.spec.name:<10} {service.url}   ({docs}"
             f"metrics {service.url}/metrics, pid {service.pid})"
         )
     ingest = next((s for s in services if s.spec.name == "ingest"), None)

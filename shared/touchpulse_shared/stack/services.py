@@ -31,13 +31,18 @@ class ServiceSpec:
     name: str
     module: str
     port_setting: str
+    #: Serves an OpenAPI document at /docs.
+    api_docs: bool = True
 
     def port(self, settings: Settings) -> int:
         port: int = getattr(settings, self.port_setting)
         return port
 
 
-SERVICES = (ServiceSpec("ingest", "touchpulse_ingest.main", "ingest_port"),)
+SERVICES = (
+    ServiceSpec("ingest", "touchpulse_ingest.main", "ingest_port"),
+    ServiceSpec("scoring", "touchpulse_scoring.main", "scoring_metrics_port", api_docs=False),
+)
 
 
 class RunningService:

@@ -1,0 +1,287 @@
+"""The scoring consumer: Kafka in, one PostgreSQL transaction per batch, offsets in both.
+
+Order of operations for one batch (the exactly-once effect rests on it):
+
+1. ``getmany`` hands out at most ``max_records`` records (raw bytes; decoding is per record
+   so one poison record cannot fail the batch).
+2. One PostgreSQL transaction: lock this group's offset rows of the batch's partitions,
+   drop records below the stored next offset (already applied — a redelivery or a zombie),
+   and if a partition's first record lies *beyond* it, the batch is refused and the
+   partition rewound (records would otherwise be skipped); then dedupe on
+   ``(source, event_id)``, write outcomes, health, deadlines, interventions and outbox rows,
+   and store the next offsets.
+3. Commit the transaction.
+4. Commit the same offsets to Kafka — only a hint for tools and lag metrics: on assignment
+   the position is restored from PostgreSQL, never from Kafka.
+
+A database failure in 2-3 pauses the partitions, rewinds them to the batch's first offsets
+and retries with backoff, so nothing is skipped and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from touchpulse_shared.db import Conn
+
+log = structlog.get_logger(__name__)
+
+# Backoff while PostgreSQL is unreachable: quick first retries, then at most every 5 s.
+_BACKOFF_START_S = 0.2
+_BACKOFF_MAX_S = 5.0
+
+
+@dataclass
+class Batch:
+    """Records handed out by one ``getmany``, with what the database says about them."""
+
+    records: list[Any]
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+BatchHandler = Callable[[Conn, list[Any]], Awaitable[None]]
+
+
+class Rewind(Exception):
+    """Records are missing between the stored offset and the batch: seek back and refetch."""
+
+    def __init__(self, positions: Mapping[TopicPartition, int]) -> None:
+        super().__init__(f"rewinding {dict(positions)}")
+        self.positions = dict(positions)
+
+
+async def stored_offsets(
+    conn: Conn, group: str, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    rows = await conn.fetch(
+        """
+        SELECT topic, partition, next_offset FROM consumer_offset
+        WHERE consumer_group = $1 AND (topic, partition) IN (
+            SELECT * FROM unnest($2::text[], $3::int[]))
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+    )
+    return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+async def claim_batch(conn: Conn, group: str, records: Sequence[Any]) -> list[Any]:
+    """Inside the batch transaction: lock the offsets, keep only records not yet applied.
+
+    The row locks make two members that both believe they own a partition (a rebalance in
+    flight) take turns; the second then sees the first's offsets and drops the records.
+    """
+    first: dict[TopicPartition, int] = {}
+    for record in records:
+        first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+    partitions = sorted(first)
+    # A partition this group never read starts where the consumer was placed: its beginning.
+    await conn.execute(
+        """
+        INSERT INTO consumer_offset (consumer_group, topic, partition, next_offset)
+        SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
+        ON CONFLICT DO NOTHING
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+        [first[tp] for tp in partitions],
+    )
+    rows = await conn.fetch(
+        """
+        SELECT topic, partition, next_offset FROM consumer_offset
+        WHERE consumer_group = $1 AND (topic, partition) IN (
+            SELECT * FROM unnest($2::text[], $3::int[]))
+        ORDER BY topic, partition
+        FOR UPDATE
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+    )
+    stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    gaps = {tp: stored[tp] for tp, offset in first.items() if offset > stored[tp]}
+    if gaps:
+        # The consumer was positioned past what was applied (e.g. fetching began before the
+        # positions were restored, aiokafka #738): go back rather than skip.
+        raise Rewind(gaps)
+    return [r for r in records if r.offset >= stored[TopicPartition(r.topic, r.partition)]]
+
+
+async def store_offsets(
+    conn: Conn, group: str, records: Sequence[Any]
+) -> dict[TopicPartition, int]:
+    nexts: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        nexts[tp] = max(nexts.get(tp, 0), record.offset + 1)
+    await conn.execute(
+        """
+        UPDATE consumer_offset AS c SET next_offset = u.n, updated_at = now()
+        FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n)
+        WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
+          AND c.next_offset < u.n
+        """,
+        group,
+        [tp.topic for tp in nexts],
+        [tp.partition for tp in nexts],
+        list(nexts.values()),
+    )
+    return nexts
+
+
+class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Restores each assigned partition's position from PostgreSQL."""
+
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Let the batch in flight finish (its transaction decides); offsets live in the DB.
+        async with self.runner.processing:
+            log.info("scoring.partitions.revoked", partitions=len(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.runner.restore_positions(list(assigned))
+        log.info("scoring.partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        pool: asyncpg.Pool,
+        group: str,
+        topic: str,
+        handler: BatchHandler,
+        max_records: int,
+        on_batch: Callable[[int, float], None] = lambda n, s: None,
+        on_data_lost: Callable[[TopicPartition, int], None] = lambda tp, n: None,
+    ) -> None:
+        self.consumer = consumer
+        self.pool = pool
+        self.group = group
+        self.topic = topic
+        self.handler = handler
+        self.max_records = max_records
+        self.on_batch = on_batch
+        self.on_data_lost = on_data_lost
+        self.processing = asyncio.Lock()
+        self.last_progress = time.monotonic()
+        self.batches = 0
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.topic], listener=_Positions(self))
+
+    async def restore_positions(self, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        async with self.pool.acquire() as conn:
+            stored = await stored_offsets(conn, self.group, partitions)
+        for tp in partitions:
+            if tp in stored:
+                self.consumer.seek(tp, stored[tp])
+            else:
+                # Nothing applied yet from this partition: start at its beginning.
+                await self.consumer.seek_to_beginning(tp)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = _BACKOFF_START_S
+        while not stopping.is_set():
+            self.last_progress = time.monotonic()
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+            records = [r for part in batches.values() for r in part]
+            if not records:
+                continue
+            started = time.perf_counter()
+            try:
+                async with self.processing:
+                    await self._apply(records)
+            except Rewind as exc:
+                await self._rewind(exc.positions)
+                continue
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("scoring.database.unavailable", error=str(exc), retry_in_s=backoff)
+                await self._wait_for_database(records, backoff, stopping)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = _BACKOFF_START_S
+            self.batches += 1
+            self.on_batch(len(records), time.perf_counter() - started)
+
+    async def _rewind(self, positions: Mapping[TopicPartition, int]) -> None:
+        beginnings = await self.consumer.beginning_offsets(list(positions))
+        for tp, stored in positions.items():
+            start = beginnings.get(tp, 0)
+            offset = stored
+            if start > stored:
+                # Retention deleted records before scoring applied them. Never silent: this
+                # is reported as an incident, then consumption goes on from what exists.
+                log.error(
+                    "scoring.data_lost",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    first_missing=stored,
+                    first_available=start,
+                    lost=start - stored,
+                )
+                self.on_data_lost(tp, start - stored)
+                async with self.pool.acquire() as conn:
+                    await conn.execute(
+                        """
+                        UPDATE consumer_offset SET next_offset = $4, updated_at = now()
+                        WHERE consumer_group = $1 AND topic = $2 AND partition = $3
+                          AND next_offset < $4
+                        """,
+                        self.group,
+                        tp.topic,
+                        tp.partition,
+                        start,
+                    )
+                offset = start
+            log.warning("scoring.batch.rewind", topic=tp.topic, partition=tp.partition, to=offset)
+            self.consumer.seek(tp, offset)
+
+    async def _apply(self, records: list[Any]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await claim_batch(conn, self.group, records)
+            if fresh:
+                await self.handler(conn, fresh)
+            nexts = await store_offsets(conn, self.group, records)
+        # After the database commit: a hint for lag tooling, never the source of truth.
+        with contextlib.suppress(CommitFailedError, KafkaError):
+            await self.consumer.commit(nexts)
+
+    async def _wait_for_database(
+        self, records: list[Any], delay: float, stopping: asyncio.Event
+    ) -> None:
+        """Rewind the failed batch and pause fetching while the database is down."""
+        firsts: dict[TopicPartition, int] = {}
+        for record in records:
+            firsts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in firsts.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        self.consumer.pause(*assigned)
+        try:
+            # getmany on paused partitions returns nothing but keeps this member in the group.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stopping.wait()
+            await self.consumer.getmany(timeout_ms=0)
+        finally:
+            self.consumer.resume(*self.consumer.assignment())

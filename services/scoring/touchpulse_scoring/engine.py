@@ -1,0 +1,452 @@
+"""One batch (or one deadline sweep) through the domain, inside the caller's transaction.
+
+``Engine.handle`` is the consumer's batch handler. Within the batch transaction it:
+decodes each record (a record that cannot be used becomes a dead letter, written to the
+outbox), locks the batch's customers, dedupes events on ``(source, event_id)``, loads the
+customers' state, runs the pure domain per customer in event-time order, and writes the
+outcomes, health, deadlines, interventions and outbox rows. ``Engine.sweep`` does the same
+for deadlines that passed with no event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+
+from touchpulse_scoring.dlq import DeadLetter
+from touchpulse_scoring.domain import (
+    Catalogue,
+    Deadline,
+    DeadlineRef,
+    Intervention,
+    Outcome,
+    TouchpointHealth,
+    UnscorableEvent,
+    apply_outcomes,
+    assess,
+    check_event,
+    decide,
+    evaluate,
+    expire_deadline,
+    fulfil_deadline,
+    fulfilment_refs,
+    is_new,
+    keep_earliest,
+    open_deadlines,
+)
+from touchpulse_scoring.outbox import insert_outbox, outbox_row
+from touchpulse_scoring.store import (
+    CustomerState,
+    JourneyRow,
+    breach_window_start,
+    intervention_json,
+    load_state,
+    lock_customers,
+    outcome_from_row,
+    write_deadlines,
+    write_health,
+    write_interventions,
+    write_journeys,
+    write_outcomes,
+    write_webhook_events,
+)
+from touchpulse_shared.contract import (
+    ExperienceEventV1,
+    RecordRejected,
+    decode_record,
+    format_rfc3339,
+)
+from touchpulse_shared.db import Conn
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    health: str
+    interventions: str
+    dead_letters: str
+
+
+@dataclass
+class Report:
+    """What a batch did, for metrics and logs (the state itself is in the database)."""
+
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    opened: list[Intervention] = field(default_factory=list)
+    #: Seconds from ingest's receipt to this commit's "now", per applied event.
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Work:
+    """The pending effect on one customer."""
+
+    events: list[ExperienceEventV1] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    deadlines: dict[DeadlineRef, Deadline] = field(default_factory=dict)
+    as_of: datetime | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        catalogue: Callable[[], Catalogue],
+        topics: Topics,
+        clock: Callable[[], datetime],
+        mute_interventions: bool = False,
+    ) -> None:
+        self.catalogue = catalogue
+        self.topics = topics
+        self.clock = clock
+        # Replays rebuild state without opening interventions or sending webhooks.
+        self.mute_interventions = mute_interventions
+        self.last_report = Report()
+
+    async def handle(self, conn: Conn, records: list[Any]) -> None:
+        catalogue = self.catalogue()
+        now = self.clock()
+        report = Report(records=len(records))
+        decoded: list[tuple[Any, ExperienceEventV1, datetime]] = []
+        for record in records:
+            try:
+                result = decode_record(record.key, record.value, list(record.headers or ()))
+                check_event(result.event, catalogue)
+            except RecordRejected as exc:
+                report.dead_letters.append(_dead(record, exc.reason.value, exc.detail))
+                continue
+            except UnscorableEvent as exc:
+                report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
+                continue
+            decoded.append((record, result.event, result.received_at))
+
+        fresh = await self._dedupe(conn, decoded)
+        report.duplicates = len(decoded) - len(fresh)
+        if fresh:
+            await lock_customers(conn, (e.customer_id for _, e, _ in fresh))
+            await self._apply_events(conn, catalogue, fresh, now, report)
+        await insert_outbox(
+            conn,
+            [
+                outbox_row(self.topics.dead_letters, d.key, d.value, d.record_headers(now))
+                for d in report.dead_letters
+            ],
+        )
+        if len(report.dead_letters) * 2 > len(records) >= 20:
+            # Most of a batch unusable is an incident (a broken producer, a bad deploy), not
+            # noise: say so loudly; the flood metric drives an alert.
+            log.error(
+                "scoring.dead_letter_flood", dead=len(report.dead_letters), batch=len(records)
+            )
+        self.last_report = report
+
+    async def _dedupe(
+        self, conn: Conn, decoded: Sequence[tuple[Any, ExperienceEventV1, datetime]]
+    ) -> list[tuple[Any, ExperienceEventV1, datetime]]:
+        """Keep the events not applied before; duplicates inside the batch collapse first."""
+        firsts: dict[tuple[str, str], tuple[Any, ExperienceEventV1, datetime]] = {}
+        for item in decoded:
+            firsts.setdefault(item[1].identity, item)
+        if not firsts:
+            return []
+        items = list(firsts.values())
+        rows = await conn.fetch(
+            """
+            INSERT INTO processed_event (source, event_id, customer_id, topic, partition, "offset")
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                                 $6::bigint[])
+            ON CONFLICT DO NOTHING
+            RETURNING source, event_id
+            """,
+            [e.source for _, e, _ in items],
+            [e.event_id for _, e, _ in items],
+            [e.customer_id for _, e, _ in items],
+            [r.topic for r, _, _ in items],
+            [r.partition for r, _, _ in items],
+            [r.offset for r, _, _ in items],
+        )
+        new = {(r["source"], r["event_id"]) for r in rows}
+        return [item for item in items if item[1].identity in new]
+
+    async def _apply_events(
+        self,
+        conn: Conn,
+        catalogue: Catalogue,
+        fresh: Sequence[tuple[Any, ExperienceEventV1, datetime]],
+        now: datetime,
+        report: Report,
+    ) -> None:
+        work: dict[str, _Work] = defaultdict(_Work)
+        refs: set[DeadlineRef] = set()
+        for _, event, _ in sorted(fresh, key=lambda item: (item[1].occurred_at, item[1].identity)):
+            work[event.customer_id].events.append(event)
+            refs.update(fulfilment_refs(event, catalogue))
+            refs.update(
+                DeadlineRef(event.customer_id, p.id, event.journey_id or event.event_id)
+                for p in catalogue.deadlines_opened_by(event.type)
+            )
+        states = await self._load(conn, catalogue, list(work), refs, [e for _, e, _ in fresh])
+        by_event = {e.identity: (r, received) for r, e, received in fresh}
+        for customer, pending in work.items():
+            state = states[customer]
+            for event in pending.events:
+                try:
+                    self._judge_event(event, catalogue, state, pending)
+                except UnscorableEvent as exc:
+                    record, _ = by_event[event.identity]
+                    report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
+                    continue
+                report.applied += 1
+                report.latencies.append((now - by_event[event.identity][1]).total_seconds())
+            pending.as_of = max((e.occurred_at for e in pending.events), default=None)
+        await self._settle(
+            conn, catalogue=catalogue, states=states, work=work, now=now, report=report
+        )
+
+    def _judge_event(
+        self, event: ExperienceEventV1, catalogue: Catalogue, state: CustomerState, pending: _Work
+    ) -> None:
+        # All-or-nothing per event: judge everything first, then record it.
+        outcomes = evaluate(event, catalogue, state.profile)
+        opened = open_deadlines(event, catalogue, state.profile)
+        for deadline in opened:
+            existing = state.deadlines.get(deadline.ref)
+            chosen = deadline if existing is None else keep_earliest(existing, deadline)
+            state.deadlines[deadline.ref] = chosen
+            pending.deadlines[deadline.ref] = chosen
+        for ref in fulfilment_refs(event, catalogue):
+            standing = state.deadlines.get(ref)
+            if standing is None or standing.state == "fulfilled":
+                # Fulfilled already, or the opening event has not arrived (yet): nothing to
+                # measure against. A late opening then starts a clock that this event
+                # should have stopped; see docs/scoring.md on out-of-order journeys.
+                continue
+            ended, outcome = fulfil_deadline(standing, event)
+            state.deadlines[ref] = ended
+            pending.deadlines[ref] = ended
+            outcomes.append(outcome)
+        pending.outcomes.extend(outcomes)
+
+    async def _load(
+        self,
+        conn: Conn,
+        catalogue: Catalogue,
+        customers: list[str],
+        refs: Iterable[DeadlineRef],
+        events: Sequence[ExperienceEventV1],
+    ) -> dict[str, CustomerState]:
+        policy = catalogue.policy
+        window = policy.interventions.repeat_breaches.within_days
+        return await load_state(
+            conn,
+            customers,
+            outcome_keys=(),
+            deadline_refs=refs,
+            breach_window_start=breach_window_start((e.occurred_at for e in events), window),
+            recovery_margin=policy.interventions.recovery_margin,
+        )
+
+    async def _settle(
+        self,
+        conn: Conn,
+        *,
+        catalogue: Catalogue,
+        states: dict[str, CustomerState],
+        work: dict[str, _Work],
+        now: datetime,
+        report: Report,
+    ) -> None:
+        """Fold each customer's pending outcomes into health and decide on interventions."""
+        keys = {(o.customer_id, o.outcome_key) for w in work.values() for o in w.outcomes}
+        await _load_standing(conn, states, keys)
+        policy = catalogue.policy
+        outcome_rows: list[Outcome] = []
+        health_rows: list[tuple[str, str, TouchpointHealth]] = []
+        journeys: list[JourneyRow] = []
+        deadlines: list[Deadline] = []
+        interventions: list[Intervention] = []
+        webhooks: list[tuple[str, Intervention]] = []
+        outbox = []
+        for customer, pending in work.items():
+            state = states[customer]
+            deadlines.extend(pending.deadlines.values())
+            if not pending.outcomes:
+                continue
+            applied = apply_outcomes(
+                state.health, state.outcomes, pending.outcomes, half_life_days=policy.half_life_days
+            )
+            recorded = {o.outcome_key: applied.current[o.outcome_key] for o in applied.recorded}
+            outcome_rows.extend(recorded.values())
+            report.outcomes.extend(recorded.values())
+            touched = {o.touchpoint for o in (*applied.recorded, *applied.superseded)}
+            health_rows.extend((customer, t, applied.health[t]) for t in sorted(touched))
+            journey = assess(applied.health, catalogue)
+            as_of = pending.as_of or now
+            journeys.append(
+                JourneyRow(
+                    customer_id=customer,
+                    score=journey.score,
+                    band=journey.band,
+                    weakest_touchpoint=journey.weakest_touchpoint,
+                    as_of=as_of,
+                    changed=journey.score != state.journey_score,
+                )
+            )
+            outbox.append(
+                outbox_row(
+                    self.topics.health,
+                    customer.encode(),
+                    orjson.dumps(
+                        {
+                            "customer_id": customer,
+                            "score": journey.score,
+                            "band": journey.band,
+                            "weakest_touchpoint": journey.weakest_touchpoint,
+                            "touchpoints": dict(journey.touchpoints),
+                            "as_of": format_rfc3339(as_of),
+                            "catalogue_version": catalogue.version,
+                        }
+                    ),
+                    [("content-type", b"application/json")],
+                )
+            )
+            if self.mute_interventions or not applied.recorded:
+                continue
+            decision = decide(
+                catalogue=catalogue,
+                customer_id=customer,
+                # The newest event's time, not the wall clock: a replay decides alike.
+                now=as_of,
+                health=journey.score,
+                previous_health=state.journey_score,
+                is_new=is_new(state.profile, as_of, policy),
+                profile=state.profile,
+                outcomes=applied.recorded,
+                breaches=state.breaches,
+                current=state.current,
+                guard=state.guard,
+            )
+            if decision.kind == "none" or decision.intervention is None:
+                continue
+            intervention = decision.intervention
+            interventions.append(intervention)
+            kind = f"intervention.{decision.kind}"
+            webhooks.append((kind, intervention))
+            if decision.kind == "opened":
+                report.opened.append(intervention)
+            outbox.append(
+                outbox_row(
+                    self.topics.interventions,
+                    intervention.intervention_id.encode(),
+                    orjson.dumps(
+                        {"kind": kind, **intervention_json(intervention)},
+                        option=orjson.OPT_UTC_Z,
+                    ),
+                    [("content-type", b"application/json")],
+                )
+            )
+        await write_outcomes(conn, outcome_rows)
+        await write_health(conn, health_rows, now)
+        await write_journeys(conn, journeys, now)
+        await write_deadlines(conn, deadlines)
+        await write_interventions(conn, interventions)
+        await write_webhook_events(conn, webhooks)
+        await insert_outbox(conn, outbox)
+
+    async def sweep(self, conn: Conn, *, limit: int = 500) -> Report:
+        """Expire the deadlines that passed: a breach by absence, with its full effect.
+
+        Candidates are read without locks, then the customers are locked (the order every
+        writer uses) and each deadline is re-read: whoever got there first (another
+        instance's sweep, or a fulfilling event) has changed its state, and expiry of a
+        deadline that is no longer open is a no-op — so nothing fires twice.
+        """
+        catalogue = self.catalogue()
+        now = self.clock()
+        report = Report()
+        rows = await conn.fetch(
+            """
+            SELECT customer_id, promise_id, journey_key FROM deadline
+            WHERE state = 'open' AND due_at < $1 ORDER BY due_at LIMIT $2
+            """,
+            now,
+            limit,
+        )
+        if not rows:
+            return report
+        refs = {DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]) for r in rows}
+        customers = sorted({r.customer_id for r in refs})
+        await lock_customers(conn, customers)
+        window = catalogue.policy.interventions.repeat_breaches.within_days
+        states = await load_state(
+            conn,
+            customers,
+            outcome_keys=(),
+            deadline_refs=refs,
+            breach_window_start=breach_window_start([now], window),
+            recovery_margin=catalogue.policy.interventions.recovery_margin,
+        )
+        work: dict[str, _Work] = defaultdict(_Work)
+        for ref in sorted(refs, key=lambda r: (r.customer_id, r.promise_id, r.journey_key)):
+            deadline = states[ref.customer_id].deadlines.get(ref)
+            expired = None if deadline is None else expire_deadline(deadline, now)
+            if expired is None:
+                continue
+            ended, outcome = expired
+            pending = work[ref.customer_id]
+            pending.deadlines[ref] = ended
+            pending.outcomes.append(outcome)
+            pending.as_of = max(pending.as_of or ended.due_at, ended.due_at)
+        if work:
+            await self._settle(
+                conn, catalogue=catalogue, states=states, work=work, now=now, report=report
+            )
+        return report
+
+
+async def _load_standing(
+    conn: Conn, states: dict[str, CustomerState], keys: set[tuple[str, str]]
+) -> None:
+    """The outcomes standing under the keys about to be written (for supersession)."""
+    if not keys:
+        return
+    ordered = sorted(keys)
+    for row in await conn.fetch(
+        """
+        SELECT o.* FROM outcome o
+        JOIN unnest($1::text[], $2::text[]) AS k(c, key)
+          ON o.customer_id = k.c AND o.outcome_key = k.key
+        """,
+        [c for c, _ in ordered],
+        [k for _, k in ordered],
+    ):
+        states[row["customer_id"]].outcomes[row["outcome_key"]] = outcome_from_row(row)
+
+
+def _dead(record: Any, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=[(name, value or b"") for name, value in (record.headers or ())],
+        reason=reason,
+        detail=detail,
+    )
+
+
+def finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]

@@ -1,0 +1,317 @@
+"""The scoring process: consumer, deadline sweep, outbox publisher, catalogue reloads and a
+small HTTP endpoint for probes and metrics, all on one event loop.
+
+Shutdown (SIGTERM or Ctrl-C) stops fetching, lets the batch in flight commit, leaves the
+group, publishes what the outbox holds, and closes — bounded by ``STOP_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from touchpulse_scoring.consumer import ConsumerRunner
+from touchpulse_scoring.domain import Catalogue, CatalogueError, load_catalogue_file
+from touchpulse_scoring.engine import Engine, Topics
+from touchpulse_scoring.metrics import ScoringMetrics
+from touchpulse_scoring.outbox import publish_once
+from touchpulse_shared.db import Conn
+from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+STOP_TIMEOUT_S = 30.0
+# Outbox rounds: fast while there is work, a short idle poll otherwise.
+OUTBOX_IDLE_S = 0.1
+LAG_INTERVAL_S = 5.0
+CATALOGUE_CHECK_S = 2.0
+
+
+class CatalogueSource:
+    """The catalogue in effect, re-read when its file changes.
+
+    An edited file that does not validate is logged and ignored: the last good catalogue
+    stays in effect, so a typo never stops scoring.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = path.stat().st_mtime_ns
+        self._current = load_catalogue_file(path)
+
+    def __call__(self) -> Catalogue:
+        return self._current
+
+    def refresh(self) -> bool:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError as exc:
+            log.error("scoring.catalogue.unreadable", path=str(self.path), error=str(exc))  # noqa: TRY400 - the reason is the message; a traceback adds nothing
+            return False
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            catalogue = load_catalogue_file(self.path)
+        except CatalogueError as exc:
+            log.error("scoring.catalogue.invalid", path=str(self.path), error=str(exc))  # noqa: TRY400 - the reason is the message
+            return False
+        log.info(
+            "scoring.catalogue.reloaded", version=catalogue.version, previous=self._current.version
+        )
+        self._current = catalogue
+        return True
+
+
+class ScoringService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        mute_interventions: bool = False,
+    ) -> None:
+        if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+            raise ValueError("scoring needs TOUCHPULSE_DATABASE_URL and Kafka bootstrap servers")
+        self.settings = settings
+        self.database_url = settings.database_url
+        self.bootstrap = settings.kafka_bootstrap_servers
+        self.catalogue = CatalogueSource(settings.promise_catalogue)
+        self.metrics = ScoringMetrics(CollectorRegistry())
+        self.metrics.catalogue_info.labels(self.catalogue().version).set(1)
+        self.engine = Engine(
+            catalogue=self.catalogue,
+            topics=Topics(
+                health=settings.health_topic,
+                interventions=settings.interventions_topic,
+                dead_letters=settings.dead_letter_topic,
+            ),
+            clock=clock,
+            mute_interventions=mute_interventions,
+        )
+        self.stopping = asyncio.Event()
+        self.runner: ConsumerRunner | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        await migrate_url(self.database_url)
+        pool = await asyncpg.create_pool(self.database_url, min_size=2, max_size=6)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.settings.scoring_group_id,
+            client_id=f"touchpulse-scoring-{os.getpid()}",
+            # Offsets live in PostgreSQL with the state; Kafka's are hints committed after.
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.scoring_max_batch,
+            # Low fetch wait: latency matters more than fewer, fuller fetches here.
+            fetch_max_wait_ms=50,
+            isolation_level="read_committed",
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+            # A batch transaction takes well under a second; a minute means we are stuck.
+            max_poll_interval_ms=60_000,
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=10_000,
+        )
+        await consumer.start()
+        await producer.start()
+        runner = ConsumerRunner(
+            consumer=consumer,
+            pool=pool,
+            group=self.settings.scoring_group_id,
+            topic=self.settings.events_topic,
+            handler=self._handle,
+            max_records=self.settings.scoring_max_batch,
+            on_batch=self._on_batch,
+            on_data_lost=lambda tp, n: self.metrics.data_lost.inc(n),
+        )
+        self.runner = runner
+        runner.subscribe()
+        self.ready.set()
+        background = [
+            asyncio.create_task(self._every(OUTBOX_IDLE_S, lambda: self._publish(pool, producer))),
+            asyncio.create_task(
+                self._every(self.settings.scoring_sweep_interval_s, lambda: self._sweep(pool))
+            ),
+            asyncio.create_task(self._every(LAG_INTERVAL_S, lambda: self._lag(consumer))),
+            asyncio.create_task(self._every(CATALOGUE_CHECK_S, self._reload)),
+        ]
+        try:
+            await runner.run(self.stopping)
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await consumer.stop()  # leaves the group: partitions move at once
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    while await publish_once(pool, producer, ack_within_s=5):
+                        pass
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await producer.stop()
+            await pool.close()
+
+    async def _handle(self, conn: Conn, records: list[Any]) -> None:
+        await self.engine.handle(conn, records)
+
+    def _on_batch(self, records: int, seconds: float) -> None:
+        report = self.engine.last_report
+        metrics = self.metrics
+        metrics.batch_records.observe(records)
+        metrics.batch_duration.observe(seconds)
+        metrics.events.labels("applied").inc(report.applied)
+        metrics.events.labels("duplicate").inc(report.duplicates)
+        metrics.events.labels("dead_letter").inc(len(report.dead_letters))
+        for dead in report.dead_letters:
+            metrics.dead_letters.labels(dead.reason).inc()
+        if len(report.dead_letters) * 2 > records >= 20:
+            metrics.dead_letter_floods.inc()
+        for outcome in report.outcomes:
+            result = "kept" if outcome.met else "broken"
+            metrics.outcomes.labels(outcome.touchpoint, outcome.promise_id, result).inc()
+        for latency in report.latencies:
+            metrics.event_to_health.observe(max(latency, 0.0))
+        metrics.interventions_opened.inc(len(report.opened))
+
+    async def _every(self, interval: float, job: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                busy = await job()
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                KafkaError,
+                TimeoutError,
+            ) as exc:
+                log.warning("scoring.background.failed", error=str(exc))
+                busy = False
+            if not busy:
+                await asyncio.sleep(interval)
+
+    async def _publish(self, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> bool:
+        sent = await publish_once(pool, producer, ack_within_s=10)
+        self.metrics.outbox_published.inc(sent)
+        return sent > 0
+
+    async def _sweep(self, pool: asyncpg.Pool) -> bool:
+        async with pool.acquire() as conn, conn.transaction():
+            report = await self.engine.sweep(conn)
+        self.metrics.deadlines_expired.inc(len(report.outcomes))
+        self.metrics.interventions_opened.inc(len(report.opened))
+        return bool(report.outcomes)
+
+    async def _lag(self, consumer: AIOKafkaConsumer) -> bool:
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return False
+        ends = await consumer.end_offsets(assigned)
+        for tp in assigned:
+            position = await consumer.position(tp)
+            self.metrics.consumer_lag.labels(str(tp.partition)).set(max(ends[tp] - position, 0))
+        return False
+
+    async def _reload(self) -> bool:
+        if self.catalogue.refresh():
+            self.metrics.catalogue_info.clear()
+            self.metrics.catalogue_info.labels(self.catalogue().version).set(1)
+        return False
+
+    def healthy(self) -> bool:
+        """Alive unless the consumer loop stopped making progress (stuck, not just idle)."""
+        runner = self.runner
+        if runner is None:
+            return True
+        return time.monotonic() - runner.last_progress < self.settings.scoring_stuck_after_s
+
+    def partitions(self) -> list[TopicPartition]:
+        return [] if self.runner is None else list(self.runner.consumer.assignment())
+
+
+async def serve_probes(service: ScoringService, host: str, port: int) -> asyncio.Server:
+    """``/healthz``, ``/readyz`` and ``/metrics`` over a minimal HTTP/1.1 responder.
+
+    No web framework: it must answer while the event loop is busy with batches and must not
+    take over the process's signal handling.
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+            path = request.split(b" ")[1].decode() if request.count(b" ") >= 2 else "/"
+            if path == "/metrics":
+                status, body, kind = (
+                    200,
+                    generate_latest(service.metrics.registry),
+                    CONTENT_TYPE_LATEST,
+                )
+            elif path == "/healthz":
+                ok = service.healthy()
+                status, body, kind = (
+                    (200 if ok else 503),
+                    (b'{"status":"alive"}' if ok else b'{"status":"stuck"}'),
+                    "application/json",
+                )
+            elif path == "/readyz":
+                ok = service.ready.is_set()
+                status, body, kind = (
+                    (200 if ok else 503),
+                    (b'{"status":"ready"}' if ok else b'{"status":"starting"}'),
+                    "application/json",
+                )
+            else:
+                status, body, kind = 404, b'{"status":"not found"}', "application/json"
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, OSError, IndexError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+async def main_async(settings: Settings) -> None:
+    service = ScoringService(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stopping.set)
+    server = await serve_probes(service, settings.host, settings.scoring_metrics_port)
+    try:
+        await service.run()
+    finally:
+        server.close()
+        await server.wait_closed()
