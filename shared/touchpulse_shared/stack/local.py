@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,12 @@ def new_run_dir(state_dir: Path) -> Path:
         pid = _owner_pid(old)
         if pid is not None and not psutil.pid_exists(pid):
             shutil.rmtree(old, ignore_errors=True)
-    path = runs / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    path.mkdir()
+    # Unique even for several runs of one process in one second (the pid stays last).
+    path = Path(
+        tempfile.mkdtemp(
+            prefix=f"{time.strftime('%Y%m%dT%H%M%S')}-", suffix=f"-{os.getpid()}", dir=runs
+        )
+    )
     # Others (the unprivileged owner of PostgreSQL's data, when run as root) must pass through.
     for folder in (state_dir.resolve(), runs, path):
         folder.chmod(0o755)

@@ -117,9 +117,13 @@ class LocalPostgres:
         log_path = self.log_path
         log_path.touch()
         self._own(log_path)
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        data = self.workdir / "data"
         self._proc = spawn(
             [
-                str(bin_dir / "postgres"),
+                str(postgres_bin() / "postgres"),
                 "-D",
                 str(data),
                 "-c",
@@ -132,7 +136,7 @@ class LocalPostgres:
                 "-c",
                 "max_connections=200",
             ],
-            log_path=log_path,
+            log_path=self.log_path,
             user=self._user,
             cwd=self.workdir,
         )
@@ -142,19 +146,24 @@ class LocalPostgres:
                 timeout=timeout,
                 what="PostgreSQL",
                 proc=self._proc,
-                log_path=log_path,
+                log_path=self.log_path,
             )
             wait_until(
                 lambda: run_async(lambda: _accepts_queries(self.admin_url)),
                 timeout=timeout,
                 what="PostgreSQL queries",
                 proc=self._proc,
-                log_path=log_path,
+                log_path=self.log_path,
             )
             run_async(lambda: _create_database(self.admin_url, DATABASE))
         except BaseException:
             self.stop()
             raise
+
+    def restart(self, *, timeout: float = READY_TIMEOUT_S) -> None:
+        """Stop (fast shutdown) and start again on the same port and data: for fault tests."""
+        self.stop(keep_workdir=True)
+        self._launch(timeout)
 
     def stop(self, *, timeout: float = STOP_TIMEOUT_S, keep_workdir: bool = False) -> None:
         if self._proc is not None:

@@ -75,15 +75,17 @@ class Pipeline:
         finally:
             await conn.close()
 
-    async def wait_for(self, query: str, expected: object, *args: object) -> None:
+    async def wait_for(
+        self, query: str, expected: object, *args: object, within_s: float = SETTLE_S
+    ) -> None:
         """Poll the database until ``query`` returns ``expected`` (the state is the signal)."""
         last: object = None
-        for _ in range(int(SETTLE_S / 0.1)):
+        for _ in range(int(within_s / 0.1)):
             last = await self.fetchval(query, *args)
             if last == expected:
                 return
             await asyncio.sleep(0.1)
-        raise AssertionError(f"{query} gave {last!r}, not {expected!r}, within {SETTLE_S} s")
+        raise AssertionError(f"{query} gave {last!r}, not {expected!r}, within {within_s} s")
 
 
 @pytest.fixture

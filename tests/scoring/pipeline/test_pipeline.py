@@ -7,90 +7,21 @@ import asyncio
 import math
 import random
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from tests.scoring.pipeline.conftest import SETTLE_S, Pipeline, running_scoring
-from touchpulse_scoring.domain import load_catalogue_file
+from tests.scoring.pipeline.ledger import START, make_event, recompute
 from touchpulse_shared.contract import EVENT_ADAPTER, ExperienceEventV1, encode_record
-
-CATALOGUE = load_catalogue_file("deploy/promises.yaml")
-START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-
-
-def _event(
-    n: int, customer: str, at: datetime, kind: str, rng: random.Random, **extra: Any
-) -> ExperienceEventV1:
-    shapes: dict[str, tuple[str, str, dict[str, Any]]] = {
-        "call": (
-            "call_centre",
-            "call.answered",
-            {
-                "wait_seconds": rng.choice([20, 45, 90, 300, 700]),
-                "first_contact_resolution": rng.random() < 0.7,
-            },
-        ),
-        "invoice": (
-            "billing",
-            "invoice.issued",
-            {
-                "invoice_correct": rng.random() < 0.8,
-                "days_after_delivery": rng.choice([1, 2, 5, 20]),
-            },
-        ),
-        "survey": (
-            "survey",
-            "survey.answered",
-            {"csat": rng.choice([1, 3, 4, 5]), "nps": rng.choice([2, 6, 8, 10])},
-        ),
-        "delivery": (
-            "delivery",
-            "delivery.completed",
-            {"damaged": rng.random() < 0.1, "all_items_delivered": rng.random() < 0.9},
-        ),
-    }
-    touchpoint, event_type, measures = shapes[kind]
-    return EVENT_ADAPTER.validate_python(
-        {
-            "event_id": f"e-{n}",
-            "source": "test-source",
-            "customer_id": customer,
-            "touchpoint": touchpoint,
-            "type": event_type,
-            "occurred_at": at,
-            "measures": measures,
-            **extra,
-        }
-    )
-
-
-def _recompute(outcomes: list[Any]) -> dict[str, float | None]:
-    """Journey health straight from the brief's formulas over the stored outcomes."""
-    half_life_s = CATALOGUE.policy.half_life_days * 86_400
-    lam = CATALOGUE.policy.weakest_link_lambda
-    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
-    for o in outcomes:
-        decay = 2 ** ((o["occurred_at"] - START).total_seconds() / half_life_s)
-        pair = sums[o["customer_id"]][o["touchpoint"]]
-        pair[0] += o["weight"] * o["score"] * decay
-        pair[1] += o["weight"] * decay
-    result: dict[str, float | None] = {}
-    for customer, by_touchpoint in sums.items():
-        health = {t: s / w for t, (s, w) in by_touchpoint.items() if w > 0}
-        importance = {t: CATALOGUE.touchpoints[t] for t in health}
-        weighted = sum(importance[t] * h for t, h in health.items()) / sum(importance.values())
-        result[customer] = 100 * ((1 - lam) * weighted + lam * min(health.values()))
-    return result
 
 
 async def test_state_equals_a_recomputation_and_duplicates_count_once(pipeline: Pipeline) -> None:
     rng = random.Random(7)
     customers = [f"C-{i}" for i in range(15)]
     events = [
-        _event(
+        make_event(
             n,
             rng.choice(customers),
             START + timedelta(minutes=17 * n),
@@ -120,7 +51,7 @@ async def test_state_equals_a_recomputation_and_duplicates_count_once(pipeline: 
     journeys = {
         r["customer_id"]: r["score"] for r in await pipeline.fetch("SELECT * FROM journey_health")
     }
-    expected = _recompute(outcomes)
+    expected = recompute(outcomes)
     assert set(journeys) == set(expected)
     for customer, score in expected.items():
         assert score is not None
@@ -136,12 +67,14 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_good_ones_apply(
     pipeline: Pipeline,
 ) -> None:
     rng = random.Random(3)
-    good = [_event(n, f"P-{n % 3}", START + timedelta(minutes=n), "call", rng) for n in range(12)]
+    good = [
+        make_event(n, f"P-{n % 3}", START + timedelta(minutes=n), "call", rng) for n in range(12)
+    ]
     valid = encode_record(good[0], producer="ingest", received_at=START)
-    unknown_touchpoint = _event(100, "P-9", START, "call", rng).model_copy(
+    unknown_touchpoint = make_event(100, "P-9", START, "call", rng).model_copy(
         update={"touchpoint": "hologram"}
     )
-    wrong_kind = _event(101, "P-9", START, "call", rng).model_copy(
+    wrong_kind = make_event(101, "P-9", START, "call", rng).model_copy(
         update={"measures": {"wait_seconds": True}}
     )
     poison = [
