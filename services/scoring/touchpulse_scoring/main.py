@@ -1,28 +1,127 @@
-"""``touchpulse-scoring``: run the scoring consumer."""
+"""``touchpulse-scoring``: run the scoring consumer, or ``replay`` the topic to check it."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
-from touchpulse_scoring.domain import CatalogueError
+import asyncpg
+import typer
+
+from touchpulse_scoring.domain import CatalogueError, load_catalogue_file
+from touchpulse_scoring.replay import ReplayReport, replay
 from touchpulse_scoring.service import main_async
 from touchpulse_shared.logs import configure_logging
-from touchpulse_shared.settings import ConfigError, load_settings
+from touchpulse_shared.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"touchpulse-scoring: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings)
+    if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+        typer.echo(
+            "touchpulse-scoring: TOUCHPULSE_DATABASE_URL and TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS "
+            "must be set",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return settings
+
+
+@app.callback(invoke_without_command=True)
+def run(ctx: typer.Context) -> None:
+    """Consume the events topic and keep journey health (the default command)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings()
+    try:
+        asyncio.run(main_async(settings))
+    except CatalogueError as exc:
+        typer.echo(f"touchpulse-scoring: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("replay")
+def replay_command(
+    scratch_url: Annotated[
+        str | None,
+        typer.Option(help="database to rebuild into (default: a new one on the live server)"),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="keep the scratch database afterwards")] = False,
+) -> None:
+    """Rebuild state from the topic's beginning (interventions muted) and compare it with
+    the live state; exit 0 when they agree, 1 when they do not."""
+    settings = _settings()
+    live_url = settings.database_url or ""
+    catalogue = load_catalogue_file(settings.promise_catalogue)
+    created = scratch_url is None
+    scratch = scratch_url or _with_database(live_url, f"touchpulse_replay_{int(time.time())}")
+    if created:
+        asyncio.run(_create_database(live_url, scratch))
+    try:
+        report = asyncio.run(
+            replay(
+                live_url=live_url,
+                scratch_url=scratch,
+                bootstrap_servers=settings.kafka_bootstrap_servers or "",
+                topic=settings.events_topic,
+                catalogue=catalogue,
+            )
+        )
+    finally:
+        if created and not keep:
+            asyncio.run(_drop_database(live_url, scratch))
+    _print(report)
+    raise typer.Exit(0 if report.matches else 1)
+
+
+def _print(report: ReplayReport) -> None:
+    typer.echo(f"records replayed:          {report.records}")
+    typer.echo(f"customers compared:        {report.customers_compared}")
+    typer.echo(f"equal:                     {report.equal}")
+    typer.echo(f"different:                 {len(report.different)} {report.different[:10]}")
+    typer.echo(f"only in live state:        {len(report.only_live)} {report.only_live[:10]}")
+    typer.echo(f"only in replay:            {len(report.only_replay)} {report.only_replay[:10]}")
+    typer.echo(f"changed since snapshot:    {report.changed_since_snapshot} (not compared)")
+    typer.echo("replay equals live state" if report.matches else "replay DIFFERS from live state")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _create_database(live_url: str, scratch_url: str) -> None:
+    conn = await asyncpg.connect(live_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{urlsplit(scratch_url).path.lstrip("/")}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(live_url: str, scratch_url: str) -> None:
+    conn = await asyncpg.connect(live_url)
+    try:
+        name = urlsplit(scratch_url).path.lstrip("/")
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 def main() -> None:
     try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"touchpulse-scoring: {exc}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging(settings)
-    try:
-        asyncio.run(main_async(settings))
-    except (CatalogueError, ValueError) as exc:
-        print(f"touchpulse-scoring: {exc}", file=sys.stderr)
-        sys.exit(2)
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":
