@@ -8,10 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The locked set, hashes checked, then the project itself (editable) built by the locked
 # hatchling, so no unpinned build environment is ever downloaded.
@@ -29,6 +29,11 @@ run: setup ## Start Kafka, PostgreSQL and every service; Ctrl-C stops all of it
 
 test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 	$(BIN)/python -m pytest
+
+bench: bench-ingest ## Run every benchmark (for now: ingest)
+
+bench-ingest: setup ## Benchmark ingest against Kafka's ProducerPerformance and a bare ASGI route
+	$(BIN)/python -m tests.bench.ingest
 
 lint: $(STAMP) ## ruff (format check + lint) and mypy --strict
 	$(BIN)/ruff format --check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import uvicorn
@@ -19,6 +20,11 @@ def main() -> None:
         print(f"touchpulse-ingest: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings)
+    # Everything imported so far lives as long as the process: move it out of the
+    # collector's reach, so full collections (measured at ~50 ms with it) stay short and
+    # do not set the single-event p99.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,

@@ -1,0 +1,598 @@
+"""What every Touchpulse benchmark needs: load generators, percentiles, per-process CPU and
+memory, servers under test as child processes, and the result file.
+
+Load generators run on an asyncio loop in the benchmark's own process; they share the
+machine's cores with the servers they load, so every run reports their CPU too.
+
+- :func:`closed_loop`: each worker sends its next request as soon as the previous one is
+  answered; the rate it reaches is the server's capacity (given enough workers).
+- :func:`open_loop`: requests are sent on a fixed schedule whatever the answers do; latency
+  is measured from the *scheduled* send time, so a server that falls behind is charged for
+  the queueing it causes (no coordinated omission).
+
+Both freeze this process's heap first (:func:`gc.freeze`): its own full garbage
+collections would otherwise stall it and be counted as the server's latency.
+
+A worker is a :data:`Call`: an async callable sending one request and returning the HTTP
+status and the units of work it accomplished (events acknowledged, requests served; 0 if
+it failed). Status 0 stands for a transport error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib.metadata
+import itertools
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+
+from touchpulse_shared.stack.procs import spawn, stop, wait_until
+
+Outcome = tuple[int, int]
+Call = Callable[[], Awaitable[Outcome]]
+
+# Requests still in flight when a phase ends get this long to finish before they are
+# abandoned (and counted as incomplete).
+DRAIN_S = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# uvloop's loop.time() has millisecond steps (libuv's cached loop time): far too coarse for
+# latencies of a few milliseconds, so every timestamp comes from this clock instead.
+clock = time.perf_counter
+LOOPBACK = "127.0.0.1"
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile of already sorted values (NaN if there are none)."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of repeated measurements and their range."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        finite = [v for v in values if math.isfinite(v)]
+        if not finite:
+            return cls(math.nan, math.nan, math.nan, 0)
+        return cls(statistics.median(finite), min(finite), max(finite), len(finite))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.low, "max": self.high, "n": self.n}
+
+
+def ratio(value: float, ceiling: float) -> float:
+    return value / ceiling if ceiling > 0 and math.isfinite(ceiling) else math.nan
+
+
+def latency_summary(ordered_s: Sequence[float]) -> dict[str, float]:
+    """Milliseconds: p50, p90, p99, p99.9, max and mean of sorted latencies in seconds."""
+    mean = statistics.fmean(ordered_s) if ordered_s else math.nan
+    return {
+        "count": float(len(ordered_s)),
+        "p50_ms": percentile(ordered_s, 50) * 1000,
+        "p90_ms": percentile(ordered_s, 90) * 1000,
+        "p99_ms": percentile(ordered_s, 99) * 1000,
+        "p999_ms": percentile(ordered_s, 99.9) * 1000,
+        "max_ms": (ordered_s[-1] if ordered_s else math.nan) * 1000,
+        "mean_ms": mean * 1000,
+    }
+
+
+# --- processes: CPU and memory ---------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included (/proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # Field 2 (the command) may hold spaces and parentheses: count fields after its end.
+    fields = text[text.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's peak resident set size (VmHWM), or None if it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat), steal included."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+#: The name under which :class:`CpuMeter` reports the whole machine.
+MACHINE = "machine"
+#: Derived: the machine minus every named process; other tenants of a shared machine.
+OTHER = "other"
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of named processes, read together so their deltas cover one interval.
+
+    The machine's total comes with them (as ``machine``), so that a delta also shows what
+    everything else took (``other``): on a shared machine, the noise in a measurement.
+    """
+
+    pids: dict[str, int]
+
+    def read(self) -> dict[str, float]:
+        seconds: dict[str, float] = {MACHINE: machine_busy_seconds()}
+        for name, pid in self.pids.items():
+            try:
+                seconds[name] = cpu_seconds(pid)
+            except (OSError, ValueError, IndexError):
+                seconds[name] = math.nan
+        return seconds
+
+    @staticmethod
+    def delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+        return account_other({name: after[name] - before[name] for name in before if name in after})
+
+
+def account_other(spent: dict[str, float]) -> dict[str, float]:
+    """Set ``other`` in CPU seconds per process: the machine's total minus the named ones."""
+    if MACHINE in spent:
+        named = (s for name, s in spent.items() if name not in {MACHINE, OTHER})
+        spent[OTHER] = max(0.0, spent[MACHINE] - sum(s for s in named if math.isfinite(s)))
+    return spent
+
+
+# --- load generation -------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """One phase of load: what was completed inside its measurement window."""
+
+    window_s: float
+    #: Units of work done by requests that completed inside the window.
+    units: int = 0
+    #: Requests that completed inside the window, by status (0: transport error).
+    statuses: Counter[int] = field(default_factory=Counter)
+    #: Sorted latencies (s) of successful requests measured in the window.
+    latencies_s: list[float] = field(default_factory=list)
+    #: CPU seconds per process over the window.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    offered_per_s: float | None = None
+    #: Open loop: how late the generator itself was in sending, at worst.
+    max_send_lag_s: float = 0.0
+    #: Requests scheduled or in flight that never completed within the drain time.
+    incomplete: int = 0
+
+    @property
+    def units_per_s(self) -> float:
+        return self.units / self.window_s
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+    def cpu_per_unit(self) -> dict[str, float]:
+        return {name: s / self.units if self.units else math.nan for name, s in self.cpu_s.items()}
+
+    def cores(self) -> dict[str, float]:
+        return {name: s / self.window_s for name, s in self.cpu_s.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window_s": self.window_s,
+            "units": self.units,
+            "units_per_s": self.units_per_s,
+            "requests": self.requests,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "latency": latency_summary(self.latencies_s),
+            "cpu_s": self.cpu_s,
+            "cpu_s_per_unit": self.cpu_per_unit(),
+            "cores": self.cores(),
+            "offered_per_s": self.offered_per_s,
+            "max_send_lag_ms": self.max_send_lag_s * 1000,
+            "incomplete": self.incomplete,
+        }
+
+
+class _CpuWindow:
+    """Reads the meter exactly when the window opens and when it closes."""
+
+    def __init__(self, meter: CpuMeter | None, start: float, end: float) -> None:
+        self._first: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._closed = asyncio.Event()
+        self._handles: list[asyncio.TimerHandle] = []
+        if meter is None:
+            self._closed.set()
+            return
+        loop = asyncio.get_running_loop()
+        self._handles = [
+            loop.call_later(start - clock(), lambda: self._first.update(meter.read())),
+            loop.call_later(end - clock(), lambda: self._close(meter)),
+        ]
+
+    def _close(self, meter: CpuMeter) -> None:
+        self._last.update(meter.read())
+        self._closed.set()
+
+    async def delta(self) -> dict[str, float]:
+        # Every request may be answered before the window ends (an open loop's last one is
+        # due just before): the CPU still counts up to the window's end.
+        await self._closed.wait()
+        return CpuMeter.delta(self._first, self._last) if self._first else {}
+
+    def cancel(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+
+
+def _freeze_heap() -> None:
+    # A full collection over this process's heap (pydantic, asyncpg, aiokafka are imported)
+    # stalls the generator for tens of milliseconds, which would show up as server latency;
+    # frozen objects are never scanned again.
+    gc.collect()
+    gc.freeze()
+
+
+async def _finish(tasks: Sequence[asyncio.Task[None]], deadline: float) -> int:
+    """Wait for ``tasks`` until ``deadline`` (:func:`clock`); cancel the rest, return how many."""
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - clock()))
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return len(pending)
+
+
+async def closed_loop(
+    calls: Sequence[Call],
+    *,
+    warmup_s: float,
+    duration_s: float,
+    meter: CpuMeter | None = None,
+    drain_s: float = DRAIN_S,
+) -> LoadResult:
+    """Every call runs back to back for ``warmup_s + duration_s``; the window is the last part."""
+    _freeze_heap()
+    start = clock()
+    opens, closes = start + warmup_s, start + warmup_s + duration_s
+    result = LoadResult(window_s=duration_s)
+    cpu = _CpuWindow(meter, opens, closes)
+
+    async def worker(call: Call) -> None:
+        while (sent := clock()) < closes:
+            status, units = await call()
+            done = clock()
+            if opens <= done <= closes:
+                result.statuses[status] += 1
+                result.units += units
+                if units:
+                    result.latencies_s.append(done - sent)
+
+    try:
+        tasks = [asyncio.create_task(worker(call)) for call in calls]
+        result.incomplete = await _finish(tasks, closes + drain_s)
+        result.cpu_s = await cpu.delta()
+    finally:
+        cpu.cancel()
+    result.latencies_s.sort()
+    return result
+
+
+async def open_loop(
+    calls: Sequence[Call],
+    *,
+    rate_per_s: float,
+    warmup_s: float,
+    duration_s: float,
+    meter: CpuMeter | None = None,
+    drain_s: float = DRAIN_S,
+) -> LoadResult:
+    """Requests due every ``1/rate_per_s`` seconds, sent by whichever call is free.
+
+    Latency counts from the time a request was due, so time spent waiting for a free
+    connection (because answers are slow) is part of it. Requests due before the window
+    opens are warm-up and are not measured.
+    """
+    _freeze_heap()
+    # A little lead, so the first request is not already late when the loop first looks.
+    start = clock() + 0.05
+    opens, closes = start + warmup_s, start + warmup_s + duration_s
+    total = math.floor((warmup_s + duration_s) * rate_per_s)
+    result = LoadResult(window_s=duration_s, offered_per_s=rate_per_s)
+    cpu = _CpuWindow(meter, opens, closes)
+    due_times: asyncio.Queue[float | None] = asyncio.Queue()
+    measured = 0
+
+    async def dispatch() -> None:
+        nonlocal measured
+        for i in range(total):
+            due = start + i / rate_per_s
+            wait = due - clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                result.max_send_lag_s = max(result.max_send_lag_s, -wait)
+            measured += opens <= due < closes
+            due_times.put_nowait(due)
+        for _ in calls:
+            due_times.put_nowait(None)
+
+    answered = 0
+
+    async def worker(call: Call) -> None:
+        nonlocal answered
+        while (due := await due_times.get()) is not None:
+            status, units = await call()
+            done = clock()
+            if opens <= done <= closes:
+                result.units += units  # the rate achieved inside the window
+            if opens <= due < closes:
+                answered += 1
+                result.statuses[status] += 1
+                if units:
+                    result.latencies_s.append(done - due)
+
+    try:
+        tasks = [asyncio.create_task(dispatch())]
+        tasks += [asyncio.create_task(worker(call)) for call in calls]
+        await _finish(tasks, closes + drain_s)
+        result.cpu_s = await cpu.delta()
+    finally:
+        cpu.cancel()
+    result.incomplete = measured - answered
+    result.latencies_s.sort()
+    return result
+
+
+# --- HTTP clients ----------------------------------------------------------------------------
+
+
+def raw_request(
+    method: str, path: str, *, host: str, headers: Mapping[str, str], body: bytes = b""
+) -> bytes:
+    """One HTTP/1.1 request, encoded once so that sending it costs the generator nothing."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection that sends pre-encoded requests one at a time.
+
+    Much cheaper per request than a general client (no header objects, no URL parsing), so
+    that on a shared 2-core machine the generator takes as little CPU as possible from the
+    server it measures. It understands only Content-Length bodies, which is all uvicorn
+    sends for non-streaming responses. Transport failures return status 0 and reconnect.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            if self._reader is None or self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._writer.write(raw)
+            await self._writer.drain()
+            head = await self._reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            lowered = head.lower()
+            # No Content-Length (a chunked answer) raises ValueError here: not supported.
+            at = lowered.index(b"\r\ncontent-length:")
+            length = int(lowered[at + 17 : lowered.index(b"\r\n", at + 2)])
+            body = await self._reader.readexactly(length) if length else b""
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            await self.close()
+            return 0, b""
+        if b"\r\nconnection: close" in lowered:
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def raw_calls(
+    connections: Sequence[HttpConnection],
+    requests: Sequence[bytes],
+    units: Callable[[int, bytes], int],
+) -> list[Call]:
+    """One call per connection, all sending ``requests`` in turn (cycling)."""
+    turn = itertools.cycle(requests)
+
+    def bind(connection: HttpConnection) -> Call:
+        async def call() -> Outcome:
+            status, body = await connection.request(next(turn))
+            return status, units(status, body)
+
+        return call
+
+    return [bind(c) for c in connections]
+
+
+# --- servers under test ----------------------------------------------------------------------
+
+
+class Server:
+    """A server under test as a child process: started, ready when ``ready_path`` answers
+    200, stopped with SIGTERM. It dies with this process if this process dies first."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        port: int,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        ready_path: str = "/",
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.port = port
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.url = f"http://{LOOPBACK}:{port}"
+        self.ready_path = ready_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self._proc.pid
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        self._proc = spawn(self.argv, log_path=self.log_path, env=self.env, cwd=self.cwd)
+        try:
+            wait_until(
+                self._ready,
+                timeout=timeout,
+                what=self.name,
+                proc=self._proc,
+                log_path=self.log_path,
+                interval=0.2,
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, *, timeout: float = 15.0) -> None:
+        if self._proc is not None:
+            stop(self._proc, timeout=timeout)
+            self._proc = None
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    """The bare-baseline server: the same uvicorn set-up as the services (one worker)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+# --- the record of a run ---------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "cpu_model": model,
+        "platform": platform.platform(),
+    }
+
+
+def versions(packages: Iterable[str]) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def utc_stamp(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_result(path: Path, data: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
+    )
+    return path
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned text columns, as wide as their widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=True)]
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])

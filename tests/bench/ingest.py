@@ -1,0 +1,1033 @@
+"""``make bench-ingest``: ingest's two paths beside their ceilings, measured in one run.
+
+On one broker and one database (started here, unless ``KAFKA_BOOTSTRAP_SERVERS`` /
+``TOUCHPULSE_DATABASE_URL`` name servers), with one fixed event corpus:
+
+- batch path: ``POST /v1/events/batch`` with 1,000 native events per request; only events
+  in 202 answers count (202 means Kafka acknowledged them). Ceilings: Kafka's own
+  ``ProducerPerformance`` at the same record size and producer settings (K_prod), and a
+  bare Starlette route that only decodes the same bodies;
+- single path: ``POST /v1/events`` one event per request, its closed-loop maximum against
+  the bare route's, then an open-loop run at half of that maximum for p50/p99/max latency,
+  measured from each request's scheduled send time, beside the bare route and Kafka's own
+  producer (``ProducerPerformance --throughput``) at the same rate.
+
+System and baseline runs alternate (A, B, A, B, …) and each ratio is the median of its
+pairs with the range. The load generator runs in this process, on the same cores as
+everything else; its CPU is reported beside that of ingest and the broker.
+
+Run ``python -m tests.bench.ingest [--quick]``; the result is printed and written to
+``.touchpulse/bench/ingest-<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import asyncpg
+import orjson
+import uvloop
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.bench.common import (
+    LOOPBACK,
+    OTHER,
+    CpuMeter,
+    HttpConnection,
+    LoadResult,
+    Server,
+    Spread,
+    account_other,
+    closed_loop,
+    latency_summary,
+    machine,
+    open_loop,
+    peak_rss_bytes,
+    ratio,
+    raw_calls,
+    raw_request,
+    table,
+    utc_stamp,
+    uvicorn_argv,
+    versions,
+    write_result,
+)
+from touchpulse_shared.auth import Scope, create_key
+from touchpulse_shared.contract import (
+    ExperienceEventV1,
+    encode_record,
+    event_to_json,
+    events_to_batch_json,
+    parse_event_json,
+)
+from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
+from touchpulse_shared.logs import configure_logging
+from touchpulse_shared.settings import ConfigError, Settings, load_settings
+from touchpulse_shared.stack.kafka import kafka_libs
+from touchpulse_shared.stack.local import LocalStack
+from touchpulse_shared.stack.procs import StackError, free_port, spawn, stop
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = "crm-prod"
+CUSTOMERS = 10_000
+BATCH_EVENTS = 1_000
+SEED = 20_240_501
+# The issue's targets.
+TARGET_BATCH_VS_KAFKA = 0.30
+TARGET_SINGLE_P99_MS = 20.0
+OPEN_LOOP_FRACTION = 0.5
+# Cores taken by processes outside the benchmark above which a phase is flagged as disturbed.
+OTHER_CORES_WARNING = 0.25
+# The ingest producer's settings (producer.py) that K_prod must share.
+PRODUCER_BATCH_BYTES = 1024 * 1024
+TOOL_JVM = ("-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
+TOOL_TIMEOUT_S = 120.0
+PACKAGES = (
+    "aiokafka",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "starlette",
+    "uvloop",
+    "httptools",
+    "orjson",
+)
+SHARED_CORES_NOTE = (
+    "The load generator (this process) shares the machine's {nproc} cores with ingest, the "
+    "broker, PostgreSQL and the bare server: every figure is what is left after it."
+)
+
+#: Every figure the benchmark reports, each with a ceiling and a ratio.
+FIGURE_KEYS = (
+    "batch_vs_kafka",
+    "batch_vs_bare",
+    "single_max_vs_bare",
+    "single_rate_at_half",
+    "single_p50_vs_bare",
+    "single_p50_vs_kafka",
+    "single_p99_vs_bare",
+    "single_p99_vs_kafka",
+    "single_max_latency_vs_bare",
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to (not: the system was slow)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    pairs: int
+    #: Load on ingest before the first pair, not measured.
+    prewarm_s: float
+    warmup_s: float
+    duration_s: float
+    open_warmup_s: float
+    open_duration_s: float
+    #: K_prod's record count is chosen so that one run takes about this long.
+    kprod_target_s: float
+    kprod_first_records: int
+    single_events: int
+    batches: int
+    batch_connections: int = 4
+    single_connections: int = 64
+
+
+FULL = Plan(
+    name="full",
+    pairs=4,
+    prewarm_s=3.0,
+    warmup_s=1.0,
+    duration_s=6.0,
+    open_warmup_s=3.0,
+    open_duration_s=15.0,
+    kprod_target_s=5.0,
+    kprod_first_records=1_000_000,
+    single_events=10_000,
+    batches=20,
+)
+QUICK = Plan(
+    name="quick",
+    pairs=1,
+    prewarm_s=1.0,
+    warmup_s=0.5,
+    duration_s=1.5,
+    open_warmup_s=0.5,
+    open_duration_s=2.5,
+    kprod_target_s=1.5,
+    kprod_first_records=200_000,
+    single_events=2_000,
+    batches=4,
+)
+
+
+# --- the corpus ------------------------------------------------------------------------------
+
+Maker = Callable[[random.Random], dict[str, Any]]
+_TEMPLATES: tuple[tuple[str, str, Maker, Maker], ...] = (
+    (
+        "web",
+        "page.loaded",
+        lambda r: {"load_ms": r.randrange(200, 6000)},
+        lambda r: {"page": r.choice(["checkout", "account", "tracking"])},
+    ),
+    (
+        "call_centre",
+        "call.answered",
+        lambda r: {"wait_seconds": r.randrange(5, 900), "resolved": r.random() < 0.7},
+        lambda r: {"queue": r.choice(["billing", "orders"])},
+    ),
+    (
+        "delivery",
+        "delivery.completed",
+        lambda r: {"late_minutes": r.randrange(0, 240)},
+        lambda r: {"carrier": r.choice(["postnl", "dhl", "ups"])},
+    ),
+    (
+        "billing",
+        "invoice.sent",
+        lambda r: {"days_late": r.randrange(0, 10)},
+        lambda r: {"channel": r.choice(["email", "post"])},
+    ),
+    (
+        "customer_service",
+        "ticket.resolved",
+        lambda r: {"hours": round(r.uniform(0.2, 96), 1), "reopened": r.random() < 0.1},
+        lambda r: {"priority": r.choice(["low", "normal", "high"])},
+    ),
+    (
+        "survey",
+        "survey.answered",
+        lambda r: {"nps": r.randrange(0, 11)},
+        lambda r: {"language": r.choice(["nl", "en", "de"])},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    singles: list[bytes]
+    batches: list[bytes]
+    value_bytes: float
+    key_bytes: float
+    header_bytes: float
+    events: int
+
+    @property
+    def record_size(self) -> int:
+        return round(self.value_bytes)
+
+
+def _event(rng: random.Random, now: datetime) -> ExperienceEventV1:
+    touchpoint, kind, measures, attributes = rng.choice(_TEMPLATES)
+    document: dict[str, Any] = {
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "source": SOURCE,
+        "customer_id": f"C-{rng.randrange(CUSTOMERS):06d}",
+        "touchpoint": touchpoint,
+        "type": kind,
+        "occurred_at": (now - timedelta(seconds=rng.randrange(6 * 3600))).isoformat(),
+        "measures": measures(rng),
+    }
+    # Context and journeys are optional in the contract, and as often missing in practice.
+    if rng.random() < 0.5:
+        document["attributes"] = attributes(rng)
+    if rng.random() < 0.3:
+        document["journey_id"] = f"J-{rng.randrange(1_000_000):07d}"
+    # Through the contract's own parser, so every body is one ingest accepts.
+    return parse_event_json(orjson.dumps(document))
+
+
+def build_corpus(plan: Plan, now: datetime) -> Corpus:
+    """A fixed set of events (same seed, same customers every run), pre-encoded as bodies."""
+    rng = random.Random(SEED)
+    now = now.replace(microsecond=0)
+    singles = [_event(rng, now) for _ in range(plan.single_events)]
+    groups = [[_event(rng, now) for _ in range(BATCH_EVENTS)] for _ in range(plan.batches)]
+    everything = singles + [e for group in groups for e in group]
+    records = [encode_record(e, producer="ingest", received_at=now) for e in everything]
+    return Corpus(
+        singles=[event_to_json(e) for e in singles],
+        batches=[events_to_batch_json(group) for group in groups],
+        value_bytes=statistics.fmean(len(r.value) for r in records),
+        key_bytes=statistics.fmean(len(r.key) for r in records),
+        header_bytes=statistics.fmean(sum(len(k) + len(v) for k, v in r.headers) for r in records),
+        events=len(everything),
+    )
+
+
+# --- Kafka's own producer (K_prod) -----------------------------------------------------------
+
+_SUMMARY = re.compile(
+    r"(?P<records>\d+) records sent, (?P<per_s>[\d.]+) records/sec \((?P<mb_s>[\d.]+) MB/sec\), "
+    r"(?P<avg_ms>[\d.]+) ms avg latency, (?P<max_ms>[\d.]+) ms max latency, "
+    r"(?P<p50_ms>\d+) ms 50th, (?P<p95_ms>\d+) ms 95th, (?P<p99_ms>\d+) ms 99th"
+)
+_TOOL_LOG4J = "rootLogger.level = WARN\nrootLogger.appenderRef.out.ref = OUT\n" + (
+    "appender.out.type = Console\nappender.out.name = OUT\n"
+    "appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = %p %m%n\n"
+)
+
+
+def producer_props(bootstrap: str, linger_ms: int) -> list[str]:
+    """Those of the ingest producer (producer.py): acks=all, idempotent, 1 MiB, no compression."""
+    return [
+        f"bootstrap.servers={bootstrap}",
+        "acks=all",
+        "enable.idempotence=true",
+        f"linger.ms={linger_ms}",
+        f"batch.size={PRODUCER_BATCH_BYTES}",
+        "compression.type=none",
+    ]
+
+
+def parse_summary(output: str) -> dict[str, float]:
+    """ProducerPerformance's last summary line (the whole run), as numbers."""
+    matches = list(_SUMMARY.finditer(output))
+    if not matches:
+        raise BenchError("ProducerPerformance printed no summary line:\n" + output[-2000:])
+    return {name: float(value) for name, value in matches[-1].groupdict().items()}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    settings: Settings
+    logs: Path
+    bootstrap: str
+    kafka_pid: int | None
+    topic: str
+    corpus: Corpus
+    ingest: Server
+    bare: Server
+    runner: asyncio.Runner
+    key: str
+    kprod_runs: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def meter(self, server: Server) -> CpuMeter:
+        pids = {"server": server.pid, "loadgen": os.getpid()}
+        if self.kafka_pid is not None:
+            pids["kafka"] = self.kafka_pid
+        return CpuMeter(pids)
+
+    def requests(self, server: Server, *, batch: bool) -> list[bytes]:
+        headers = {"Content-Type": "application/json"}
+        if server is self.ingest:
+            headers["Authorization"] = f"Bearer {self.key}"
+            path = "/v1/events/batch" if batch else "/v1/events"
+        else:
+            path = "/batch" if batch else "/single"
+        host = f"{LOOPBACK}:{server.port}"
+        bodies = self.corpus.batches if batch else self.corpus.singles
+        return [raw_request("POST", path, host=host, headers=headers, body=b) for b in bodies]
+
+    def load(
+        self,
+        server: Server,
+        *,
+        batch: bool,
+        rate_per_s: float | None = None,
+        prewarm: bool = False,
+    ) -> LoadResult:
+        plan = self.plan
+        count = plan.batch_connections if batch else plan.single_connections
+        connections = [HttpConnection(LOOPBACK, server.port) for _ in range(count)]
+        calls = raw_calls(connections, self.requests(server, batch=batch), accepted_events)
+
+        async def run() -> LoadResult:
+            try:
+                if rate_per_s is None:
+                    return await closed_loop(
+                        calls,
+                        warmup_s=0 if prewarm else plan.warmup_s,
+                        duration_s=plan.prewarm_s if prewarm else plan.duration_s,
+                        meter=self.meter(server),
+                    )
+                return await open_loop(
+                    calls,
+                    rate_per_s=rate_per_s,
+                    warmup_s=plan.open_warmup_s,
+                    duration_s=plan.open_duration_s,
+                    meter=self.meter(server),
+                )
+            finally:
+                for connection in connections:
+                    await connection.close()
+
+        result = self.runner.run(run())
+        self._check(server, result, batch=batch, prewarm=prewarm)
+        return result
+
+    def _check_other(self, what: str, cores: float) -> None:
+        if cores > OTHER_CORES_WARNING:
+            self.warnings.append(
+                f"{what}: other processes on the machine took {cores:.2f} cores meanwhile"
+            )
+
+    def _check(self, server: Server, result: LoadResult, *, batch: bool, prewarm: bool) -> None:
+        what = f"{server.name} {'batch' if batch else 'single'}"
+        what += " (warm-up)" if prewarm else " (open loop)" if result.offered_per_s else ""
+        self._check_other(what, result.cores().get(OTHER, 0.0))
+        if result.units == 0:
+            raise BenchError(
+                f"{what}: nothing was accepted (statuses {dict(result.statuses)}); "
+                f"see {server.log_path}"
+            )
+        failed = result.requests - result.statuses[202]
+        if failed or result.incomplete:
+            self.warnings.append(
+                f"{what}: {failed} of {result.requests} requests not 202 "
+                f"(statuses {dict(result.statuses)}), {result.incomplete} incomplete"
+            )
+
+    def kprod(self, records: int, *, throughput: float = -1) -> dict[str, Any]:
+        """One ProducerPerformance run on the benchmark topic; its summary and CPU.
+
+        ``throughput`` -1 is as fast as it can (the rate ceiling); a rate gives its latency
+        at that rate (the latency ceiling), measured from send to acknowledgement.
+        """
+        libs = kafka_libs(self.settings.cache_dir, self.settings.kafka_version)
+        java = shutil.which("java")
+        if java is None:
+            raise BenchError("Java is needed for Kafka's ProducerPerformance and is not on PATH")
+        log4j = self.logs / "tools-log4j2.properties"
+        log4j.write_text(_TOOL_LOG4J)
+        self.kprod_runs += 1
+        log_path = self.logs / f"producer-performance-{self.kprod_runs}.log"
+        argv = [
+            java,
+            *TOOL_JVM,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{libs}/*",
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            self.topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            str(self.corpus.record_size),
+            "--throughput",
+            f"{throughput:.0f}",
+            "--producer-props",
+            *producer_props(self.bootstrap, self.settings.ingest_linger_ms),
+        ]
+        broker = CpuMeter({"kafka": self.kafka_pid} if self.kafka_pid is not None else {})
+        broker_before, tool_before, started = broker.read(), _children_cpu_s(), time.monotonic()
+        proc = spawn(argv, log_path=log_path)
+        try:
+            code = proc.wait(TOOL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"ProducerPerformance took over {TOOL_TIMEOUT_S:.0f} s") from None
+        finally:
+            stop(proc, timeout=10)
+        wall_s = time.monotonic() - started
+        output = log_path.read_text(errors="replace")
+        if code != 0:
+            raise BenchError(f"ProducerPerformance exited with {code}:\n{output[-2000:]}")
+        summary = parse_summary(output)
+        cpu = CpuMeter.delta(broker_before, broker.read())
+        cpu["tool_incl_jvm_start"] = _children_cpu_s() - tool_before
+        account_other(cpu)
+        self._check_other("K_prod", cpu[OTHER] / wall_s)
+        sent = summary["records"]
+        return {
+            "records": sent,
+            "throughput_asked": throughput,
+            "records_per_s": summary["per_s"],
+            "mb_per_s": summary["mb_s"],
+            "latency_ms": {
+                k: summary[k] for k in ("avg_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+            },
+            "wall_s_incl_jvm_start": wall_s,
+            "cpu_s": cpu,
+            "cpu_s_per_unit": {name: s / sent for name, s in cpu.items()},
+        }
+
+
+def accepted_events(status: int, body: bytes) -> int:
+    """Units of work in an answer: the events ingest (or the bare route) accepted."""
+    if status != 202:
+        return 0
+    accepted = orjson.loads(body).get("accepted", 1)
+    return int(accepted)
+
+
+@dataclass
+class Round:
+    ingest_batch: LoadResult
+    kprod: dict[str, Any]
+    bare_batch: LoadResult
+    ingest_single: LoadResult
+    bare_single: LoadResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ingest_batch": self.ingest_batch.as_dict(),
+            "kprod": self.kprod,
+            "bare_batch": self.bare_batch.as_dict(),
+            "ingest_single": self.ingest_single.as_dict(),
+            "bare_single": self.bare_single.as_dict(),
+        }
+
+
+@dataclass
+class OpenLoop:
+    """Latency at one offered rate: ingest, Kafka's own producer and the bare route."""
+
+    ingest: LoadResult
+    kprod: dict[str, Any]
+    bare: LoadResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ingest": self.ingest.as_dict(), "kprod": self.kprod, "bare": self.bare.as_dict()}
+
+
+def measure(bench: Bench) -> tuple[list[Round], OpenLoop]:
+    plan = bench.plan
+    rounds: list[Round] = []
+    records = plan.kprod_first_records
+    # The broker's JIT and ingest's first-use costs would otherwise fall into pair 1.
+    _say("warming up ingest and the broker (not measured)")
+    bench.load(bench.ingest, batch=True, prewarm=True)
+    bench.load(bench.ingest, batch=False, prewarm=True)
+    for index in range(plan.pairs):
+        _say(f"pair {index + 1}/{plan.pairs}: ingest batch, K_prod, bare batch")
+        ingest_batch = bench.load(bench.ingest, batch=True)
+        kprod = bench.kprod(records)
+        # The next K_prod run sized to take about kprod_target_s at the rate just seen.
+        records = max(50_000, round(kprod["records_per_s"] * plan.kprod_target_s))
+        bare_batch = bench.load(bench.bare, batch=True)
+        _say(f"pair {index + 1}/{plan.pairs}: ingest single, bare single (closed loop)")
+        ingest_single = bench.load(bench.ingest, batch=False)
+        bare_single = bench.load(bench.bare, batch=False)
+        rounds.append(Round(ingest_batch, kprod, bare_batch, ingest_single, bare_single))
+    single_max = statistics.median(r.ingest_single.units_per_s for r in rounds)
+    rate = OPEN_LOOP_FRACTION * single_max
+    _say(f"open loop at {rate:,.0f}/s: ingest single, K_prod at that rate, bare single")
+    ingest_open = bench.load(bench.ingest, batch=False, rate_per_s=rate)
+    # As many records as ingest was sent, warm-up included: the tool cannot leave it out.
+    paced = round(rate * (plan.open_warmup_s + plan.open_duration_s))
+    kprod_open = bench.kprod(paced, throughput=rate)
+    bare_open = bench.load(bench.bare, batch=False, rate_per_s=rate)
+    return rounds, OpenLoop(ingest_open, kprod_open, bare_open)
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    unit: str
+    value: float
+    ceiling_label: str
+    ceiling: float
+    ratio: Spread
+    target: str = ""
+    met: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "value": self.value,
+            "ceiling_label": self.ceiling_label,
+            "ceiling": self.ceiling,
+            "ratio": self.ratio.as_dict(),
+            "target": self.target,
+            "met": self.met,
+        }
+
+
+def figures(rounds: Sequence[Round], paced: OpenLoop) -> dict[str, Figure]:
+    def med(values: Iterator[float]) -> float:
+        return statistics.median(values)
+
+    batch = med(r.ingest_batch.units_per_s for r in rounds)
+    vs_kafka = Spread.of(
+        ratio(r.ingest_batch.units_per_s, r.kprod["records_per_s"]) for r in rounds
+    )
+    ingest = latency_summary(paced.ingest.latencies_s)
+    bare = latency_summary(paced.bare.latencies_s)
+    kafka = paced.kprod["latency_ms"]
+    offered = paced.ingest.offered_per_s or math.nan
+    p99_target = f"< {TARGET_SINGLE_P99_MS:.0f} ms"
+    p99_met = ingest["p99_ms"] < TARGET_SINGLE_P99_MS
+
+    def latency(
+        key: str, ceiling_label: str, ceiling: float, target: str = "", met: bool | None = None
+    ) -> Figure:
+        what = key.removesuffix("_ms")
+        return Figure(
+            f"single {what} latency (open loop)",
+            "ms",
+            ingest[key],
+            f"{ceiling_label} {what} at the same rate",
+            ceiling,
+            Spread.of([ratio(ingest[key], ceiling)]),
+            target,
+            met,
+        )
+
+    return {
+        "batch_vs_kafka": Figure(
+            "batch events/s acked by Kafka",
+            "events/s",
+            batch,
+            "K_prod records/s (ProducerPerformance)",
+            med(r.kprod["records_per_s"] for r in rounds),
+            vs_kafka,
+            f">= {TARGET_BATCH_VS_KAFKA:.2f} x K_prod",
+            vs_kafka.median >= TARGET_BATCH_VS_KAFKA,
+        ),
+        "batch_vs_bare": Figure(
+            "batch events/s acked by Kafka",
+            "events/s",
+            batch,
+            "bare /batch events/s",
+            med(r.bare_batch.units_per_s for r in rounds),
+            Spread.of(ratio(r.ingest_batch.units_per_s, r.bare_batch.units_per_s) for r in rounds),
+        ),
+        "single_max_vs_bare": Figure(
+            "single max requests/s (closed loop)",
+            "requests/s",
+            med(r.ingest_single.units_per_s for r in rounds),
+            "bare /single max requests/s",
+            med(r.bare_single.units_per_s for r in rounds),
+            Spread.of(
+                ratio(r.ingest_single.units_per_s, r.bare_single.units_per_s) for r in rounds
+            ),
+        ),
+        "single_rate_at_half": Figure(
+            "single achieved requests/s (open loop)",
+            "requests/s",
+            paced.ingest.units_per_s,
+            f"offered rate ({OPEN_LOOP_FRACTION:.0%} of single max)",
+            offered,
+            Spread.of([ratio(paced.ingest.units_per_s, offered)]),
+        ),
+        "single_p50_vs_bare": latency("p50_ms", "bare /single", bare["p50_ms"]),
+        "single_p50_vs_kafka": latency("p50_ms", "K_prod", kafka["p50_ms"]),
+        "single_p99_vs_bare": latency(
+            "p99_ms", "bare /single", bare["p99_ms"], p99_target, p99_met
+        ),
+        "single_p99_vs_kafka": latency("p99_ms", "K_prod", kafka["p99_ms"], p99_target, p99_met),
+        "single_max_latency_vs_bare": latency("max_ms", "bare /single", bare["max_ms"]),
+    }
+
+
+def _number(value: float, unit: str, *, with_unit: bool = True) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    return f"{value:,.0f}" + (f" {unit}" if with_unit else "")
+
+
+def figure_table(found: dict[str, dict[str, Any]]) -> str:
+    """The figures as printed: value, ceiling, ratio (median and range of the pairs), target."""
+    rows = []
+    for key in FIGURE_KEYS:
+        f = found[key]
+        spread = f"{f['ratio']['median']:.3f}"
+        if f["ratio"]["n"] > 1:
+            spread += f" ({f['ratio']['min']:.3f}-{f['ratio']['max']:.3f}, n={f['ratio']['n']})"
+        met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
+        rows.append(
+            [
+                f["label"],
+                _number(f["value"], f["unit"]),
+                f["ceiling_label"],
+                # Its label names the unit (records/s, events/s, requests/s).
+                _number(f["ceiling"], f["unit"], with_unit=False),
+                spread,
+                f["target"] or "-",
+                met,
+            ]
+        )
+    header = ["figure", "value", "ceiling", "ceiling value", "ratio (min-max)", "target", "met"]
+    return table(header, rows)
+
+
+def cpu_profile(rounds: Sequence[Round], paced: OpenLoop) -> dict[str, Any]:
+    """Median CPU per unit of work and cores used, per phase and process."""
+
+    def summarise(results: Sequence[LoadResult], unit: str) -> dict[str, Any]:
+        names = results[0].cpu_s.keys()
+        return {
+            "unit": unit,
+            "us_per_unit": {
+                n: statistics.median(r.cpu_per_unit()[n] for r in results) * 1e6 for n in names
+            },
+            "cores": {n: statistics.median(r.cores()[n] for r in results) for n in names},
+        }
+
+    def tool(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        names = runs[0]["cpu_s"].keys()
+        return {
+            "unit": "record",
+            "us_per_unit": {
+                n: statistics.median(r["cpu_s_per_unit"][n] for r in runs) * 1e6 for n in names
+            },
+            # Over the tool's whole run, JVM start included: a little below its busy rate.
+            "cores": {
+                n: statistics.median(r["cpu_s"][n] / r["wall_s_incl_jvm_start"] for r in runs)
+                for n in names
+            },
+        }
+
+    return {
+        "ingest batch": summarise([r.ingest_batch for r in rounds], "event"),
+        "K_prod": tool([r.kprod for r in rounds]),
+        "bare batch": summarise([r.bare_batch for r in rounds], "event"),
+        "ingest single (closed)": summarise([r.ingest_single for r in rounds], "request"),
+        "bare single (closed)": summarise([r.bare_single for r in rounds], "request"),
+        "ingest single (open)": summarise([paced.ingest], "request"),
+        "K_prod (paced)": tool([paced.kprod]),
+        "bare single (open)": summarise([paced.bare], "request"),
+    }
+
+
+def cpu_table(profile: dict[str, Any]) -> str:
+    """CPU microseconds per unit of work and cores busy, per phase and process."""
+    processes = ["server", "kafka", "loadgen", "tool_incl_jvm_start"]
+    rows = []
+    for phase, data in profile.items():
+        cells = [phase, data["unit"]]
+        for name in processes:
+            us = data["us_per_unit"].get(name)
+            cores = data["cores"].get(name)
+            if us is None:
+                cells.append("-")
+            else:
+                cells.append(f"{us:.2f}" + ("" if cores is None else f" ({cores:.2f})"))
+        other = data["cores"].get(OTHER)
+        cells.append("-" if other is None else f"{other:.2f}")
+        rows.append(cells)
+    header = ["phase", "per", "ingest/bare", "kafka broker", "load generator", "K_prod tool"]
+    return table([*header, "other cores"], rows)
+
+
+# --- setting up and tearing down -------------------------------------------------------------
+
+
+async def create_topic(settings: Settings, bootstrap: str, name: str) -> None:
+    # The production events topic's spec (partitions, configs) under a name of its own.
+    spec = topic_specs(settings.model_copy(update={"events_topic": name}))[0]
+    await ensure_topics_at(bootstrap, [spec])
+
+
+async def delete_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
+def _admin_url(url: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/postgres"
+
+
+async def create_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(_admin_url(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = f"{server_url.rpartition('/')[0]}/{name}"
+    await migrate_url(url)
+    return url
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(_admin_url(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def new_key(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        plaintext, _ = await create_key(
+            conn,
+            name="bench-ingest",
+            scopes=[Scope.EVENTS_WRITE],
+            source=SOURCE,
+            now=datetime.now(UTC),
+        )
+        return plaintext
+    finally:
+        await conn.close()
+
+
+def ingest_env(
+    settings: Settings, *, bootstrap: str, database_url: str, topic: str, port: int
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "TOUCHPULSE_DATABASE_URL": database_url,
+            "TOUCHPULSE_EVENTS_TOPIC": topic,
+            "TOUCHPULSE_INGEST_PORT": str(port),
+            "TOUCHPULSE_INGEST_LINGER_MS": str(settings.ingest_linger_ms),
+            # Far above anything this machine can send: the limiter must never answer 429.
+            "TOUCHPULSE_RATE_LIMIT_EVENTS_PER_S": "1e9",
+            "TOUCHPULSE_RATE_LIMIT_BURST": "1e9",
+            "TOUCHPULSE_LOG_LEVEL": "WARNING",
+        }
+    )
+    return env
+
+
+def java_version() -> str:
+    java = shutil.which("java")
+    if java is None:
+        return "not found"
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)  # noqa: S603
+    lines = (result.stderr or result.stdout).splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def _say(message: str) -> None:
+    print(f"[bench-ingest {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _cleanup(what: str, action: Callable[[], object]) -> None:
+    # Tear-down of something on a server named by the settings: report, never mask the
+    # error (or interrupt) that got us here.
+    try:
+        action()
+    except Exception as exc:
+        _say(f"could not remove {what}: {exc}")
+
+
+def run(plan: Plan, settings: Settings) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    with contextlib.ExitStack() as exit_stack:
+        stack = exit_stack.enter_context(LocalStack(settings))
+        logs = stack.workdir / "bench"
+        logs.mkdir(parents=True, exist_ok=True)
+        _say("starting Kafka and PostgreSQL (unless the settings name servers)")
+        kafka, postgres = stack.kafka(), stack.postgres()
+        runner = exit_stack.enter_context(asyncio.Runner(loop_factory=uvloop.new_event_loop))
+        suffix = uuid.uuid4().hex[:10]
+        topic, database = f"bench-ingest-{suffix}", f"bench_ingest_{suffix}"
+        runner.run(create_topic(settings, kafka.address, topic))
+        if not kafka.local:
+            exit_stack.callback(
+                _cleanup, f"topic {topic}", lambda: runner.run(delete_topic(kafka.address, topic))
+            )
+        database_url = runner.run(create_database(postgres.address, database))
+        if not postgres.local:
+            exit_stack.callback(
+                _cleanup,
+                f"database {database}",
+                lambda: runner.run(drop_database(postgres.address, database)),
+            )
+        key = runner.run(new_key(database_url))
+        corpus = build_corpus(plan, started)
+
+        ingest_port, bare_port = free_port(), free_port()
+        ingest = Server(
+            "ingest",
+            [str(Path(sys.executable).with_name("touchpulse-ingest"))],
+            port=ingest_port,
+            log_path=logs / "ingest.log",
+            env=ingest_env(
+                settings,
+                bootstrap=kafka.address,
+                database_url=database_url,
+                topic=topic,
+                port=ingest_port,
+            ),
+            cwd=REPO,
+            ready_path="/readyz",
+        )
+        bare = Server(
+            "bare",
+            uvicorn_argv("tests.bench.bare_app:app", bare_port),
+            port=bare_port,
+            log_path=logs / "bare.log",
+            cwd=REPO,
+        )
+        _say("starting ingest and the bare server")
+        exit_stack.enter_context(ingest)
+        exit_stack.enter_context(bare)
+        bench = Bench(
+            plan=plan,
+            settings=settings,
+            logs=logs,
+            bootstrap=kafka.address,
+            kafka_pid=kafka.pid,
+            topic=topic,
+            corpus=corpus,
+            ingest=ingest,
+            bare=bare,
+            runner=runner,
+            key=key,
+        )
+        rounds, paced = measure(bench)
+        rss = {"ingest": peak_rss_bytes(ingest.pid), "bare": peak_rss_bytes(bare.pid)}
+        found = figures(rounds, paced)
+        return {
+            "benchmark": "ingest",
+            "mode": plan.name,
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "machine": machine(),
+            "versions": {
+                **versions(PACKAGES),
+                "kafka": settings.kafka_version
+                if kafka.local
+                else f"external (tools {settings.kafka_version})",
+                "java": java_version(),
+            },
+            "settings": {
+                "kafka": "local" if kafka.local else "external",
+                "partitions": settings.events_partitions,
+                "producer": {
+                    "acks": "all",
+                    "enable_idempotence": True,
+                    "linger_ms": settings.ingest_linger_ms,
+                    "batch_size_bytes": PRODUCER_BATCH_BYTES,
+                    "compression": "none",
+                },
+                "corpus": {
+                    "events": corpus.events,
+                    "customers": CUSTOMERS,
+                    "source": SOURCE,
+                    "record_value_bytes": corpus.value_bytes,
+                    "record_key_bytes": corpus.key_bytes,
+                    "record_header_bytes": corpus.header_bytes,
+                    "kprod_record_size": corpus.record_size,
+                },
+                "batch_events": BATCH_EVENTS,
+                "plan": asdict(plan),
+                "open_loop_fraction": OPEN_LOOP_FRACTION,
+            },
+            "figures": {key: found[key].as_dict() for key in FIGURE_KEYS},
+            "targets": {
+                "batch_vs_kafka": {
+                    "min": TARGET_BATCH_VS_KAFKA,
+                    "met": found["batch_vs_kafka"].met,
+                },
+                "single_p99_ms": {
+                    "max": TARGET_SINGLE_P99_MS,
+                    "met": found["single_p99_vs_bare"].met,
+                },
+            },
+            "cpu": cpu_profile(rounds, paced),
+            "peak_rss_bytes": rss,
+            "rounds": [r.as_dict() for r in rounds],
+            "open_loop": paced.as_dict(),
+            "notes": [SHARED_CORES_NOTE.format(nproc=os.cpu_count())],
+            "warnings": bench.warnings,
+            "logs": str(logs),
+        }
+
+
+def report(result: dict[str, Any]) -> str:
+    corpus = result["settings"]["corpus"]
+    producer = result["settings"]["producer"]
+    mach = result["machine"]
+    lines = [
+        f"Touchpulse ingest benchmark ({result['mode']}), {result['started_at']}",
+        f"machine: {mach['nproc']} cores, {mach['memory_bytes'] / 2**30:.1f} GiB memory, "
+        f"{mach['cpu_model']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        f"records: value {corpus['record_value_bytes']:.0f} B (K_prod --record-size "
+        f"{corpus['kprod_record_size']}); ingest adds key {corpus['record_key_bytes']:.0f} B "
+        f"+ headers {corpus['record_header_bytes']:.0f} B; {result['settings']['partitions']} "
+        f"partitions; acks=all, idempotent, linger.ms={producer['linger_ms']}, batch.size=1 MiB, "
+        "no compression",
+        result["notes"][0],
+        "",
+        figure_table(result["figures"]),
+        "",
+        "CPU microseconds per unit of work (cores busy), median over pairs; other = the rest "
+        "of the machine (PostgreSQL, other tenants):",
+        cpu_table(result["cpu"]),
+        "",
+        "peak RSS: "
+        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in result["peak_rss_bytes"].items() if v),
+    ]
+    lines += [f"warning: {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same way out as Ctrl-C: everything started is stopped on the way.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.ingest",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--quick", action="store_true", help="a few seconds per phase, one pair")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="the result file (default .touchpulse/bench/ingest-<UTC time>.json)",
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        settings = load_settings()
+        # Provisioning logs would interleave with the report on stdout.
+        configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+        result = run(QUICK if args.quick else FULL, settings)
+    except KeyboardInterrupt:
+        _say("interrupted; what was started has been stopped")
+        return 130
+    except (BenchError, StackError, ConfigError) as exc:
+        _say(f"failed: {exc}")
+        return 1
+    path = args.output or settings.state_dir / "bench" / f"ingest-{utc_stamp()}.json"
+    write_result(path, result)
+    print(report(result))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
