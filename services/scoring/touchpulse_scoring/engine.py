@@ -14,7 +14,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -35,6 +35,7 @@ from touchpulse_scoring.domain import (
     decide,
     evaluate,
     expire_deadline,
+    expire_overdue,
     fulfil_deadline,
     fulfilment_refs,
     is_new,
@@ -46,6 +47,7 @@ from touchpulse_scoring.store import (
     CustomerState,
     JourneyRow,
     breach_window_start,
+    intervention_from_row,
     intervention_json,
     load_state,
     lock_customers,
@@ -414,6 +416,54 @@ class Engine:
                 conn, catalogue=catalogue, states=states, work=work, now=now, report=report
             )
         return report
+
+
+async def expire_interventions(conn: Conn, catalogue: Catalogue, now: datetime, topic: str) -> int:
+    """Expire open interventions nobody acknowledged within the policy's days.
+
+    Same discipline as the deadline sweep: candidates without locks, then the customers
+    locked and each row re-read, so two instances never expire (and announce) one twice.
+    """
+    policy = catalogue.policy.interventions
+    cutoff = now - timedelta(days=policy.expire_unacknowledged_days)
+    rows = await conn.fetch(
+        "SELECT customer_id FROM intervention WHERE state = 'open' AND opened_at <= $1 LIMIT 500",
+        cutoff,
+    )
+    if not rows:
+        return 0
+    customers = sorted({r["customer_id"] for r in rows})
+    await lock_customers(conn, customers)
+    expired: list[Intervention] = []
+    for row in await conn.fetch(
+        """
+        SELECT * FROM intervention
+        WHERE customer_id = ANY($1::text[]) AND state = 'open' AND opened_at <= $2
+        """,
+        customers,
+        cutoff,
+    ):
+        ended = expire_overdue(intervention_from_row(row), now=now, policy=policy)
+        if ended is not None:
+            expired.append(ended)
+    await write_interventions(conn, expired)
+    await write_webhook_events(conn, [("intervention.expired", iv) for iv in expired])
+    await insert_outbox(
+        conn,
+        [
+            outbox_row(
+                topic,
+                iv.intervention_id.encode(),
+                orjson.dumps(
+                    {"kind": "intervention.expired", **intervention_json(iv)},
+                    option=orjson.OPT_UTC_Z,
+                ),
+                [("content-type", b"application/json")],
+            )
+            for iv in expired
+        ],
+    )
+    return len(expired)
 
 
 async def _load_standing(

@@ -64,6 +64,11 @@ class ScoringMetrics:
             "Interventions opened",
             registry=registry,
         )
+        self.interventions_expired = Counter(
+            "touchpulse_scoring_interventions_expired_total",
+            "Open interventions nobody acknowledged in time",
+            registry=registry,
+        )
         self.deadlines_expired = Counter(
             "touchpulse_scoring_deadlines_expired_total",
             "Deadline promises breached by absence (no event in time)",

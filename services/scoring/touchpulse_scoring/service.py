@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from touchpulse_scoring.consumer import ConsumerRunner
 from touchpulse_scoring.domain import Catalogue, CatalogueError, load_catalogue_file
-from touchpulse_scoring.engine import Engine, Topics
+from touchpulse_scoring.engine import Engine, Topics, expire_interventions
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
 from touchpulse_shared.db import Conn
@@ -222,9 +222,14 @@ class ScoringService:
     async def _sweep(self, pool: asyncpg.Pool) -> bool:
         async with pool.acquire() as conn, conn.transaction():
             report = await self.engine.sweep(conn)
+        async with pool.acquire() as conn, conn.transaction():
+            expired = await expire_interventions(
+                conn, self.catalogue(), self.engine.clock(), self.settings.interventions_topic
+            )
         self.metrics.deadlines_expired.inc(len(report.outcomes))
         self.metrics.interventions_opened.inc(len(report.opened))
-        return bool(report.outcomes)
+        self.metrics.interventions_expired.inc(expired)
+        return bool(report.outcomes) or expired > 0
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> bool:
         assigned = list(consumer.assignment())

@@ -1,0 +1,127 @@
+"""Timers that fire without events never fire twice, even from two instances at once."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from tests.scoring.pipeline.ledger import CATALOGUE, START
+from touchpulse_scoring.engine import Engine, Report, Topics, expire_interventions
+from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
+from touchpulse_shared.db.migrate import migrate_url
+
+TOPICS = Topics(health="h", interventions="i", dead_letters="d")
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The attributes of an aiokafka ConsumerRecord the engine reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def _record(offset: int, **event: object) -> _Record:
+    encoded = encode_record(
+        EVENT_ADAPTER.validate_python(event), producer="ingest", received_at=START
+    )
+    return _Record("events", 0, offset, encoded.key, encoded.value, encoded.headers)
+
+
+def _engine(now: datetime) -> Engine:
+    return Engine(catalogue=lambda: CATALOGUE, topics=TOPICS, clock=lambda: now)
+
+
+async def _in_transaction(url: str, engine: Engine) -> Report:
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            return await engine.sweep(conn)
+    finally:
+        await conn.close()
+
+
+async def test_two_sweeps_at_once_record_one_breach(fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        async with conn.transaction():
+            await _engine(START).handle(
+                conn,
+                [
+                    _record(
+                        0,
+                        event_id="o-1",
+                        source="shop",
+                        customer_id="S-1",
+                        touchpoint="sales",
+                        type="order.placed",
+                        occurred_at=START,
+                        journey_id="order-1",
+                        measures={"price_matches_quote": True},
+                    )
+                ],
+            )
+        later = START + timedelta(hours=60)
+        reports = await asyncio.gather(
+            *(_in_transaction(fresh_database, _engine(later)) for _ in range(2))
+        )
+        assert sorted(len(r.outcomes) for r in reports) == [0, 1]
+        assert await conn.fetchval("SELECT count(*) FROM outcome WHERE NOT met") == 1
+        assert await conn.fetchval("SELECT state FROM deadline") == "expired"
+        # A later sweep finds nothing left to do.
+        assert (
+            await _in_transaction(fresh_database, _engine(later + timedelta(hours=1)))
+        ).outcomes == []
+    finally:
+        await conn.close()
+
+
+async def test_an_unacknowledged_intervention_expires_once(fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        async with conn.transaction():
+            await _engine(START).handle(
+                conn,
+                [
+                    _record(
+                        0,
+                        event_id="s-1",
+                        source="survey",
+                        customer_id="S-2",
+                        touchpoint="survey",
+                        type="survey.answered",
+                        occurred_at=START,
+                        measures={"csat": 1},
+                    )
+                ],
+            )
+        assert await conn.fetchval("SELECT state FROM intervention") == "open"
+        too_early = START + timedelta(days=3)
+        async with conn.transaction():
+            assert await expire_interventions(conn, CATALOGUE, too_early, "i") == 0
+
+        overdue = START + timedelta(days=15)
+
+        async def expire() -> int:
+            other = await asyncpg.connect(fresh_database)
+            try:
+                async with other.transaction():
+                    return await expire_interventions(other, CATALOGUE, overdue, "i")
+            finally:
+                await other.close()
+
+        assert sorted(await asyncio.gather(expire(), expire())) == [0, 1]
+        assert await conn.fetchval("SELECT state FROM intervention") == "expired"
+        kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM webhook_outbox ORDER BY id")]
+        assert kinds == ["intervention.opened", "intervention.expired"]
+    finally:
+        await conn.close()
