@@ -34,6 +34,8 @@ SUPERVISE_INTERVAL_S = 1.0
 REQUEST_TIMEOUT_MS = 10_000
 # Bound on stopping a producer whose broker is gone (aiokafka #1101: stop() can hang).
 STOP_TIMEOUT_S = 5.0
+# Customer keys whose partition is remembered (~100 B each): a few MB at most.
+_PARTITION_CACHE_MAX = 100_000
 
 
 class ProduceUnavailable(Exception):
@@ -55,6 +57,7 @@ class EventProducer:
         self.client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._partitions: int | None = None
+        self._partition_cache: dict[bytes, int] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._replaced = 0
         # Set while a live producer is installed; waited on by start-up and tests.
@@ -103,6 +106,7 @@ class EventProducer:
                 try:
                     await producer.start()
                     self._partitions = len(await producer.partitions_for(self.topic))
+                    self._partition_cache.clear()
                 except (KafkaError, OSError) as exc:
                     log.warning("ingest.producer.start_failed", error=str(exc))
                     with contextlib.suppress(Exception):
@@ -128,10 +132,21 @@ class EventProducer:
         await self._discard()
 
     def partition_for(self, key: bytes) -> int:
-        """Kafka's default partitioner (murmur2), so any client puts a customer in one place."""
-        if self._partitions is None:
+        """Kafka's default partitioner (murmur2), so any client puts a customer in one place.
+
+        aiokafka's murmur2 is pure Python and customers recur, so results are cached (the
+        cache is bounded and dropped whenever the partition count changes).
+        """
+        partitions = self._partitions
+        if partitions is None:
             raise ProduceUnavailable("the producer has not started")
-        partition: int = (murmur2(key) & 0x7FFFFFFF) % self._partitions
+        cached = self._partition_cache.get(key)
+        if cached is not None:
+            return cached
+        if len(self._partition_cache) >= _PARTITION_CACHE_MAX:
+            self._partition_cache.clear()
+        partition: int = (murmur2(key) & 0x7FFFFFFF) % partitions
+        self._partition_cache[key] = partition
         return partition
 
     async def produce(self, records: Sequence[KafkaRecord], *, within_s: float) -> None:
