@@ -23,16 +23,12 @@ import asyncpg
 import orjson
 import structlog
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import TypeAdapter, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from touchpulse_ingest.metrics import IngestMetrics
 from touchpulse_ingest.openapi import install_openapi
-from touchpulse_ingest.problems import Problem, field_errors, pointer
 from touchpulse_ingest.producer import EventProducer, ProduceUnavailable
 from touchpulse_shared.auth import KeyVerifier, Principal
 from touchpulse_shared.auth import Scope as KeyScope
@@ -53,6 +49,9 @@ from touchpulse_shared.contract import (
     parse_native_batch,
     parse_structured,
 )
+from touchpulse_shared.http.access import authenticate
+from touchpulse_shared.http.app import RequestMetricsMiddleware, install_problem_handlers
+from touchpulse_shared.http.problems import Problem, field_errors, pointer
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
 
@@ -91,40 +90,12 @@ IngestDep = Annotated[Ingest, Depends(_ingest)]
 
 
 async def _principal(request: Request, ingest: IngestDep) -> Principal:
-    presented = _presented_key(request)
-    try:
-        principal = await ingest.verifier.verify(presented)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        # The key store is down: the client is not at fault and may retry.
-        log.warning("ingest.auth.unavailable", error=str(exc))
-        raise Problem(
-            503,
-            "unavailable",
-            "Service Unavailable",
-            "API keys cannot be checked right now; retry later",
-            headers={"Retry-After": str(ingest.settings.ingest_retry_after_s)},
-        ) from None
-    if principal is None:
-        raise Problem(
-            401,
-            "unauthenticated",
-            "Unauthenticated",
-            "A valid API key is required: 'Authorization: Bearer <key>'"
-            if presented is None
-            else "The API key is not valid (unknown, revoked or malformed)",
-            headers={"WWW-Authenticate": 'Bearer realm="touchpulse"'},
-        )
-    if not principal.has(KeyScope.EVENTS_WRITE):
-        raise Problem(403, "forbidden", "Forbidden", "This API key lacks the scope events:write")
-    return principal
-
-
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
-    return request.headers.get("x-api-key")
+    return await authenticate(
+        request,
+        ingest.verifier,
+        KeyScope.EVENTS_WRITE,
+        retry_after_s=ingest.settings.ingest_retry_after_s,
+    )
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
@@ -391,7 +362,9 @@ def create_app(
         summary="Customer-experience events from every touchpoint, into Kafka.",
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
+    )
     install_openapi(app)
     max_items = settings.ingest_max_batch_items
 
@@ -444,22 +417,7 @@ def create_app(
         ingest.metrics.producer_replacements.set(ingest.producer.replacements)
         return Response(generate_latest(ingest.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(Problem)
-    async def on_problem(request: Request, exc: Problem) -> Response:
-        return exc.response(request.url.path)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
-        title = str(exc.detail)
-        return Problem(exc.status_code, f"http-{exc.status_code}", title, title).response(
-            request.url.path
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        problem = _invalid("The request is not valid", field_errors(exc.errors()))
-        return problem.response(request.url.path)
-
+    install_problem_handlers(app)
     return app
 
 
@@ -503,32 +461,3 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
             await pool.close()
 
     return create_app(settings, metrics, lifespan=lifespan)
-
-
-class MetricsMiddleware:
-    """Counts every request by route template and status, and times it (pure ASGI: cheap)."""
-
-    def __init__(self, app: ASGIApp, metrics: IngestMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            # The router stored the matched route in this same scope dict.
-            template = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(template, str(status)).inc()
-            self.metrics.request_duration.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""HTTP pieces both web services use: RFC 9457 problems, request metrics, API-key access."""
