@@ -84,6 +84,8 @@ class Report:
     records: int = 0
     applied: int = 0
     duplicates: int = 0
+    #: Events skipped because their customer was erased after they were received.
+    erased: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     opened: list[Intervention] = field(default_factory=list)
@@ -134,10 +136,14 @@ class Engine:
                 continue
             decoded.append((record, result.event, result.received_at))
 
+        if decoded:
+            # Locks first: erasure and the deadline sweep take the same locks, so what is
+            # read below cannot change before this transaction commits.
+            await lock_customers(conn, (e.customer_id for _, e, _ in decoded))
+            decoded = await self._drop_erased(conn, decoded, report)
         fresh = await self._dedupe(conn, decoded)
         report.duplicates = len(decoded) - len(fresh)
         if fresh:
-            await lock_customers(conn, (e.customer_id for _, e, _ in fresh))
             await self._apply_events(conn, catalogue, fresh, now, report)
         await insert_outbox(
             conn,
@@ -153,6 +159,31 @@ class Engine:
                 "scoring.dead_letter_flood", dead=len(report.dead_letters), batch=len(records)
             )
         self.last_report = report
+
+    async def _drop_erased(
+        self,
+        conn: Conn,
+        decoded: list[tuple[Any, ExperienceEventV1, datetime]],
+        report: Report,
+    ) -> list[tuple[Any, ExperienceEventV1, datetime]]:
+        """Events of an erased customer received before the erasure are never applied."""
+        rows = await conn.fetch(
+            """
+            SELECT customer_id, erased_at FROM erased_customer
+            WHERE customer_id = ANY($1::text[])
+            """,
+            sorted({e.customer_id for _, e, _ in decoded}),
+        )
+        if not rows:
+            return decoded
+        erased = {r["customer_id"]: r["erased_at"] for r in rows}
+        kept = [
+            item
+            for item in decoded
+            if item[1].customer_id not in erased or item[2] > erased[item[1].customer_id]
+        ]
+        report.erased = len(decoded) - len(kept)
+        return kept
 
     async def _dedupe(
         self, conn: Conn, decoded: Sequence[tuple[Any, ExperienceEventV1, datetime]]

@@ -55,6 +55,7 @@ async def replay(
 ) -> ReplayReport:
     """Replay ``topic`` from its beginning into ``scratch_url`` and compare with ``live_url``."""
     await migrate_url(scratch_url)
+    await _copy_erasures(live_url, scratch_url)
     engine = Engine(
         catalogue=lambda: catalogue,
         topics=Topics(
@@ -109,6 +110,23 @@ async def replay(
         await scratch.close()
     await _compare(live_url, scratch_url, snapshot, report)
     return report
+
+
+async def _copy_erasures(live_url: str, scratch_url: str) -> None:
+    """Erased customers stay erased in the rebuild too."""
+    live = await asyncpg.connect(live_url)
+    try:
+        rows = await live.fetch("SELECT customer_id, erased_at FROM erased_customer")
+    finally:
+        await live.close()
+    scratch = await asyncpg.connect(scratch_url)
+    try:
+        await scratch.executemany(
+            "INSERT INTO erased_customer VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [(r["customer_id"], r["erased_at"]) for r in rows],
+        )
+    finally:
+        await scratch.close()
 
 
 async def _compare(

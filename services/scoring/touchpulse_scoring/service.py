@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.consumer import ConsumerRunner
-from touchpulse_scoring.domain import Catalogue, CatalogueError, load_catalogue_file
 from touchpulse_scoring.engine import Engine, Topics, expire_interventions
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
@@ -39,42 +38,6 @@ STOP_TIMEOUT_S = 30.0
 OUTBOX_IDLE_S = 0.1
 LAG_INTERVAL_S = 5.0
 CATALOGUE_CHECK_S = 2.0
-
-
-class CatalogueSource:
-    """The catalogue in effect, re-read when its file changes.
-
-    An edited file that does not validate is logged and ignored: the last good catalogue
-    stays in effect, so a typo never stops scoring.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mtime = path.stat().st_mtime_ns
-        self._current = load_catalogue_file(path)
-
-    def __call__(self) -> Catalogue:
-        return self._current
-
-    def refresh(self) -> bool:
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except OSError as exc:
-            log.error("scoring.catalogue.unreadable", path=str(self.path), error=str(exc))  # noqa: TRY400 - the reason is the message; a traceback adds nothing
-            return False
-        if mtime == self._mtime:
-            return False
-        self._mtime = mtime
-        try:
-            catalogue = load_catalogue_file(self.path)
-        except CatalogueError as exc:
-            log.error("scoring.catalogue.invalid", path=str(self.path), error=str(exc))  # noqa: TRY400 - the reason is the message
-            return False
-        log.info(
-            "scoring.catalogue.reloaded", version=catalogue.version, previous=self._current.version
-        )
-        self._current = catalogue
-        return True
 
 
 class ScoringService:
@@ -186,6 +149,7 @@ class ScoringService:
         metrics.batch_duration.observe(seconds)
         metrics.events.labels("applied").inc(report.applied)
         metrics.events.labels("duplicate").inc(report.duplicates)
+        metrics.events.labels("erased").inc(report.erased)
         metrics.events.labels("dead_letter").inc(len(report.dead_letters))
         for dead in report.dead_letters:
             metrics.dead_letters.labels(dead.reason).inc()
