@@ -139,6 +139,24 @@ class Settings(BaseSettings):
         60.0, gt=0, description="/healthz fails when the consumer loop made no progress this long"
     )
 
+    # --- api ---------------------------------------------------------------------------
+    api_max_page_size: int = Field(200, ge=1, le=1000, description="page size cap of lists")
+    api_rate_limit_per_s: float = Field(
+        50.0, gt=0, description="sustained requests per second per API key"
+    )
+    api_rate_limit_burst: float = Field(200.0, gt=0, description="requests a key may burst")
+    webhook_signing_key: str | None = Field(
+        default=None,
+        min_length=32,
+        description="master key webhook secrets are derived from (never stored); "
+        "unset: a random one per state dir, for local runs only",
+    )
+    webhook_allow_private_targets: bool = Field(
+        False,
+        description="allow webhook URLs on loopback, link-local and private networks "
+        "(local testing only)",
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_list(cls, value: str | None) -> str | None:

@@ -84,7 +84,7 @@ class Runner:
     def server_pids(self) -> dict[str, int]:
         pids = {}
         for line in self.output:
-            match = re.match(r"\s+(kafka|postgres|ingest|scoring)\s.*pid (\d+)", line)
+            match = re.match(r"\s+(kafka|postgres|ingest|scoring|api)\s.*pid (\d+)", line)
             if match:
                 pids[match[1]] = int(match[2])
         return pids
@@ -124,7 +124,7 @@ def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
     assert re.search(r"kafka\s+127\.0\.0\.1:\d+", printed)
     assert re.search(r"postgres\s+postgresql://\S+@127\.0\.0\.1:\d+/touchpulse", printed)
     pids = runner.server_pids()
-    assert set(pids) == {"kafka", "postgres", "ingest", "scoring"}
+    assert set(pids) == {"kafka", "postgres", "ingest", "scoring", "api"}
     assert psutil.Process(pids["kafka"]).name() == "java"
     assert psutil.Process(pids["postgres"]).name() == "postgres"
 
@@ -152,6 +152,16 @@ def test_sigterm_stops_every_server_it_started(runner: Runner) -> None:
     assert score is not None
     assert score < 100
 
+    # ... which the api explains to a CRM, with the printed key.
+    api = runner.printed(r"api\s+(http://\S+)")
+    crm_key = runner.printed(r"crm key\s+(tpk_\S+)")
+    health = httpx.get(
+        f"{api}/v1/customers/C-1/health", headers={"Authorization": f"Bearer {crm_key}"}, timeout=30
+    )
+    assert health.status_code == 200, health.text
+    assert health.json()["score"] == score
+    assert health.json()["explanation"][0]["promise_id"] == "call-answer-time"
+
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.proc.wait(STOP_TIMEOUT_S) == 0
     assert _gone(pids, timeout=5) == []
@@ -176,7 +186,7 @@ async def _health_of(database: str, customer: str) -> float | None:
 def test_a_killed_runner_takes_its_servers_with_it(runner: Runner) -> None:
     runner.wait_for(READY_LINE, START_TIMEOUT_S)
     pids = runner.server_pids()
-    assert set(pids) == {"kafka", "postgres", "ingest", "scoring"}
+    assert set(pids) == {"kafka", "postgres", "ingest", "scoring", "api"}
 
     runner.proc.kill()  # SIGKILL: no cleanup code of ours runs
     runner.proc.wait()

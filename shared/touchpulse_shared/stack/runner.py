@@ -53,7 +53,7 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
                 service = RunningService(spec, resolved, stack.workdir)
                 services.append(service)
                 service.start()
-            demo_key = asyncio.run(_demo_key(postgres.address))
+            demo_key, crm_key = asyncio.run(_demo_keys(postgres.address))
             env_file = stack.workdir.parent.parent / "current.env"
             env_file.write_text(
                 f"{env_name('kafka_bootstrap_servers')}={kafka.address}\n"
@@ -67,6 +67,7 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
                     services=services,
                     migrations=done.migrations_applied,
                     demo_key=demo_key,
+                    crm_key=crm_key,
                 )
             )
             echo(f"  logs       {stack.workdir}")
@@ -98,17 +99,24 @@ def _check_alive(kafka: Endpoint, postgres: Endpoint, services: list[RunningServ
             raise UnexpectedExit(f"the {service.spec.name} service exited; see {service.log_path}")
 
 
-async def _demo_key(database_url: str) -> str:
+async def _demo_keys(database_url: str) -> tuple[str, str]:
+    """A key to post demo events with, and one to read and act with in the api."""
     conn = await asyncpg.connect(database_url)
     try:
-        key, _ = await create_key(
+        events, _ = await create_key(
             conn,
-            name="make run demo",
+            name="make run demo events",
             scopes=[Scope.EVENTS_WRITE],
             source=DEMO_SOURCE,
             now=datetime.now(UTC),
         )
-        return key
+        crm, _ = await create_key(
+            conn,
+            name="make run demo crm",
+            scopes=[Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN],
+            now=datetime.now(UTC),
+        )
+        return events, crm
     finally:
         await conn.close()
 
@@ -121,6 +129,7 @@ def _banner(
     services: list[RunningService],
     migrations: list[int],
     demo_key: str,
+    crm_key: str,
 ) -> str:
     def origin(endpoint: Endpoint, what: str) -> str:
         return f"   (local {what}, pid {endpoint.pid})" if endpoint.local else "   (configured)"
@@ -138,6 +147,13 @@ def _banner(
             f"  {service.spec.name:<10} {service.url}   ({docs}"
             f"metrics {service.url}/metrics, pid {service.pid})"
         )
+    api = next((s for s in services if s.spec.name == "api"), None)
+    if api is not None:
+        lines += [
+            f"  crm key    {crm_key}   (health:read, interventions:write, admin)",
+            f"  try        curl -s {api.url}/v1/customers/C-1/health "
+            f"-H 'Authorization: Bearer {crm_key}'",
+        ]
     ingest = next((s for s in services if s.spec.name == "ingest"), None)
     if ingest is not None:
         lines += [

@@ -42,6 +42,7 @@ class ServiceSpec:
 SERVICES = (
     ServiceSpec("ingest", "touchpulse_ingest.main", "ingest_port"),
     ServiceSpec("scoring", "touchpulse_scoring.main", "scoring_metrics_port", api_docs=False),
+    ServiceSpec("api", "touchpulse_api.main", "api_port"),
 )
 
 

@@ -1,0 +1,102 @@
+"""The API for CRM integrations and the people who act on customers.
+
+Routes are thin: each authenticates (scope + per-key rate limit) through a dependency,
+reads or writes PostgreSQL, and answers; every error is problem+json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+
+import asyncpg
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.responses import Response
+
+from touchpulse_api.context import ApiContext, ContextDep
+from touchpulse_api.metrics import ApiMetrics
+from touchpulse_api.routes import customers, erasure, interventions, keys, organisation
+from touchpulse_scoring.catalogue_source import CatalogueSource
+from touchpulse_shared.auth import KeyVerifier
+from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.http.app import RequestMetricsMiddleware, install_problem_handlers
+from touchpulse_shared.ratelimit import RateLimiter
+from touchpulse_shared.settings import Settings
+
+ROUTERS = (customers.router, erasure.router, interventions.router, organisation.router, keys.router)
+
+
+def create_app(
+    metrics: ApiMetrics,
+    *,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """The routes; ``app.state.api`` must hold an :class:`ApiContext` before requests come."""
+    app = FastAPI(
+        title="Touchpulse API",
+        version="1",
+        summary="Customer journey health, expected-versus-actual gaps and the interventions "
+        "they call for.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
+    )
+    for router in ROUTERS:
+        app.include_router(router)
+    install_problem_handlers(app)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(context: ContextDep) -> Response:
+        """Ready when PostgreSQL answers."""
+        try:
+            async with context.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return JSONResponse({"status": "not ready", "database": False}, status_code=503)
+        return JSONResponse({"status": "ready", "database": True})
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def prometheus(context: ContextDep) -> Response:
+        return Response(generate_latest(context.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def build_app(
+    settings: Settings, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> FastAPI:
+    """The production wiring: migrations, a PostgreSQL pool, keys, limits, the catalogue."""
+    if settings.database_url is None:
+        raise ValueError("the api needs TOUCHPULSE_DATABASE_URL")
+    database_url = settings.database_url
+    metrics = ApiMetrics(CollectorRegistry())
+    catalogue = CatalogueSource(settings.promise_catalogue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await migrate_url(database_url)
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=10)
+        app.state.api = ApiContext(
+            settings=settings,
+            pool=pool,
+            verifier=KeyVerifier(pool, cache_ttl_s=settings.auth_cache_s),
+            limiter=RateLimiter(settings.api_rate_limit_per_s, settings.api_rate_limit_burst),
+            metrics=metrics,
+            catalogue=catalogue,
+            clock=clock,
+        )
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return create_app(metrics, lifespan=lifespan)

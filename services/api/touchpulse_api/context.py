@@ -1,0 +1,70 @@
+"""What every API request needs, built once per process and reached through dependencies."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+
+from touchpulse_api.metrics import ApiMetrics
+from touchpulse_scoring.catalogue_source import CatalogueSource
+from touchpulse_shared.auth import KeyVerifier, Principal, Scope
+from touchpulse_shared.http.access import authenticate
+from touchpulse_shared.http.problems import Problem
+from touchpulse_shared.ratelimit import RateLimiter
+from touchpulse_shared.settings import Settings
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    verifier: KeyVerifier
+    limiter: RateLimiter
+    metrics: ApiMetrics
+    catalogue: CatalogueSource
+    clock: Callable[[], datetime] = utc_now
+    monotonic: Callable[[], float] = time.monotonic
+
+
+async def _context(request: Request) -> ApiContext:
+    context: ApiContext = request.app.state.api
+    return context
+
+
+ContextDep = Annotated[ApiContext, Depends(_context)]
+
+
+def require(scope: Scope) -> Callable[..., object]:
+    """A dependency: the caller's key has ``scope`` and is within its rate limit."""
+
+    async def dependency(request: Request, context: ContextDep) -> Principal:
+        principal = await authenticate(request, context.verifier, scope, retry_after_s=5)
+        wait = context.limiter.take(principal.key_id, 1, context.monotonic())
+        if wait > 0:
+            raise Problem(
+                429,
+                "rate-limited",
+                "Too Many Requests",
+                f"This API key is over its limit of {context.settings.api_rate_limit_per_s:g} "
+                "requests per second",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        return principal
+
+    return dependency
+
+
+HealthReader = Annotated[Principal, Depends(require(Scope.HEALTH_READ))]
+InterventionWriter = Annotated[Principal, Depends(require(Scope.INTERVENTIONS_WRITE))]
+Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]

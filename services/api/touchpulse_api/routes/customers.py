@@ -1,0 +1,326 @@
+"""Customers: health with its explanation, gaps, the at-risk list, profiles, erasure."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Response
+
+from touchpulse_api.catalogue import current_catalogue
+from touchpulse_api.context import Admin, ContextDep, HealthReader
+from touchpulse_api.models import (
+    AtRiskCustomer,
+    AtRiskPage,
+    CustomerHealth,
+    Explanation,
+    GapsPage,
+    OutcomeOut,
+    ProfileIn,
+    ProfileOut,
+    TouchpointHealthOut,
+    TrendPoint,
+)
+from touchpulse_scoring.domain import TouchpointHealth, journey_health, replace_outcome
+from touchpulse_scoring.store import outcome_from_row
+from touchpulse_shared.http.problems import Problem
+
+router = APIRouter(prefix="/v1/customers", tags=["customers"])
+
+# The explanation looks at this many recent outcomes: older ones have decayed anyway.
+_EXPLAIN_WINDOW = 200
+_EXPLAIN_TOP = 10
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values, option=orjson.OPT_UTC_Z)).decode()
+
+
+def decode_cursor(cursor: str | None, size: int) -> list[Any] | None:
+    if cursor is None:
+        return None
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, orjson.JSONDecodeError):
+        values = None
+    if not isinstance(values, list) or len(values) != size:
+        raise Problem(
+            400,
+            "invalid-cursor",
+            "Invalid Cursor",
+            "The cursor is not one this API issued",
+            errors=[{"pointer": "/cursor", "detail": "unknown cursor", "code": "cursor"}],
+        )
+    return values
+
+
+def outcome_out(row: Any) -> OutcomeOut:
+    return OutcomeOut.model_validate(
+        {
+            "promise_id": row["promise_id"],
+            "touchpoint": row["touchpoint"],
+            "occurred_at": row["occurred_at"],
+            "expected": orjson.loads(row["expected"]),
+            "actual": orjson.loads(row["actual"]),
+            "gap": row["gap"],
+            "met": row["met"],
+            "score": row["score"],
+            "severity": row["severity"],
+            "event_ids": list(row["event_ids"]),
+            "catalogue_version": row["catalogue_version"],
+        }
+    )
+
+
+@router.get("/{customer_id}/health", response_model=CustomerHealth)
+async def customer_health(
+    customer_id: str,
+    context: ContextDep,
+    _: HealthReader,
+    trend_days: Annotated[int, Query(ge=1, le=365, description="days of history")] = 30,
+) -> CustomerHealth:
+    """Journey health, band, per-touchpoint health, trend, freshness and what moves it most."""
+    catalogue = current_catalogue(context)
+    async with context.pool.acquire() as conn:
+        journey = await conn.fetchrow(
+            "SELECT * FROM journey_health WHERE customer_id = $1", customer_id
+        )
+        if journey is None and not await conn.fetchval(
+            "SELECT 1 FROM customer_profile WHERE customer_id = $1", customer_id
+        ):
+            raise Problem(404, "not-found", "Not Found", f"No customer {customer_id!r} is known")
+        states = {
+            r["touchpoint"]: TouchpointHealth(
+                s=r["s"], w=r["w"], t_ref=r["t_ref"], outcomes=r["outcomes"]
+            )
+            for r in await conn.fetch(
+                "SELECT * FROM touchpoint_health WHERE customer_id = $1", customer_id
+            )
+        }
+        trend = await conn.fetch(
+            """
+            SELECT at, score FROM journey_health_history
+            WHERE customer_id = $1 AND at >= $2 ORDER BY at
+            """,
+            customer_id,
+            context.clock() - timedelta(days=trend_days),
+        )
+        recent = await conn.fetch(
+            "SELECT * FROM outcome WHERE customer_id = $1 ORDER BY occurred_at DESC LIMIT $2",
+            customer_id,
+            _EXPLAIN_WINDOW,
+        )
+        open_id = await conn.fetchval(
+            """
+            SELECT intervention_id FROM intervention
+            WHERE customer_id = $1 AND state IN ('open', 'acknowledged')
+            """,
+            customer_id,
+        )
+    policy = catalogue.policy
+    values = {t: s.value for t, s in states.items()}
+    score = journey_health(values, catalogue.touchpoints, policy.weakest_link_lambda)
+    explanation = []
+    for row in recent:
+        outcome = outcome_from_row(row)
+        state = states.get(outcome.touchpoint)
+        if state is None or score is None or outcome.met:
+            continue
+        # What this breach costs: the score had the promise been kept instead. Marginal
+        # removal would say nothing once a touchpoint is at 0 through several breaches.
+        kept = replace(outcome, score=1.0, met=True, gap=0.0, severity="normal")
+        if_kept = replace_outcome(state, outcome, kept, half_life_days=policy.half_life_days)
+        other = journey_health(
+            {**values, outcome.touchpoint: if_kept.value},
+            catalogue.touchpoints,
+            policy.weakest_link_lambda,
+        )
+        impact = score - (other if other is not None else score)
+        explanation.append(Explanation(**outcome_out(row).model_dump(), impact=round(impact, 6)))
+    explanation.sort(key=lambda e: e.impact)
+    return CustomerHealth(
+        customer_id=customer_id,
+        score=None if journey is None else journey["score"],
+        band=None if journey is None else journey["band"],
+        weakest_touchpoint=None if journey is None else journey["weakest_touchpoint"],
+        touchpoints={
+            t: TouchpointHealthOut(health=s.value, outcomes=s.outcomes) for t, s in states.items()
+        },
+        as_of=None if journey is None else journey["as_of"],
+        updated_at=None if journey is None else journey["updated_at"],
+        trend=[TrendPoint(at=r["at"], score=r["score"]) for r in trend],
+        explanation=[e for e in explanation if e.impact != 0][:_EXPLAIN_TOP],
+        open_intervention_id=open_id,
+    )
+
+
+@router.get("/{customer_id}/gaps", response_model=GapsPage)
+async def customer_gaps(
+    *,
+    customer_id: str,
+    context: ContextDep,
+    _: HealthReader,
+    touchpoint: str | None = None,
+    promise: str | None = None,
+    breaches_only: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> GapsPage:
+    """Expected versus actual per promise for one customer, newest first."""
+    limit = min(limit, context.settings.api_max_page_size)
+    after = decode_cursor(cursor, 2)
+    async with context.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT * FROM outcome
+            WHERE customer_id = $1
+              AND ($2::text IS NULL OR touchpoint = $2)
+              AND ($3::text IS NULL OR promise_id = $3)
+              AND (NOT $4 OR NOT met)
+              AND ($5::timestamptz IS NULL OR occurred_at >= $5)
+              AND ($6::timestamptz IS NULL OR occurred_at < $6)
+              AND ($7::timestamptz IS NULL OR (occurred_at, outcome_key) < ($7, $8))
+            ORDER BY occurred_at DESC, outcome_key DESC
+            LIMIT $9
+            """,
+            customer_id,
+            touchpoint,
+            promise,
+            breaches_only,
+            since,
+            until,
+            None if after is None else datetime.fromisoformat(after[0]),
+            None if after is None else after[1],
+            limit + 1,
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return GapsPage(
+        customer_id=customer_id,
+        items=[outcome_out(r) for r in rows],
+        next_cursor=encode_cursor([rows[-1]["occurred_at"], rows[-1]["outcome_key"]])
+        if more
+        else None,
+    )
+
+
+@router.get("/at-risk", response_model=AtRiskPage, summary="At-risk customers")
+async def at_risk(
+    *,
+    context: ContextDep,
+    _: HealthReader,
+    below: Annotated[float, Query(ge=0, le=100, description="health under this")] = 50.0,
+    segment: str | None = None,
+    touchpoint: str | None = Query(None, description="customers whose weakest link this is"),
+    new_customers: bool | None = None,
+    open_intervention: bool | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> AtRiskPage:
+    """Customers who need action, highest priority first."""
+    limit = min(limit, context.settings.api_max_page_size)
+    after = decode_cursor(cursor, 2)
+    policy = current_catalogue(context).policy
+    now = context.clock()
+    new_since = (now - timedelta(days=policy.new_customer_days)).date()
+    async with context.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """
+            WITH candidates AS (
+                SELECT j.customer_id, j.score, j.band, j.weakest_touchpoint, j.as_of,
+                       coalesce(p.segment, 'standard') AS segment,
+                       coalesce(p.customer_since >= $7, false) AS new_customer,
+                       i.intervention_id,
+                       coalesce(i.priority, greatest(0, $1 - j.score)
+                           * coalesce(p.value, 1) * (1 + ln(1 + coalesce(p.reach, 0))))
+                           AS priority
+                FROM journey_health j
+                LEFT JOIN customer_profile p USING (customer_id)
+                LEFT JOIN intervention i
+                  ON i.customer_id = j.customer_id AND i.state IN ('open', 'acknowledged')
+                WHERE j.score < $1
+            )
+            SELECT * FROM candidates
+            WHERE ($2::text IS NULL OR segment = $2)
+              AND ($3::text IS NULL OR weakest_touchpoint = $3)
+              AND ($4::bool IS NULL OR new_customer = $4)
+              AND ($5::bool IS NULL OR (intervention_id IS NOT NULL) = $5)
+              AND ($6::float8 IS NULL OR (priority, customer_id) < ($6, $8))
+            ORDER BY priority DESC, customer_id DESC
+            LIMIT $9
+            """,
+            below,
+            segment,
+            touchpoint,
+            new_customers,
+            open_intervention,
+            None if after is None else float(after[0]),
+            new_since,
+            None if after is None else str(after[1]),
+            limit + 1,
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AtRiskPage(
+        items=[
+            AtRiskCustomer(
+                customer_id=r["customer_id"],
+                score=r["score"],
+                band=r["band"],
+                weakest_touchpoint=r["weakest_touchpoint"],
+                segment=r["segment"],
+                new_customer=r["new_customer"],
+                as_of=r["as_of"],
+                open_intervention_id=r["intervention_id"],
+                priority=r["priority"],
+            )
+            for r in rows
+        ],
+        next_cursor=encode_cursor([rows[-1]["priority"], rows[-1]["customer_id"]])
+        if more
+        else None,
+    )
+
+
+@router.get("/{customer_id}/profile", response_model=ProfileOut)
+async def get_profile(customer_id: str, context: ContextDep, _: HealthReader) -> ProfileOut:
+    async with context.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT * FROM customer_profile WHERE customer_id = $1", customer_id
+        )
+    if row is None:
+        raise Problem(404, "not-found", "Not Found", f"No profile for {customer_id!r}")
+    return ProfileOut.model_validate(dict(row))
+
+
+@router.put("/{customer_id}/profile", response_model=ProfileOut)
+async def put_profile(
+    customer_id: str, profile: ProfileIn, context: ContextDep, _: Admin, response: Response
+) -> ProfileOut:
+    """Create or replace what the CRM knows: segment, tenure, value and reach."""
+    if not 1 <= len(customer_id) <= 128:
+        raise Problem(422, "invalid-request", "Invalid Request", "customer_id is 1-128 characters")
+    async with context.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            """
+            INSERT INTO customer_profile (customer_id, segment, customer_since, value, reach)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (customer_id) DO UPDATE SET
+                segment = EXCLUDED.segment, customer_since = EXCLUDED.customer_since,
+                value = EXCLUDED.value, reach = EXCLUDED.reach, updated_at = now()
+            RETURNING *, (xmax = 0) AS created
+            """,
+            customer_id,
+            profile.segment,
+            profile.customer_since,
+            profile.value,
+            profile.reach,
+        )
+    assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
+    response.status_code = 201 if row["created"] else 200
+    return ProfileOut.model_validate(dict(row))

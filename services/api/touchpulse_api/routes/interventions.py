@@ -1,0 +1,191 @@
+"""The intervention queue and its workflow: acknowledge, resolve, and whether it helped."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query
+
+from touchpulse_api.context import ApiContext, ContextDep, HealthReader, InterventionWriter
+from touchpulse_api.models import Acknowledge, InterventionOut, InterventionsPage, Resolve
+from touchpulse_api.routes.customers import decode_cursor, encode_cursor
+from touchpulse_scoring.domain import (
+    IllegalTransition,
+    Intervention,
+    InvalidCommand,
+    acknowledge,
+    resolve,
+)
+from touchpulse_scoring.outbox import insert_outbox, outbox_row
+from touchpulse_scoring.store import (
+    intervention_from_row,
+    intervention_json,
+    lock_customers,
+    write_interventions,
+    write_webhook_events,
+)
+from touchpulse_shared.db import Conn
+from touchpulse_shared.http.problems import Problem
+
+router = APIRouter(prefix="/v1/interventions", tags=["interventions"])
+
+State = Literal["open", "acknowledged", "resolved", "expired"]
+
+
+def _out(intervention: Intervention, health_now: float | None) -> InterventionOut:
+    document: dict[str, Any] = intervention_json(intervention)
+    document["follow_up_at"] = intervention.follow_up_at
+    document["follow_up_health"] = intervention.follow_up_health
+    return InterventionOut.model_validate({**document, "health_now": health_now})
+
+
+@router.get("", response_model=InterventionsPage)
+async def list_interventions(
+    *,
+    context: ContextDep,
+    _: HealthReader,
+    state: Annotated[list[State] | None, Query()] = None,
+    min_priority: Annotated[float | None, Query(ge=0)] = None,
+    customer_id: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> InterventionsPage:
+    """Interventions by priority (highest first); by default those still open."""
+    limit = min(limit, context.settings.api_max_page_size)
+    after = decode_cursor(cursor, 2)
+    states = state or ["open", "acknowledged"]
+    async with context.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT i.*, j.score AS health_now FROM intervention i
+            LEFT JOIN journey_health j USING (customer_id)
+            WHERE i.state = ANY($1::text[])
+              AND ($2::float8 IS NULL OR i.priority >= $2)
+              AND ($3::text IS NULL OR i.customer_id = $3)
+              AND ($4::float8 IS NULL OR (i.priority, i.intervention_id) < ($4, $5))
+            ORDER BY i.priority DESC, i.intervention_id DESC
+            LIMIT $6
+            """,
+            states,
+            min_priority,
+            customer_id,
+            None if after is None else float(after[0]),
+            None if after is None else str(after[1]),
+            limit + 1,
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return InterventionsPage(
+        items=[_out(intervention_from_row(r), r["health_now"]) for r in rows],
+        next_cursor=encode_cursor([rows[-1]["priority"], rows[-1]["intervention_id"]])
+        if more
+        else None,
+    )
+
+
+@router.get("/{intervention_id}", response_model=InterventionOut)
+async def get_intervention(
+    intervention_id: str, context: ContextDep, _: HealthReader
+) -> InterventionOut:
+    """One intervention with the gaps that triggered it and the recommended actions."""
+    async with context.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            """
+            SELECT i.*, j.score AS health_now FROM intervention i
+            LEFT JOIN journey_health j USING (customer_id) WHERE i.intervention_id = $1
+            """,
+            intervention_id,
+        )
+    if row is None:
+        raise Problem(404, "not-found", "Not Found", f"No intervention {intervention_id!r}")
+    return _out(intervention_from_row(row), row["health_now"])
+
+
+async def _change(
+    context: ApiContext,
+    intervention_id: str,
+    kind: str,
+    change: Any,
+) -> InterventionOut:
+    """Apply a workflow move under the customer's lock, with its outbox rows, atomically."""
+    async with context.pool.acquire() as conn, conn.transaction():
+        customer = await conn.fetchval(
+            "SELECT customer_id FROM intervention WHERE intervention_id = $1", intervention_id
+        )
+        if customer is None:
+            raise Problem(404, "not-found", "Not Found", f"No intervention {intervention_id!r}")
+        # The same lock scoring takes, so a batch never overwrites this move or vice versa.
+        await lock_customers(conn, [customer])
+        row = await conn.fetchrow(
+            "SELECT * FROM intervention WHERE intervention_id = $1", intervention_id
+        )
+        assert row is not None  # noqa: S101 - locked and known to exist
+        health = await conn.fetchval(
+            "SELECT score FROM journey_health WHERE customer_id = $1", customer
+        )
+        try:
+            updated: Intervention = change(intervention_from_row(row), health)
+        except IllegalTransition as exc:
+            raise Problem(409, "illegal-transition", "Conflict", str(exc)) from None
+        except InvalidCommand as exc:
+            raise Problem(
+                422,
+                "invalid-request",
+                "Invalid Request",
+                str(exc),
+                errors=[{"pointer": f"/{exc.field}", "detail": str(exc), "code": "invalid"}],
+            ) from None
+        await _record(conn, context, kind, updated)
+    return _out(updated, health)
+
+
+async def _record(conn: Conn, context: ApiContext, kind: str, intervention: Intervention) -> None:
+    await write_interventions(conn, [intervention])
+    await write_webhook_events(conn, [(kind, intervention)])
+    await insert_outbox(
+        conn,
+        [
+            outbox_row(
+                context.settings.interventions_topic,
+                intervention.intervention_id.encode(),
+                orjson.dumps(
+                    {"kind": kind, **intervention_json(intervention)}, option=orjson.OPT_UTC_Z
+                ),
+                [("content-type", b"application/json")],
+            )
+        ],
+    )
+
+
+@router.post("/{intervention_id}/acknowledge", response_model=InterventionOut)
+async def acknowledge_intervention(
+    intervention_id: str, body: Acknowledge, context: ContextDep, _: InterventionWriter
+) -> InterventionOut:
+    """Someone owns it now. Only an open intervention can be acknowledged (else 409)."""
+    now = context.clock()
+    result = await _change(
+        context,
+        intervention_id,
+        "intervention.acknowledged",
+        lambda iv, health: acknowledge(iv, now=now, assignee=body.assignee),
+    )
+    context.metrics.interventions_acknowledged.inc()
+    context.metrics.time_to_acknowledge.observe(max((now - result.opened_at).total_seconds(), 0))
+    return result
+
+
+@router.post("/{intervention_id}/resolve", response_model=InterventionOut)
+async def resolve_intervention(
+    intervention_id: str, body: Resolve, context: ContextDep, _: InterventionWriter
+) -> InterventionOut:
+    """Done, with a note on what was done; health is recorded now and again later."""
+    now = context.clock()
+    result = await _change(
+        context,
+        intervention_id,
+        "intervention.resolved",
+        lambda iv, health: resolve(iv, now=now, note=body.outcome_note, health=health),
+    )
+    context.metrics.interventions_resolved.inc()
+    return result

@@ -1,0 +1,90 @@
+"""API key management for admins: create (the key is shown once), list, revoke."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from touchpulse_api.context import Admin, ContextDep
+from touchpulse_shared.auth import (
+    InvalidKeySpec,
+    KeyRecord,
+    Scope,
+    create_key,
+    list_keys,
+    revoke_key,
+)
+from touchpulse_shared.http.problems import Problem
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, examples=["billing system"])
+    scopes: list[Scope] = Field(min_length=1, examples=[["events:write"]])
+    source: str | None = Field(None, examples=["billing-prod"])
+    touchpoints: list[str] | None = Field(None, examples=[["billing"]])
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    scopes: list[str]
+    source: str | None
+    touchpoints: list[str] | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedKey(KeyOut):
+    key: str = Field(description="the API key itself: shown this once, stored only as a hash")
+
+
+def _out(record: KeyRecord) -> KeyOut:
+    return KeyOut(
+        key_id=record.key_id,
+        name=record.name,
+        scopes=sorted(s.value for s in record.scopes),
+        source=record.source,
+        touchpoints=None if record.touchpoints is None else sorted(record.touchpoints),
+        created_at=record.created_at,
+        revoked_at=record.revoked_at,
+    )
+
+
+@router.post("", response_model=CreatedKey, status_code=201)
+async def create(body: KeyIn, context: ContextDep, _: Admin) -> CreatedKey:
+    try:
+        plaintext, record = await create_key(
+            context.pool,
+            name=body.name,
+            scopes=[s.value for s in body.scopes],
+            source=body.source,
+            touchpoints=body.touchpoints,
+            now=context.clock(),
+        )
+    except InvalidKeySpec as exc:
+        raise Problem(
+            422,
+            "invalid-request",
+            "Invalid Request",
+            exc.message,
+            errors=[{"pointer": f"/{exc.field}", "detail": exc.message, "code": "invalid"}],
+        ) from None
+    return CreatedKey(**_out(record).model_dump(), key=plaintext)
+
+
+@router.get("", response_model=list[KeyOut])
+async def list_all(context: ContextDep, _: Admin) -> list[KeyOut]:
+    return [_out(r) for r in await list_keys(context.pool)]
+
+
+@router.delete("/{key_id}", status_code=204)
+async def revoke(key_id: str, context: ContextDep, _: Admin) -> Response:
+    if not await revoke_key(context.pool, key_id, now=context.clock()):
+        raise Problem(404, "not-found", "Not Found", f"No active key {key_id!r}")
+    return Response(status_code=204)

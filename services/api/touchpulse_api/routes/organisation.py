@@ -1,0 +1,78 @@
+"""Organisation-wide views: the weakest links, and the promises in effect."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter
+
+from touchpulse_api.catalogue import current_catalogue
+from touchpulse_api.context import ContextDep, HealthReader
+from touchpulse_api.models import OrgGap, OrgGaps, PromisesOut
+from touchpulse_shared.http.problems import Problem
+
+router = APIRouter(prefix="/v1", tags=["organisation"])
+
+
+@router.get("/gaps", response_model=OrgGaps)
+async def organisation_gaps(
+    context: ContextDep,
+    _: HealthReader,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> OrgGaps:
+    """Per touchpoint and promise over a window (default the last 7 days): events, breach
+    rate, median and p90 gap of the breaches, customers affected — weakest link first."""
+    until = until or context.clock()
+    since = since or until - timedelta(days=7)
+    if since >= until:
+        raise Problem(
+            422,
+            "invalid-request",
+            "Invalid Request",
+            "since must be before until",
+            errors=[{"pointer": "/since", "detail": "must be before until", "code": "range"}],
+        )
+    async with context.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT touchpoint, promise_id, count(*) AS events,
+                   count(*) FILTER (WHERE NOT met) AS breaches,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY gap) FILTER (WHERE NOT met)
+                       AS median_gap,
+                   percentile_cont(0.9) WITHIN GROUP (ORDER BY gap) FILTER (WHERE NOT met)
+                       AS p90_gap,
+                   count(DISTINCT customer_id) FILTER (WHERE NOT met) AS customers_affected
+            FROM outcome WHERE occurred_at >= $1 AND occurred_at < $2
+            GROUP BY touchpoint, promise_id
+            """,
+            since,
+            until,
+        )
+    items = [
+        OrgGap(
+            touchpoint=r["touchpoint"],
+            promise_id=r["promise_id"],
+            events=r["events"],
+            breaches=r["breaches"],
+            breach_rate=r["breaches"] / r["events"],
+            median_gap=r["median_gap"],
+            p90_gap=r["p90_gap"],
+            customers_affected=r["customers_affected"],
+        )
+        for r in rows
+    ]
+    items.sort(key=lambda g: (-g.breach_rate, -g.customers_affected, g.promise_id))
+    return OrgGaps(since=since, until=until, items=items)
+
+
+@router.get("/promises", response_model=PromisesOut)
+async def promises(context: ContextDep, _: HealthReader) -> PromisesOut:
+    """The promise catalogue in effect, with its version."""
+    catalogue = current_catalogue(context)
+    return PromisesOut(
+        version=catalogue.version,
+        touchpoints=dict(catalogue.touchpoints),
+        policy=catalogue.policy.model_dump(mode="json"),
+        promises=[p.model_dump(mode="json", exclude_none=True) for p in catalogue.promises],
+    )
