@@ -22,7 +22,11 @@ from touchpulse_api.routes import customers, erasure, interventions, keys, organ
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_shared.auth import KeyVerifier
 from touchpulse_shared.db.migrate import migrate_url
-from touchpulse_shared.http.app import RequestMetricsMiddleware, install_problem_handlers
+from touchpulse_shared.http.app import (
+    RequestMetricsMiddleware,
+    install_problem_docs,
+    install_problem_handlers,
+)
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
 
@@ -48,6 +52,7 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     install_problem_handlers(app)
+    install_problem_docs(app)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

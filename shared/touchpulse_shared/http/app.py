@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,3 +69,71 @@ class RequestMetricsMiddleware:
             template = getattr(scope.get("route"), "path", "unmatched")
             self.requests.labels(template, str(status)).inc()
             self.duration.labels(template).observe(time.perf_counter() - started)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `errors` names every bad field by JSON Pointer",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "pointer": {"type": "string", "examples": ["/body/segment"]},
+                    "detail": {"type": "string"},
+                    "code": {"type": "string"},
+                },
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+PROBLEM_STATUSES = {
+    "400": "A malformed request (e.g. a cursor this API did not issue)",
+    "401": "No API key, or an unknown, revoked or malformed one",
+    "403": "The key lacks the scope this operation needs",
+    "404": "No such resource",
+    "409": "The request conflicts with the resource's state (e.g. an illegal transition)",
+    "422": "The request is not valid; `errors` names each bad field",
+    "429": "Over the key's rate limit; retry after `Retry-After` seconds",
+    "503": "A dependency is unavailable; retry after `Retry-After` seconds",
+}
+
+
+def install_problem_docs(app: FastAPI, *, prefix: str = "/v1") -> None:
+    """Document the problem+json answers of every operation under ``prefix``, so the
+    OpenAPI document states every status and content type a client can see."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = PROBLEM_SCHEMA
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        document["components"]["securitySchemes"] = {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "tpk_… API key"}
+        }
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in document.get("paths", {}).items():
+            if not path.startswith(prefix):
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status, text in PROBLEM_STATUSES.items():
+                    responses[status] = {"description": text, "content": problem}
+                operation["security"] = [{"apiKey": []}]
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -298,7 +298,11 @@ async def get_profile(customer_id: str, context: ContextDep, _: HealthReader) ->
     return ProfileOut.model_validate(dict(row))
 
 
-@router.put("/{customer_id}/profile", response_model=ProfileOut)
+@router.put(
+    "/{customer_id}/profile",
+    response_model=ProfileOut,
+    responses={201: {"model": ProfileOut, "description": "Created"}},
+)
 async def put_profile(
     customer_id: str, profile: ProfileIn, context: ContextDep, _: Admin, response: Response
 ) -> ProfileOut:
