@@ -41,6 +41,7 @@ from touchpulse_scoring.domain import (
     is_new,
     keep_earliest,
     open_deadlines,
+    record_follow_up,
 )
 from touchpulse_scoring.outbox import insert_outbox, outbox_row
 from touchpulse_scoring.store import (
@@ -495,6 +496,38 @@ async def expire_interventions(conn: Conn, catalogue: Catalogue, now: datetime, 
         ],
     )
     return len(expired)
+
+
+async def record_follow_ups(conn: Conn, catalogue: Catalogue, now: datetime) -> int:
+    """Record each resolved intervention's health some days later: did the action help?"""
+    policy = catalogue.policy.interventions
+    cutoff = now - timedelta(days=policy.follow_up_days)
+    rows = await conn.fetch(
+        """
+        SELECT customer_id FROM intervention
+        WHERE state = 'resolved' AND follow_up_at IS NULL AND resolved_at <= $1 LIMIT 500
+        """,
+        cutoff,
+    )
+    if not rows:
+        return 0
+    customers = sorted({r["customer_id"] for r in rows})
+    await lock_customers(conn, customers)
+    done: list[Intervention] = []
+    for row in await conn.fetch(
+        """
+        SELECT i.*, j.score AS health_now FROM intervention i
+        LEFT JOIN journey_health j USING (customer_id)
+        WHERE i.customer_id = ANY($1::text[]) AND i.state = 'resolved'
+          AND i.follow_up_at IS NULL AND i.resolved_at <= $2
+        """,
+        customers,
+        cutoff,
+    ):
+        done.append(record_follow_up(intervention_from_row(row), now=now, health=row["health_now"]))
+    await write_interventions(conn, done)
+    await write_webhook_events(conn, [("intervention.followed_up", iv) for iv in done])
+    return len(done)
 
 
 async def _load_standing(

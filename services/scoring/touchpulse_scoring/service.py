@@ -24,7 +24,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.consumer import ConsumerRunner
-from touchpulse_scoring.engine import Engine, Topics, expire_interventions
+from touchpulse_scoring.engine import (
+    Engine,
+    Topics,
+    expire_interventions,
+    record_follow_ups,
+)
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
 from touchpulse_shared.db import Conn
@@ -190,10 +195,12 @@ class ScoringService:
             expired = await expire_interventions(
                 conn, self.catalogue(), self.engine.clock(), self.settings.interventions_topic
             )
+        async with pool.acquire() as conn, conn.transaction():
+            followed = await record_follow_ups(conn, self.catalogue(), self.engine.clock())
         self.metrics.deadlines_expired.inc(len(report.outcomes))
         self.metrics.interventions_opened.inc(len(report.opened))
         self.metrics.interventions_expired.inc(expired)
-        return bool(report.outcomes) or expired > 0
+        return bool(report.outcomes) or expired > 0 or followed > 0
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> bool:
         assigned = list(consumer.assignment())

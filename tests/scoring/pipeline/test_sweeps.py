@@ -9,7 +9,15 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from tests.scoring.pipeline.ledger import CATALOGUE, START
-from touchpulse_scoring.engine import Engine, Report, Topics, expire_interventions
+from touchpulse_scoring.domain import acknowledge, resolve
+from touchpulse_scoring.engine import (
+    Engine,
+    Report,
+    Topics,
+    expire_interventions,
+    record_follow_ups,
+)
+from touchpulse_scoring.store import intervention_from_row, write_interventions
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 from touchpulse_shared.db.migrate import migrate_url
 
@@ -123,5 +131,47 @@ async def test_an_unacknowledged_intervention_expires_once(fresh_database: str) 
         assert await conn.fetchval("SELECT state FROM intervention") == "expired"
         kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM webhook_outbox ORDER BY id")]
         assert kinds == ["intervention.opened", "intervention.expired"]
+    finally:
+        await conn.close()
+
+
+async def test_a_resolved_intervention_gets_its_follow_up_health_once(fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        async with conn.transaction():
+            await _engine(START).handle(
+                conn,
+                [
+                    _record(
+                        0,
+                        event_id="s-9",
+                        source="survey",
+                        customer_id="S-3",
+                        touchpoint="survey",
+                        type="survey.answered",
+                        occurred_at=START,
+                        measures={"csat": 1},
+                    )
+                ],
+            )
+        row = await conn.fetchrow("SELECT * FROM intervention")
+        assert row is not None
+        worked = acknowledge(intervention_from_row(row), now=START, assignee="a")
+        closed = resolve(worked, now=START + timedelta(days=1), note="called", health=0.0)
+        await write_interventions(conn, [closed])
+
+        async with conn.transaction():
+            assert await record_follow_ups(conn, CATALOGUE, START + timedelta(days=5)) == 0
+        later = START + timedelta(days=16)
+        async with conn.transaction():
+            assert await record_follow_ups(conn, CATALOGUE, later) == 1
+        async with conn.transaction():
+            assert await record_follow_ups(conn, CATALOGUE, later) == 0
+        row = await conn.fetchrow("SELECT * FROM intervention")
+        assert row is not None
+        assert row["follow_up_at"] == later
+        score = await conn.fetchval("SELECT score FROM journey_health WHERE customer_id = 'S-3'")
+        assert row["follow_up_health"] == score
     finally:
         await conn.close()
