@@ -93,6 +93,26 @@ def ratio(value: float, ceiling: float) -> float:
     return value / ceiling if ceiling > 0 and math.isfinite(ceiling) else math.nan
 
 
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
+    """The ``q``-quantile (0-1) of a Prometheus histogram: ``(upper bound, cumulative count)``
+    pairs in order, ``+Inf`` last, interpolated linearly inside the bucket (as PromQL's
+    ``histogram_quantile``). NaN when the histogram is empty."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower  # above the last finite bucket: its bound is all we know
+            if count == below:
+                return upper
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
 def latency_summary(ordered_s: Sequence[float]) -> dict[str, float]:
     """Milliseconds: p50, p90, p99, p99.9, max and mean of sorted latencies in seconds."""
     mean = statistics.fmean(ordered_s) if ordered_s else math.nan
@@ -110,13 +130,43 @@ def latency_summary(ordered_s: Sequence[float]) -> dict[str, float]:
 # --- processes: CPU and memory ---------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads included (/proc/<pid>/stat)."""
+def _stat_fields(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
     # Field 2 (the command) may hold spaces and parentheses: count fields after its end.
-    fields = text[text.rindex(")") + 2 :].split()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included (/proc/<pid>/stat)."""
+    fields = _stat_fields(pid)
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of all its descendants, live or already gone.
+
+    For servers that fork a process per connection or task (PostgreSQL's postmaster): each
+    live process counts with its own time plus that of the children it has reaped
+    (``cutime``/``cstime``), so a backend that exits between two readings still counts,
+    through its parent. Children are read before their parent: one reaped in between counts
+    twice in that reading (rare: PostgreSQL's backends live as long as their connections).
+    """
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    total = 0.0
+    for child_pid in [c.pid for c in children] + [pid]:
+        try:
+            fields = _stat_fields(child_pid)
+        except (OSError, ValueError):
+            if child_pid == pid:
+                raise
+            continue  # exited since it was listed: its time is now its parent's
+        # utime, stime, cutime, cstime: fields 14-17 of proc(5)
+        total += sum(int(f) for f in fields[11:15]) / CLK_TCK
+    return total
 
 
 def peak_rss_bytes(pid: int) -> int | None:
@@ -137,10 +187,19 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def kernel_irq_seconds() -> float:
+    """CPU seconds the machine spent in interrupts and soft interrupts (/proc/stat): mostly
+    the network stack, loopback included. No process's own time counts it."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[6]) + int(fields[7])) / CLK_TCK
+
+
 #: The name under which :class:`CpuMeter` reports the whole machine.
 MACHINE = "machine"
 #: Derived: the machine minus every named process; other tenants of a shared machine.
 OTHER = "other"
+#: With ``CpuMeter(kernel=True)``: interrupts and soft interrupts, apart from ``other``.
+KERNEL_IRQ = "kernel_irq"
 
 
 @dataclass
@@ -152,12 +211,23 @@ class CpuMeter:
     """
 
     pids: dict[str, int]
+    #: Processes measured with all their descendants (:func:`tree_cpu_seconds`).
+    trees: dict[str, int] = field(default_factory=dict)
+    #: Report the kernel's interrupt time as ``kernel_irq`` rather than within ``other``.
+    kernel: bool = False
 
     def read(self) -> dict[str, float]:
         seconds: dict[str, float] = {MACHINE: machine_busy_seconds()}
+        if self.kernel:
+            seconds[KERNEL_IRQ] = kernel_irq_seconds()
         for name, pid in self.pids.items():
             try:
                 seconds[name] = cpu_seconds(pid)
+            except (OSError, ValueError, IndexError):
+                seconds[name] = math.nan
+        for name, pid in self.trees.items():
+            try:
+                seconds[name] = tree_cpu_seconds(pid)
             except (OSError, ValueError, IndexError):
                 seconds[name] = math.nan
         return seconds

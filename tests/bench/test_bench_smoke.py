@@ -1,4 +1,5 @@
-"""``make bench-ingest`` in its quick mode completes and reports every figure in full.
+"""``make bench-ingest`` and ``make bench-scoring`` in their quick modes complete and report
+every figure in full.
 
 Speed is measured, never asserted: a loaded CI machine must not fail this test. What is
 asserted is the shape of the report: each figure printed with a value, a ceiling and a
@@ -13,10 +14,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.bench.ingest import FIGURE_KEYS
+from tests.bench.scoring import FIGURE_KEYS as SCORING_FIGURE_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 # Quick mode takes about 30 s on 2 cores; the rest is slack for a loaded machine.
@@ -26,11 +29,10 @@ NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(TIMEOUT_S + 30)]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
-    output = tmp_path_factory.mktemp("bench") / "ingest.json"
+def _quick(bench: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
+    output = tmp_path_factory.mktemp("bench") / f"{bench}.json"
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "tests.bench.ingest", "--quick", "--output", str(output)],
+        [sys.executable, "-m", f"tests.bench.{bench}", "--quick", "--output", str(output)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -40,6 +42,40 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, object] = json.loads(output.read_text())
     return proc.stdout, result
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
+    return _quick("ingest", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def scoring_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    return _quick("scoring", tmp_path_factory)
+
+
+def _assert_printed(stdout: str, figures: dict[str, Any], keys: tuple[str, ...]) -> None:
+    rows = stdout.splitlines()
+    for key in keys:
+        figure = figures[key]
+        # Two figures may share a label (one value, two ceilings): the ceiling tells them apart.
+        row = next((r for r in rows if figure["label"] in r and figure["ceiling_label"] in r), None)
+        assert row is not None, f"{key} is not printed:\n{stdout}"
+        # figure, value, ceiling, ceiling value, ratio, target, met: columns 2+ spaces apart
+        cells = re.split(r"\s{2,}", row.strip())
+        assert len(cells) == 7, row
+        for cell in (cells[1], cells[3], cells[4]):
+            assert NUMBER.match(cell), row
+
+
+def _assert_complete(figures: dict[str, Any], keys: tuple[str, ...]) -> None:
+    assert set(figures) == set(keys)
+    for key, figure in figures.items():
+        for field in ("value", "ceiling"):
+            assert isinstance(figure[field], float), (key, field)
+            assert math.isfinite(figure[field]), (key, field)
+        assert set(figure["ratio"]) == {"median", "min", "max", "n"}, key
+        assert math.isfinite(figure["ratio"]["median"]), key
 
 
 def test_every_figure_is_printed_with_a_ceiling_and_a_ratio(
@@ -100,3 +136,62 @@ def test_the_result_file_holds_every_key(quick_run: tuple[str, dict[str, object]
     corpus = settings["corpus"]
     assert corpus["kprod_record_size"] == round(corpus["record_value_bytes"])
     assert settings["producer"]["linger_ms"] >= 0
+
+
+def test_scoring_prints_every_figure_with_a_ceiling_and_a_ratio(
+    scoring_run: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, result = scoring_run
+    _assert_printed(stdout, result["figures"], SCORING_FIGURE_KEYS)
+    assert "shares the machine's" in stdout  # this process's share is stated
+    for what in ("scoring", "postgres", "kafka broker", "peak RSS: scoring"):
+        assert what in stdout, what
+
+
+def test_scoring_result_file_holds_every_key(scoring_run: tuple[str, dict[str, Any]]) -> None:
+    _, result = scoring_run
+    for key in (
+        "benchmark",
+        "mode",
+        "started_at",
+        "finished_at",
+        "machine",
+        "versions",
+        "settings",
+        "figures",
+        "targets",
+        "cpu",
+        "peak_rss_bytes",
+        "work",
+        "pairs",
+        "open_loop",
+        "open_loop_lower_rate",
+        "notes",
+        "warnings",
+    ):
+        assert key in result, key
+    assert result["benchmark"] == "scoring"
+    assert result["mode"] == "quick"
+    assert result["machine"]["nproc"]
+    for package in ("python", "kafka", "postgresql", "aiokafka", "asyncpg", "java"):
+        assert result["versions"][package], package
+    _assert_complete(result["figures"], SCORING_FIGURE_KEYS)
+    assert set(result["targets"]) == {"events_per_cpu_s", "p99_ms"}
+    # Scoring did the work the corpus asks for: every event applied, none a dead letter,
+    # outcomes kept and broken, deadlines missed, interventions opened.
+    work = result["work"]
+    assert work["counts"]["processed"] == result["settings"]["corpus"]["events"]
+    assert work["metrics"]["events_dead_letter"] == 0
+    for count in ("outcomes", "broken", "missed_deadlines", "interventions"):
+        assert work["counts"][count] > 0, count
+    assert len(result["pairs"]) == 1
+    scoring = result["pairs"][0]["scoring"]
+    for process in ("scoring", "postgres", "kafka"):
+        assert scoring["cpu_s_per_event"][process] > 0, process
+    assert result["peak_rss_bytes"]["scoring"] > 0
+    for key in ("open_loop", "open_loop_lower_rate"):
+        open_loop = result[key]
+        assert open_loop["incomplete"] == 0, key
+        assert open_loop["latency_db"]["count"] > 0, key
+        assert len(open_loop["latency_db_by_quarter"]) == 4, key
+        assert open_loop["latency_metric"]["count"] > 0, key

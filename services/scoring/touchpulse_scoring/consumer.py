@@ -25,6 +25,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 # Backoff while PostgreSQL is unreachable: quick first retries, then at most every 5 s.
 _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 5.0
+_IDLE_MARK_S = 1.0
 
 
 @dataclass
@@ -124,13 +126,16 @@ async def store_offsets(
     conn: Conn, group: str, records: Sequence[Any]
 ) -> dict[TopicPartition, int]:
     nexts: dict[TopicPartition, int] = {}
+    newest: dict[TopicPartition, int] = {}
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
         nexts[tp] = max(nexts.get(tp, 0), record.offset + 1)
+        newest[tp] = max(newest.get(tp, 0), record.timestamp)
     await conn.execute(
         """
-        UPDATE consumer_offset AS c SET next_offset = u.n, updated_at = now()
-        FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n)
+        UPDATE consumer_offset AS c SET next_offset = u.n, updated_at = now(),
+            watermark = greatest(c.watermark, to_timestamp(u.ms / 1000.0))
+        FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(t, p, n, ms)
         WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
           AND c.next_offset < u.n
         """,
@@ -138,8 +143,26 @@ async def store_offsets(
         [tp.topic for tp in nexts],
         [tp.partition for tp in nexts],
         list(nexts.values()),
+        [newest[tp] for tp in nexts],
     )
     return nexts
+
+
+async def mark_caught_up(
+    conn: Conn, group: str, partitions: Sequence[TopicPartition], at: datetime
+) -> None:
+    """These partitions have nothing unapplied: they are applied up to ``at``."""
+    await conn.execute(
+        """
+        UPDATE consumer_offset AS c SET watermark = greatest(c.watermark, $4)
+        FROM unnest($2::text[], $3::int[]) AS u(t, p)
+        WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+        at,
+    )
 
 
 class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -170,6 +193,7 @@ class ConsumerRunner:
         max_records: int,
         on_batch: Callable[[int, float], None] = lambda n, s: None,
         on_data_lost: Callable[[TopicPartition, int], None] = lambda tp, n: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.consumer = consumer
         self.pool = pool
@@ -179,6 +203,8 @@ class ConsumerRunner:
         self.max_records = max_records
         self.on_batch = on_batch
         self.on_data_lost = on_data_lost
+        self.clock = clock
+        self._last_idle_mark = 0.0
         self.processing = asyncio.Lock()
         self.last_progress = time.monotonic()
         self.batches = 0
@@ -205,6 +231,7 @@ class ConsumerRunner:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
             records = [r for part in batches.values() for r in part]
             if not records:
+                await self._idle()
                 continue
             started = time.perf_counter()
             try:
@@ -221,6 +248,25 @@ class ConsumerRunner:
             backoff = _BACKOFF_START_S
             self.batches += 1
             self.on_batch(len(records), time.perf_counter() - started)
+
+    async def _idle(self) -> None:
+        """Nothing fetched: partitions at their end are applied up to now (at most once a
+        second, so an idle consumer does not write constantly)."""
+        if time.monotonic() - self._last_idle_mark < _IDLE_MARK_S:
+            return
+        self._last_idle_mark = time.monotonic()
+        caught_up = []
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is not None and await self.consumer.position(tp) >= end:
+                caught_up.append(tp)
+        if not caught_up:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                await mark_caught_up(conn, self.group, caught_up, self.clock())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("scoring.watermark.failed", error=str(exc))
 
     async def _rewind(self, positions: Mapping[TopicPartition, int]) -> None:
         beginnings = await self.consumer.beginning_offsets(list(positions))
@@ -258,8 +304,8 @@ class ConsumerRunner:
     async def _apply(self, records: list[Any]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await claim_batch(conn, self.group, records)
-            if fresh:
-                await self.handler(conn, fresh)
+            # Called even with nothing fresh, so what it reports is always this batch's.
+            await self.handler(conn, fresh)
             nexts = await store_offsets(conn, self.group, records)
         # After the database commit: a hint for lag tooling, never the source of truth.
         with contextlib.suppress(CommitFailedError, KafkaError):

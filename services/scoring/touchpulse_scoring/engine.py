@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import structlog
+from aiokafka.partitioner import murmur2
 
 from touchpulse_scoring.dlq import DeadLetter
 from touchpulse_scoring.domain import (
@@ -78,6 +79,15 @@ class Topics:
     dead_letters: str
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where events come from: whose watermarks say how far in time they are applied."""
+
+    group: str
+    topic: str
+    partitions: Callable[[], int | None]
+
+
 @dataclass
 class Report:
     """What a batch did, for metrics and logs (the state itself is in the database)."""
@@ -90,8 +100,9 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     opened: list[Intervention] = field(default_factory=list)
-    #: Seconds from ingest's receipt to this commit's "now", per applied event.
-    latencies: list[float] = field(default_factory=list)
+    #: When ingest received each applied event; the service measures event-to-health
+    #: from these once the batch has committed.
+    received: list[datetime] = field(default_factory=list)
 
 
 @dataclass
@@ -110,11 +121,13 @@ class Engine:
         *,
         catalogue: Callable[[], Catalogue],
         topics: Topics,
+        source: Source,
         clock: Callable[[], datetime],
         mute_interventions: bool = False,
     ) -> None:
         self.catalogue = catalogue
         self.topics = topics
+        self.source = source
         self.clock = clock
         # Replays rebuild state without opening interventions or sending webhooks.
         self.mute_interventions = mute_interventions
@@ -243,7 +256,7 @@ class Engine:
                     report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
                     continue
                 report.applied += 1
-                report.latencies.append((now - by_event[event.identity][1]).total_seconds())
+                report.received.append(by_event[event.identity][1])
             pending.as_of = max((e.occurred_at for e in pending.events), default=None)
         await self._settle(
             conn, catalogue=catalogue, states=states, work=work, now=now, report=report
@@ -399,6 +412,36 @@ class Engine:
         await write_webhook_events(conn, webhooks)
         await insert_outbox(conn, outbox)
 
+    async def _applied_past_due(
+        self, conn: Conn, refs: set[DeadlineRef], rows: Sequence[Any]
+    ) -> set[DeadlineRef]:
+        """Only deadlines whose customer's partition is applied past the due time: before
+        that, the fulfilling event may be waiting in the topic (a backlog, a restart)."""
+        partitions = self.source.partitions()
+        if not partitions:
+            return set()
+        marks = {
+            r["partition"]: r["watermark"]
+            for r in await conn.fetch(
+                """
+                SELECT partition, watermark FROM consumer_offset
+                WHERE consumer_group = $1 AND topic = $2
+                """,
+                self.source.group,
+                self.source.topic,
+            )
+        }
+        due = {
+            DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]): r["due_at"]
+            for r in rows
+        }
+        ready = set()
+        for ref in refs:
+            mark = marks.get(partition_of(ref.customer_id, partitions))
+            if mark is not None and mark >= due[ref]:
+                ready.add(ref)
+        return ready
+
     async def sweep(self, conn: Conn, *, limit: int = 500) -> Report:
         """Expire the deadlines that passed: a breach by absence, with its full effect.
 
@@ -412,7 +455,7 @@ class Engine:
         report = Report()
         rows = await conn.fetch(
             """
-            SELECT customer_id, promise_id, journey_key FROM deadline
+            SELECT customer_id, promise_id, journey_key, due_at FROM deadline
             WHERE state = 'open' AND due_at < $1 ORDER BY due_at LIMIT $2
             """,
             now,
@@ -421,6 +464,9 @@ class Engine:
         if not rows:
             return report
         refs = {DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]) for r in rows}
+        refs = await self._applied_past_due(conn, refs, rows)
+        if not refs:
+            return report
         customers = sorted({r.customer_id for r in refs})
         await lock_customers(conn, customers)
         window = catalogue.policy.interventions.repeat_breaches.within_days
@@ -547,6 +593,12 @@ async def _load_standing(
         [k for _, k in ordered],
     ):
         states[row["customer_id"]].outcomes[row["outcome_key"]] = outcome_from_row(row)
+
+
+def partition_of(customer_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (ingest's) puts a customer's events on."""
+    partition: int = (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition
 
 
 def _dead(record: Any, reason: str, detail: str) -> DeadLetter:

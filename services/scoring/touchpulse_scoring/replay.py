@@ -18,9 +18,9 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from touchpulse_scoring.consumer import claim_batch, store_offsets
+from touchpulse_scoring.consumer import claim_batch, mark_caught_up, store_offsets
 from touchpulse_scoring.domain import Catalogue
-from touchpulse_scoring.engine import Engine, Topics
+from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_shared.db.migrate import migrate_url
 
 log = structlog.get_logger(__name__)
@@ -56,8 +56,11 @@ async def replay(
     """Replay ``topic`` from its beginning into ``scratch_url`` and compare with ``live_url``."""
     await migrate_url(scratch_url)
     await _copy_erasures(live_url, scratch_url)
+    partition_count = 0
     engine = Engine(
         catalogue=lambda: catalogue,
+        # Read when the sweep runs, by then the topic's partitions are known.
+        source=Source(group=_GROUP, topic=topic, partitions=lambda: partition_count),
         topics=Topics(
             health="replay.health", interventions="replay.interventions", dead_letters="replay.dlq"
         ),
@@ -84,6 +87,7 @@ async def replay(
                 TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
             ]
         consumer.assign(partitions)
+        partition_count = len(partitions)
         await consumer.seek_to_beginning(*partitions)
         snapshot: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         remaining = {tp for tp in partitions if snapshot[tp] > await consumer.position(tp)}
@@ -99,7 +103,9 @@ async def replay(
             for tp in list(remaining):
                 if await consumer.position(tp) >= snapshot[tp]:
                     remaining.discard(tp)
-        # Deadlines that passed with no event are breaches in the replay too.
+        # Everything up to the snapshot is applied: deadlines that passed with no event are
+        # breaches in the replay too, as they are live.
+        await mark_caught_up(scratch, _GROUP, partitions, now or datetime.now(UTC))
         while True:
             async with scratch.transaction():
                 swept = await engine.sweep(scratch)

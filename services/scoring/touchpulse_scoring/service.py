@@ -26,6 +26,7 @@ from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.consumer import ConsumerRunner
 from touchpulse_scoring.engine import (
     Engine,
+    Source,
     Topics,
     expire_interventions,
     record_follow_ups,
@@ -67,6 +68,11 @@ class ScoringService:
                 health=settings.health_topic,
                 interventions=settings.interventions_topic,
                 dead_letters=settings.dead_letter_topic,
+            ),
+            source=Source(
+                group=settings.scoring_group_id,
+                topic=settings.events_topic,
+                partitions=self._partition_count,
             ),
             clock=clock,
             mute_interventions=mute_interventions,
@@ -112,6 +118,7 @@ class ScoringService:
             max_records=self.settings.scoring_max_batch,
             on_batch=self._on_batch,
             on_data_lost=lambda tp, n: self.metrics.data_lost.inc(n),
+            clock=self.engine.clock,
         )
         self.runner = runner
         runner.subscribe()
@@ -163,8 +170,10 @@ class ScoringService:
         for outcome in report.outcomes:
             result = "kept" if outcome.met else "broken"
             metrics.outcomes.labels(outcome.touchpoint, outcome.promise_id, result).inc()
-        for latency in report.latencies:
-            metrics.event_to_health.observe(max(latency, 0.0))
+        # Called after the commit: the health these events produced is visible from now on.
+        committed = datetime.now(UTC)
+        for received in report.received:
+            metrics.event_to_health.observe(max((committed - received).total_seconds(), 0.0))
         metrics.interventions_opened.inc(len(report.opened))
 
     async def _every(self, interval: float, job: Callable[[], Awaitable[object]]) -> None:
@@ -217,6 +226,12 @@ class ScoringService:
             self.metrics.catalogue_info.clear()
             self.metrics.catalogue_info.labels(self.catalogue().version).set(1)
         return False
+
+    def _partition_count(self) -> int | None:
+        if self.runner is None:
+            return None
+        partitions = self.runner.consumer.partitions_for_topic(self.settings.events_topic)
+        return len(partitions) if partitions else None
 
     def healthy(self) -> bool:
         """Alive unless the consumer loop stopped making progress (stuck, not just idle)."""

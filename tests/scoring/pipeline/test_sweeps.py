@@ -13,6 +13,7 @@ from touchpulse_scoring.domain import acknowledge, resolve
 from touchpulse_scoring.engine import (
     Engine,
     Report,
+    Source,
     Topics,
     expire_interventions,
     record_follow_ups,
@@ -44,7 +45,24 @@ def _record(offset: int, **event: object) -> _Record:
 
 
 def _engine(now: datetime) -> Engine:
-    return Engine(catalogue=lambda: CATALOGUE, topics=TOPICS, clock=lambda: now)
+    return Engine(
+        catalogue=lambda: CATALOGUE,
+        topics=TOPICS,
+        source=Source(group="g", topic="events", partitions=lambda: 1),
+        clock=lambda: now,
+    )
+
+
+async def _applied_up_to(conn: asyncpg.Connection, at: datetime) -> None:
+    """What the consumer records: the events partition is applied up to ``at``."""
+    await conn.execute(
+        """
+        INSERT INTO consumer_offset (consumer_group, topic, partition, next_offset, watermark)
+        VALUES ('g', 'events', 0, 1, $1)
+        ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET watermark = $1
+        """,
+        at,
+    )
 
 
 async def _in_transaction(url: str, engine: Engine) -> Report:
@@ -78,6 +96,11 @@ async def test_two_sweeps_at_once_record_one_breach(fresh_database: str) -> None
                 ],
             )
         later = START + timedelta(hours=60)
+        # The partition is applied only up to before the due time: the delivery may still be
+        # waiting in the topic, so nothing is declared missing yet.
+        await _applied_up_to(conn, START + timedelta(hours=47))
+        assert (await _in_transaction(fresh_database, _engine(later))).outcomes == []
+        await _applied_up_to(conn, later)
         reports = await asyncio.gather(
             *(_in_transaction(fresh_database, _engine(later)) for _ in range(2))
         )

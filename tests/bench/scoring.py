@@ -1,0 +1,2028 @@
+"""``make bench-scoring``: the scoring service beside its ceilings, measured in one run.
+
+On one broker and one database (started here, unless ``KAFKA_BOOTSTRAP_SERVERS`` /
+``TOUCHPULSE_DATABASE_URL`` name servers), with one fixed corpus of events that the promise
+catalogue judges (several measures per event, deadlines opened and fulfilled or missed,
+breaches, critical survey answers) over a fixed set of customers:
+
+- throughput: a topic pre-filled with the corpus (6 partitions, records as ingest writes
+  them), consumed by ``touchpulse-scoring`` as its own process on a fresh database; events
+  per second until every offset is committed in PostgreSQL, and events per CPU-second of
+  the scoring process. Ceilings: a plain asyncpg loop writing the scorer's batch shape from
+  memory (D_upsert), and Kafka's own ``ConsumerPerformance`` on the same topic (K_cons);
+- latency: with scoring caught up, an open-loop producer offers a fixed rate of new events
+  (each ``touchpulse-received-at`` header is its scheduled send time), then half that rate;
+  event-to-health is measured from that time to the moment the commit that applied the
+  event is visible in PostgreSQL, beside scoring's own histogram. Ceiling: Kafka's own
+  ``EndToEndLatency`` at the same record size (K_e2e).
+
+System and baseline runs alternate (K_cons, D_upsert, scoring; repeated) and each ratio is
+the median of its pairs with the range. Processes' CPU comes from /proc.
+
+Run ``python -m tests.bench.scoring [--quick]``; the result is printed and written to
+``.touchpulse/bench/scoring-<UTC time>.json``. ``--profile`` instead runs the scoring
+service in this process under cProfile over the same pre-filled topic and prints where its
+time goes. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import functools
+import gc
+import heapq
+import math
+import os
+import pstats
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from random import Random
+from types import FrameType
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import uvloop
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.bench.common import (
+    KERNEL_IRQ,
+    OTHER,
+    CpuMeter,
+    Server,
+    Spread,
+    account_other,
+    clock,
+    histogram_quantile,
+    latency_summary,
+    machine,
+    peak_rss_bytes,
+    ratio,
+    table,
+    utc_stamp,
+    versions,
+    write_result,
+)
+from tests.bench.ingest import (
+    TOOL_JVM,
+    TOOL_TIMEOUT_S,
+    Figure,
+    create_database,
+    drop_database,
+    java_version,
+)
+from touchpulse_scoring.domain import Catalogue, CustomerProfile, evaluate, load_catalogue_file
+from touchpulse_scoring.service import ScoringService
+from touchpulse_shared.contract import EVENT_ADAPTER, ExperienceEventV1
+from touchpulse_shared.contract.record import (
+    HEADER_RECEIVED_AT,
+    KafkaRecord,
+    encode_records,
+    format_received_at,
+)
+from touchpulse_shared.kafka.topics import TopicSpec, ensure_topics_at, topic_specs
+from touchpulse_shared.logs import configure_logging
+from touchpulse_shared.settings import ConfigError, Settings, load_settings
+from touchpulse_shared.stack.kafka import kafka_libs
+from touchpulse_shared.stack.local import LocalStack
+from touchpulse_shared.stack.procs import StackError, free_port, spawn, stop
+from touchpulse_shared.stack.services import settings_env
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = "crm-prod"
+CUSTOMERS = 10_000
+SEED = 20_261_122
+# The corpus' events happened over this span before the run (deadlines of the older ones
+# are long past due when scoring sees them: the sweep records those breaches).
+SPAN = timedelta(days=7)
+# The issue's targets.
+TARGET_EVENTS_PER_CPU_S = 30_000.0
+TARGET_P99_MS = 250.0
+TARGET_RATE = 2_000.0
+# The open loop runs again at this fraction of the target's rate, to show the knee.
+LOWER_RATE_FRACTION = 0.5
+# Cores taken by processes outside the benchmark above which a phase is flagged as disturbed.
+OTHER_CORES_WARNING = 0.25
+# How often the throughput phase looks at the committed offsets (a readiness-style poll).
+THROUGHPUT_POLL_S = 0.1
+# How often the latency phase does: a commit is seen at most this much after it happened.
+LATENCY_POLL_S = 0.01
+# Bounds for a loaded machine; every wait ends as soon as its condition holds.
+SCORING_DRAIN_S = 300.0
+QUIET_S = 60.0
+LATENCY_DRAIN_S = 30.0
+PACKAGES = ("aiokafka", "asyncpg", "pydantic", "orjson", "uvloop", "prometheus-client")
+SHARED_CORES_NOTE = (
+    "This process (the producer, the pollers and D_upsert's loop) shares the machine's "
+    "{nproc} cores with scoring, the broker, PostgreSQL and Kafka's tools: every figure is "
+    "what is left after it."
+)
+
+#: Every figure the benchmark reports, each with a ceiling and a ratio.
+FIGURE_KEYS = (
+    "events_per_cpu_s_vs_upsert",
+    "events_per_s_vs_upsert",
+    "events_per_s_vs_kafka",
+    "rate_at_offered",
+    "p50_vs_kafka",
+    "p99_vs_kafka",
+    "max_vs_kafka",
+    "lower_rate_p99_vs_kafka",
+    "metric_p50_vs_db",
+    "metric_p99_vs_db",
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to (not: the system was slow)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    pairs: int
+    #: Events pre-filled into the topic, consumed by each scoring and K_cons run.
+    events: int
+    rate_per_s: float
+    warmup_s: float
+    duration_s: float
+    #: Round trips of Kafka's EndToEndLatency (one at a time).
+    e2e_messages: int
+
+    @property
+    def rates(self) -> tuple[float, float]:
+        """The open loop's offered rates: the target's, then a lower one for comparison."""
+        return (self.rate_per_s, self.rate_per_s * LOWER_RATE_FRACTION)
+
+    @property
+    def paced_events(self) -> int:
+        return sum(math.floor((self.warmup_s + self.duration_s) * r) for r in self.rates)
+
+
+FULL = Plan(
+    name="full",
+    pairs=3,
+    events=100_000,
+    rate_per_s=TARGET_RATE,
+    warmup_s=5.0,
+    duration_s=20.0,
+    e2e_messages=3_000,
+)
+QUICK = Plan(
+    name="quick",
+    pairs=1,
+    events=10_000,
+    rate_per_s=500.0,
+    warmup_s=1.0,
+    duration_s=4.0,
+    e2e_messages=300,
+)
+
+
+# --- the corpus ------------------------------------------------------------------------------
+
+Measures = Callable[[Random], dict[str, float | bool]]
+Attributes = Callable[[Random], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of event a touchpoint system sends (every one is judged by the catalogue)."""
+
+    touchpoint: str
+    type: str
+    weight: float
+    measures: Measures
+    attributes: Attributes
+    #: Journeys: the prefix of the journey ids this kind opens, the kind that ends them, the
+    #: share of journeys that end, and the hours (min, max) until they do.
+    follow_up: tuple[str, str, float, float, float] | None = None
+
+
+def _nps(r: Random) -> int:
+    return r.choices(range(11), weights=[1, 1, 1, 1, 2, 3, 5, 9, 14, 12, 8])[0]
+
+
+_NO_MEASURES: dict[str, float | bool] = {}
+KINDS: dict[str, Kind] = {
+    k.type: k
+    for k in (
+        Kind(
+            "call_centre",
+            "call.answered",
+            15,
+            lambda r: {
+                "wait_seconds": round(r.expovariate(1 / 45)),
+                "first_contact_resolution": r.random() < 0.8,
+            },
+            lambda r: {"queue": r.choice(["billing", "orders", "returns"])},
+        ),
+        Kind(
+            "switchboard",
+            "call.transferred",
+            4,
+            lambda r: {
+                "transfer_seconds": round(r.expovariate(1 / 15)),
+                "transfers": r.randint(0, 3),
+            },
+            lambda r: {"queue": r.choice(["billing", "orders"])},
+        ),
+        Kind(
+            "web",
+            "page.viewed",
+            14,
+            lambda r: {"load_seconds": round(r.lognormvariate(0.3, 0.6), 2)},
+            lambda r: {"page": r.choice(["checkout", "account", "tracking", "home"])},
+        ),
+        Kind(
+            "web",
+            "checkout.submitted",
+            4,
+            lambda r: {"succeeded": r.random() < 0.97},
+            lambda r: {"basket_items": r.randint(1, 6)},
+        ),
+        Kind(
+            "app",
+            "session.ended",
+            7,
+            lambda r: {"crashed": r.random() < 0.03},
+            lambda r: {"platform": r.choice(["ios", "android"])},
+        ),
+        Kind(
+            "app",
+            "screen.loaded",
+            6,
+            lambda r: {"load_seconds": round(r.lognormvariate(0.0, 0.6), 2)},
+            lambda r: {"screen": r.choice(["orders", "invoices", "support"])},
+        ),
+        Kind(
+            "sales",
+            "quote.sent",
+            3,
+            lambda r: {"turnaround_hours": round(r.expovariate(1 / 14), 1)},
+            lambda r: {"channel": r.choice(["email", "phone"])},
+        ),
+        Kind(
+            "sales",
+            "order.placed",
+            8,
+            lambda r: {"price_matches_quote": r.random() < 0.97},
+            lambda r: {"channel": r.choice(["web", "app", "phone"])},
+            follow_up=("O", "delivery.completed", 0.85, 6.0, 72.0),
+        ),
+        Kind(
+            "delivery",
+            "delivery.completed",
+            0,  # only as the end of an order's journey
+            lambda r: {"damaged": r.random() < 0.03, "all_items_delivered": r.random() < 0.95},
+            lambda r: {"carrier": r.choice(["postnl", "dhl", "ups"])},
+        ),
+        Kind(
+            "billing",
+            "invoice.issued",
+            7,
+            lambda r: {
+                "invoice_correct": r.random() < 0.95,
+                "days_after_delivery": r.choice([0, 1, 1, 2, 3, 5, 12]),
+            },
+            lambda r: {"channel": r.choice(["email", "post"])},
+        ),
+        Kind(
+            "billing",
+            "payment.captured",
+            4,
+            lambda r: {"double_charged": r.random() < 0.003},
+            lambda r: {"method": r.choice(["card", "ideal", "invoice"])},
+        ),
+        Kind(
+            "customer_service",
+            "case.resolved",
+            5,
+            lambda r: {"resolution_hours": round(r.expovariate(1 / 30), 1)},
+            lambda r: {"priority": r.choice(["low", "normal", "high"])},
+        ),
+        Kind(
+            "customer_service",
+            "complaint.received",
+            2,
+            lambda r: _NO_MEASURES,
+            lambda r: {"topic": r.choice(["delivery", "billing", "staff"])},
+            follow_up=("K", "complaint.acknowledged", 0.9, 1.0, 40.0),
+        ),
+        Kind(
+            "customer_service",
+            "complaint.acknowledged",
+            0,  # only as the end of a complaint's journey
+            lambda r: _NO_MEASURES,
+            lambda r: {"by": r.choice(["phone", "email"])},
+        ),
+        Kind(
+            "communication",
+            "message.answered",
+            5,
+            lambda r: {"response_hours": round(r.expovariate(1 / 12), 1)},
+            lambda r: {"channel": r.choice(["email", "chat", "whatsapp"])},
+        ),
+        Kind(
+            "survey",
+            "survey.answered",
+            5,
+            lambda r: {
+                "csat": r.choices([1, 2, 3, 4, 5], weights=[2, 3, 10, 40, 45])[0],
+                "nps": _nps(r),
+            },
+            lambda r: {"language": r.choice(["nl", "en", "de"])},
+        ),
+    )
+}
+
+
+def build_events(count: int, *, now: datetime, seed: int = SEED) -> list[ExperienceEventV1]:
+    """``count`` events in event-time order over :data:`SPAN` up to ``now``, the same every
+    run for the same ``now``: journeys (orders, complaints) end in a later event of the same
+    customer and ``journey_id``, or never (the deadline sweep records the breach)."""
+    rng = Random(seed)
+    primary = [k for k in KINDS.values() if k.weight > 0]
+    weights = [k.weight for k in primary]
+    start = now - SPAN
+    step = SPAN / count
+    # (occurred_at, order, document) of journey ends not yet due in the timeline
+    pending: list[tuple[datetime, int, dict[str, Any]]] = []
+    events: list[ExperienceEventV1] = []
+    for n in range(count):
+        at = start + step * n
+        if pending and pending[0][0] <= at:
+            document = heapq.heappop(pending)[2]
+        else:
+            kind = rng.choices(primary, weights)[0]
+            document = _document(rng, kind, f"C-{rng.randrange(CUSTOMERS):06d}", at)
+            if kind.follow_up is not None:
+                prefix, ends_with, share, low, high = kind.follow_up
+                journey = f"{prefix}-{n:08d}"
+                document["journey_id"] = journey
+                if rng.random() < share:
+                    end_at = at + timedelta(hours=rng.uniform(low, high))
+                    end = _document(rng, KINDS[ends_with], document["customer_id"], end_at)
+                    end["journey_id"] = journey
+                    heapq.heappush(pending, (end_at, n, end))
+        events.append(EVENT_ADAPTER.validate_python(document))
+    return events
+
+
+def _document(rng: Random, kind: Kind, customer: str, at: datetime) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "source": SOURCE,
+        "customer_id": customer,
+        "touchpoint": kind.touchpoint,
+        "type": kind.type,
+        "occurred_at": at.replace(microsecond=0),
+        "measures": kind.measures(rng),
+    }
+    if rng.random() < 0.7:
+        document["attributes"] = kind.attributes(rng)
+    return document
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The pre-fill part (``filled``) and the events the open loop sends (``paced``)."""
+
+    filled: list[ExperienceEventV1]
+    #: Encoded once; the open loop sets each one's received-at header as it sends it.
+    paced: list[KafkaRecord]
+    value_bytes: float
+    key_bytes: float
+    header_bytes: float
+    #: Outcomes and deadlines the catalogue finds in the pre-fill (what scoring must do).
+    measure_outcomes: int
+    deadlines_opened: int
+    deadline_ends: int
+
+    @property
+    def record_size(self) -> int:
+        return round(self.value_bytes)
+
+
+def build_corpus(plan: Plan, catalogue: Catalogue, now: datetime) -> Corpus:
+    events = build_events(plan.events + plan.paced_events, now=now.replace(microsecond=0))
+    filled, paced = events[: plan.events], events[plan.events :]
+    records = encode_records(filled, producer="ingest", received_at=now)
+    profile = CustomerProfile()
+    return Corpus(
+        filled=filled,
+        paced=encode_records(paced, producer="ingest", received_at=now),
+        value_bytes=statistics.fmean(len(r.value) for r in records),
+        key_bytes=statistics.fmean(len(r.key) for r in records),
+        header_bytes=statistics.fmean(sum(len(k) + len(v) for k, v in r.headers) for r in records),
+        measure_outcomes=sum(len(evaluate(e, catalogue, profile)) for e in filled),
+        deadlines_opened=sum(len(catalogue.deadlines_opened_by(e.type)) for e in filled),
+        deadline_ends=sum(
+            len(catalogue.deadlines_fulfilled_by(e.type)) for e in filled if e.journey_id
+        ),
+    )
+
+
+# --- Kafka: topics, pre-fill, Kafka's own tools ----------------------------------------------
+
+_TOOL_LOG4J = "rootLogger.level = WARN\nrootLogger.appenderRef.out.ref = OUT\n" + (
+    "appender.out.type = Console\nappender.out.name = OUT\n"
+    "appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = %p %m%n\n"
+)
+_KCONS_HEADER = re.compile(r"^start\.time, end\.time, .*$", re.MULTILINE)
+_E2E_AVG = re.compile(r"Avg latency: (?P<avg>[\d.]+) ms")
+_E2E_PERCENTILES = re.compile(
+    r"Percentiles: 50th = (?P<p50>\d+), 99th = (?P<p99>\d+), 99\.9th = (?P<p999>\d+)"
+)
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str
+    health: str
+    interventions: str
+    dead_letters: str
+    e2e: str
+
+    @classmethod
+    def named(cls, suffix: str) -> Topics:
+        base = f"bench-scoring-{suffix}"
+        return cls(
+            events=f"{base}.events",
+            health=f"{base}.health",
+            interventions=f"{base}.interventions",
+            dead_letters=f"{base}.dlq",
+            e2e=f"{base}.e2e",
+        )
+
+    def settings(self, settings: Settings) -> Settings:
+        return settings.model_copy(
+            update={
+                "events_topic": self.events,
+                "health_topic": self.health,
+                "interventions_topic": self.interventions,
+                "dead_letter_topic": self.dead_letters,
+            }
+        )
+
+    def all(self) -> list[str]:
+        return [self.events, self.health, self.interventions, self.dead_letters, self.e2e]
+
+
+async def create_topics(settings: Settings, bootstrap: str, topics: Topics) -> None:
+    # The production specs (partitions, configs) under names of our own; EndToEndLatency
+    # gets a one-partition topic of the events topic's configs.
+    specs = topic_specs(topics.settings(settings))
+    events = specs[0]
+    specs.append(TopicSpec(topics.e2e, 1, events.replication_factor, events.configs))
+    await ensure_topics_at(bootstrap, specs)
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def new_producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
+    """The ingest producer's settings (producer.py): acks=all, idempotent, no compression."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=1024 * 1024,
+    )
+
+
+async def prefill(
+    bootstrap: str, topic: str, events: Sequence[ExperienceEventV1], *, linger_ms: int
+) -> list[tuple[int, int]]:
+    """Write ``events`` as ingest would (batches of 1,000 received together); return each
+    one's (partition, offset)."""
+    producer = new_producer(bootstrap, linger_ms)
+    await producer.start()
+    try:
+        received_at = datetime.now(UTC)
+        futures = []
+        for begin in range(0, len(events), 1000):
+            chunk = events[begin : begin + 1000]
+            for record in encode_records(chunk, producer="ingest", received_at=received_at):
+                futures.append(
+                    await producer.send(topic, record.value, key=record.key, headers=record.headers)
+                )
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metadata]
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- PostgreSQL: what the benchmark reads ---------------------------------------------------
+
+_COMMITTED = """
+    SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offset
+    WHERE consumer_group = $1 AND topic = $2
+"""
+_OFFSETS = """
+    SELECT partition, next_offset FROM consumer_offset WHERE consumer_group = $1 AND topic = $2
+"""
+# Work scoring still owes the events it committed: health records not yet published, and
+# deadlines past due that the sweep has not recorded yet.
+_OWED = """
+    SELECT (SELECT count(*) FROM kafka_outbox)
+         + (SELECT count(*) FROM deadline WHERE state = 'open' AND due_at < now())
+"""
+_COUNTS = """
+    SELECT (SELECT count(*) FROM processed_event) AS processed,
+           (SELECT count(*) FROM outcome) AS outcomes,
+           (SELECT count(*) FROM outcome WHERE NOT met) AS broken,
+           (SELECT count(*) FROM outcome WHERE actual = 'null'::jsonb) AS missed_deadlines,
+           (SELECT count(*) FROM deadline) AS deadlines,
+           (SELECT count(*) FROM touchpoint_health) AS touchpoint_health,
+           (SELECT count(*) FROM journey_health) AS journeys,
+           (SELECT count(*) FROM journey_health WHERE band = 'red') AS red_journeys,
+           (SELECT count(*) FROM intervention) AS interventions
+"""
+
+
+# --- the D_upsert ceiling: the scorer's batch writes from memory ----------------------------
+
+_UPSERT_DEDUPE = """
+    INSERT INTO processed_event (source, event_id, customer_id, topic, partition, "offset")
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                         $6::bigint[])
+    ON CONFLICT DO NOTHING
+    RETURNING source, event_id
+"""
+_UPSERT_OUTCOMES = """
+    INSERT INTO outcome AS o (customer_id, outcome_key, promise_id, catalogue_version,
+        touchpoint, occurred_at, expected, actual, gap, met, score, weight, severity,
+        event_ids)
+    SELECT c, k, p, v, t, at, e::jsonb, a::jsonb, g, m, s, w, sev,
+           ARRAY(SELECT jsonb_array_elements_text(ids::jsonb))
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::timestamptz[], $7::text[], $8::text[], $9::float8[], $10::bool[],
+                $11::float8[], $12::float8[], $13::text[], $14::text[])
+         AS u(c, k, p, v, t, at, e, a, g, m, s, w, sev, ids)
+    ON CONFLICT (customer_id, outcome_key) DO UPDATE SET
+        promise_id = EXCLUDED.promise_id, catalogue_version = EXCLUDED.catalogue_version,
+        touchpoint = EXCLUDED.touchpoint, occurred_at = EXCLUDED.occurred_at,
+        expected = EXCLUDED.expected, actual = EXCLUDED.actual, gap = EXCLUDED.gap,
+        met = EXCLUDED.met, score = EXCLUDED.score, weight = EXCLUDED.weight,
+        severity = EXCLUDED.severity, event_ids = EXCLUDED.event_ids,
+        recorded_at = now()
+"""
+_UPSERT_HEALTH = """
+    INSERT INTO touchpoint_health AS h (customer_id, touchpoint, s, w, t_ref, outcomes,
+        updated_at)
+    SELECT c, t, s, w, r, n, $7 FROM unnest($1::text[], $2::text[], $3::float8[],
+        $4::float8[], $5::timestamptz[], $6::int[]) AS u(c, t, s, w, r, n)
+    ON CONFLICT (customer_id, touchpoint) DO UPDATE SET
+        s = h.s + EXCLUDED.s, w = h.w + EXCLUDED.w, t_ref = EXCLUDED.t_ref,
+        outcomes = h.outcomes + EXCLUDED.outcomes, updated_at = EXCLUDED.updated_at
+"""
+_UPSERT_JOURNEYS = """
+    INSERT INTO journey_health AS j (customer_id, score, band, weakest_touchpoint, as_of,
+        updated_at)
+    SELECT c, s, b, w, a, $6 FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],
+        $5::timestamptz[]) AS u(c, s, b, w, a)
+    ON CONFLICT (customer_id) DO UPDATE SET
+        score = EXCLUDED.score, band = EXCLUDED.band,
+        weakest_touchpoint = EXCLUDED.weakest_touchpoint,
+        as_of = GREATEST(j.as_of, EXCLUDED.as_of), updated_at = EXCLUDED.updated_at
+"""
+_UPSERT_OFFSETS_START = """
+    INSERT INTO consumer_offset (consumer_group, topic, partition, next_offset)
+    SELECT $1, $2, p, 0 FROM unnest($3::int[]) AS p ON CONFLICT DO NOTHING
+"""
+_UPSERT_OFFSETS = """
+    UPDATE consumer_offset AS c SET next_offset = u.n, updated_at = now()
+    FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n)
+    WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
+      AND c.next_offset < u.n
+"""
+
+
+@dataclass
+class UpsertBatch:
+    """One batch's statement arguments, built before the clock starts."""
+
+    events: int
+    rows: int
+    dedupe: tuple[list[Any], ...]
+    outcomes: tuple[list[Any], ...]
+    health: tuple[list[Any], ...]
+    journeys: tuple[list[Any], ...]
+    offsets: tuple[list[Any], ...]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
+
+
+def upsert_batches(
+    events: Sequence[ExperienceEventV1],
+    positions: Sequence[tuple[int, int]],
+    *,
+    catalogue: Catalogue,
+    topic: str,
+    batch: int,
+) -> list[UpsertBatch]:
+    """The rows scoring writes for ``events``, batch by batch: one dedupe row per event, the
+    catalogue's measure outcomes, one health row per (customer, touchpoint) and one journey
+    row per customer of the batch, the offsets of its partitions."""
+    profile = CustomerProfile()
+    bands = catalogue.policy.bands
+    batches = []
+    for begin in range(0, len(events), batch):
+        chunk = events[begin : begin + batch]
+        where = positions[begin : begin + batch]
+        outcomes = [o for e in chunk for o in evaluate(e, catalogue, profile)]
+        health: dict[tuple[str, str], list[Any]] = {}
+        for o in outcomes:
+            row = health.setdefault((o.customer_id, o.touchpoint), [0.0, 0.0, o.occurred_at, 0])
+            row[0] += o.weight * o.score
+            row[1] += o.weight
+            row[2] = max(row[2], o.occurred_at)
+            row[3] += 1
+        journeys: dict[str, tuple[float, str, datetime]] = {}
+        for (customer, touchpoint), (s, w, at, _) in sorted(health.items()):
+            score = 100 * s / w if w else 100.0
+            best = journeys.get(customer)
+            if best is None or score < best[0]:
+                journeys[customer] = (score, touchpoint, max(at, best[2]) if best else at)
+        nexts: dict[int, int] = {}
+        for partition, offset in where:
+            nexts[partition] = max(nexts.get(partition, 0), offset + 1)
+        batches.append(
+            UpsertBatch(
+                events=len(chunk),
+                rows=len(chunk) + len(outcomes) + len(health) + len(journeys) + len(nexts),
+                dedupe=(
+                    [e.source for e in chunk],
+                    [e.event_id for e in chunk],
+                    [e.customer_id for e in chunk],
+                    [topic] * len(chunk),
+                    [p for p, _ in where],
+                    [o for _, o in where],
+                ),
+                outcomes=(
+                    [o.customer_id for o in outcomes],
+                    [o.outcome_key for o in outcomes],
+                    [o.promise_id for o in outcomes],
+                    [o.catalogue_version for o in outcomes],
+                    [o.touchpoint for o in outcomes],
+                    [o.occurred_at for o in outcomes],
+                    [
+                        _json(
+                            {
+                                "op": o.expected.op,
+                                "target": o.expected.target,
+                                "unit": o.expected.unit,
+                            }
+                        )
+                        for o in outcomes
+                    ],
+                    [_json(o.actual) for o in outcomes],
+                    [o.gap for o in outcomes],
+                    [o.met for o in outcomes],
+                    [o.score for o in outcomes],
+                    [o.weight for o in outcomes],
+                    [o.severity for o in outcomes],
+                    [_json(list(o.event_ids)) for o in outcomes],
+                ),
+                health=(
+                    [c for c, _ in health],
+                    [t for _, t in health],
+                    [v[0] for v in health.values()],
+                    [v[1] for v in health.values()],
+                    [v[2] for v in health.values()],
+                    [v[3] for v in health.values()],
+                ),
+                journeys=(
+                    list(journeys),
+                    [s for s, _, _ in journeys.values()],
+                    [bands.of(s) for s, _, _ in journeys.values()],
+                    [t for _, t, _ in journeys.values()],
+                    [a for _, _, a in journeys.values()],
+                ),
+                offsets=([topic] * len(nexts), list(nexts), list(nexts.values())),
+            )
+        )
+    return batches
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoringRun:
+    """One scoring process consuming the pre-filled topic from a fresh database."""
+
+    events: int
+    #: From the first committed batch seen to the last offset committed.
+    wall_s: float
+    cpu_s: dict[str, float]
+    #: Then until the work the events owe is done too (outbox published, deadlines swept).
+    tail_s: float
+    cpu_with_tail_s: dict[str, float]
+    #: Process start to the first committed batch seen (imports, migrations, group join).
+    startup_s: float
+    peak_rss_bytes: int | None
+    counts: dict[str, int]
+    metrics: dict[str, float]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.wall_s
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        return self.events / self.cpu_with_tail_s["scoring"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "wall_s": self.wall_s,
+            "events_per_s": self.events_per_s,
+            "events_per_cpu_s": self.events_per_cpu_s,
+            "events_per_cpu_s_until_committed": self.events / self.cpu_s["scoring"],
+            "cpu_s": self.cpu_s,
+            "cpu_s_per_event": per_unit(self.cpu_s, self.events),
+            "cores": per_unit(self.cpu_s, self.wall_s),
+            "tail_s": self.tail_s,
+            "cpu_with_tail_s": self.cpu_with_tail_s,
+            "startup_s": self.startup_s,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "counts": self.counts,
+            "metrics": self.metrics,
+        }
+
+
+@dataclass
+class UpsertRun:
+    events: int
+    rows: int
+    batches: int
+    wall_s: float
+    cpu_s: dict[str, float]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.wall_s
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        return self.events / self.cpu_s["service"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "rows": self.rows,
+            "batches": self.batches,
+            "wall_s": self.wall_s,
+            "events_per_s": self.events_per_s,
+            "rows_per_s": self.rows / self.wall_s,
+            "events_per_cpu_s": self.events_per_cpu_s,
+            "cpu_s": self.cpu_s,
+            "cpu_s_per_event": per_unit(self.cpu_s, self.events),
+            "cores": per_unit(self.cpu_s, self.wall_s),
+        }
+
+
+@dataclass
+class Pair:
+    kcons: dict[str, Any]
+    upsert: UpsertRun
+    scoring: ScoringRun
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kcons": self.kcons,
+            "upsert": self.upsert.as_dict(),
+            "scoring": self.scoring.as_dict(),
+        }
+
+
+@dataclass
+class Paced:
+    """The open loop: latency per event from its scheduled send to its visible commit."""
+
+    offered_per_s: float
+    window_s: float
+    sent: int
+    measured: int
+    #: Measured events whose commit was seen inside the window.
+    committed_in_window: int
+    incomplete: int
+    latencies_s: list[float]
+    #: Latency of the events due in each quarter of the window: a backlog shows as growth.
+    by_quarter: list[dict[str, float]]
+    max_send_lag_s: float
+    metric_buckets: list[tuple[float, float]]
+    cpu_s: dict[str, float]
+    polls: int
+    kafka: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def achieved_per_s(self) -> float:
+        return self.committed_in_window / self.window_s
+
+    def metric_ms(self, q: float) -> float:
+        return histogram_quantile(q, self.metric_buckets) * 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "offered_per_s": self.offered_per_s,
+            "achieved_per_s": self.achieved_per_s,
+            "window_s": self.window_s,
+            "sent": self.sent,
+            "measured": self.measured,
+            "committed_in_window": self.committed_in_window,
+            "incomplete": self.incomplete,
+            "latency_db": latency_summary(self.latencies_s),
+            "latency_db_by_quarter": self.by_quarter,
+            "latency_metric": {
+                "count": self.metric_buckets[-1][1] if self.metric_buckets else 0.0,
+                "p50_ms": self.metric_ms(0.5),
+                "p99_ms": self.metric_ms(0.99),
+                "buckets": [
+                    ["+Inf" if math.isinf(upper) else upper, count]
+                    for upper, count in self.metric_buckets
+                ],
+            },
+            "poll_interval_ms": LATENCY_POLL_S * 1000,
+            "polls": self.polls,
+            "max_send_lag_ms": self.max_send_lag_s * 1000,
+            "cpu_s": self.cpu_s,
+            "cpu_s_per_event": per_unit(self.cpu_s, self.measured),
+            "cores": per_unit(self.cpu_s, self.window_s),
+            "kafka_e2e": self.kafka,
+        }
+
+
+def per_unit(spent: dict[str, float], units: float) -> dict[str, float]:
+    return {name: s / units if units else math.nan for name, s in spent.items()}
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    settings: Settings
+    logs: Path
+    bootstrap: str
+    database_server: str
+    kafka_pid: int | None
+    postgres_pid: int | None
+    postgres_local: bool
+    topics: Topics
+    suffix: str
+    corpus: Corpus
+    positions: list[tuple[int, int]]
+    catalogue: Catalogue
+    runner: asyncio.Runner
+    exit_stack: contextlib.ExitStack
+    databases: int = 0
+    tool_runs: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def meter(self, **pids: int) -> CpuMeter:
+        if self.kafka_pid is not None:
+            pids["kafka"] = self.kafka_pid
+        trees = {"postgres": self.postgres_pid} if self.postgres_pid is not None else {}
+        return CpuMeter(pids, trees, kernel=True)
+
+    def _check_other(self, what: str, cores: float) -> None:
+        if cores > OTHER_CORES_WARNING:
+            self.warnings.append(
+                f"{what}: other processes on the machine took {cores:.2f} cores meanwhile"
+            )
+
+    def new_database(self, what: str) -> str:
+        """A fresh, migrated database on the benchmark's server; dropped by :meth:`drop`."""
+        self.databases += 1
+        name = f"bench_scoring_{self.suffix}_{what}_{self.databases}"
+        return self.runner.run(create_database(self.database_server, name))
+
+    def drop(self, url: str) -> None:
+        name = url.rpartition("/")[2]
+        self.runner.run(drop_database(self.database_server, name))
+
+    # --- K_cons ----------------------------------------------------------------------------
+
+    def tool(self, name: str, main_class: str, args: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """Run one of Kafka's tools to completion; its output, wall time and CPU."""
+        libs = kafka_libs(self.settings.cache_dir, self.settings.kafka_version)
+        java = shutil.which("java")
+        if java is None:
+            raise BenchError(f"Java is needed for Kafka's {main_class} and is not on PATH")
+        log4j = self.logs / "tools-log4j2.properties"
+        log4j.write_text(_TOOL_LOG4J)
+        self.tool_runs += 1
+        log_path = self.logs / f"{name}-{self.tool_runs}.log"
+        argv = [
+            java,
+            *TOOL_JVM,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{libs}/*",
+            f"org.apache.kafka.tools.{main_class}",
+            *args,
+        ]
+        broker = self.meter()
+        broker_before, tool_before, started = broker.read(), _children_cpu_s(), clock()
+        proc = spawn(argv, log_path=log_path)
+        try:
+            code = proc.wait(TOOL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{main_class} took over {TOOL_TIMEOUT_S:.0f} s") from None
+        finally:
+            stop(proc, timeout=10)
+        wall_s = clock() - started
+        output = log_path.read_text(errors="replace")
+        if code != 0:
+            raise BenchError(f"{main_class} exited with {code}:\n{output[-2000:]}")
+        cpu = CpuMeter.delta(broker_before, broker.read())
+        cpu["tool_incl_jvm_start"] = _children_cpu_s() - tool_before
+        account_other(cpu)
+        self._check_other(main_class, cpu[OTHER] / wall_s)
+        return output, {"wall_s_incl_jvm_start": wall_s, "cpu_s": cpu}
+
+    def kcons(self, index: int) -> dict[str, Any]:
+        """Kafka's ConsumerPerformance on the pre-filled topic, the scorer's consumer settings."""
+        config = self.logs / "consumer-performance.properties"
+        config.write_text(
+            "isolation.level=read_committed\n"
+            f"max.poll.records={self.settings.scoring_max_batch}\n"
+            "fetch.max.wait.ms=50\n"
+        )
+        output, run = self.tool(
+            "consumer-performance",
+            "ConsumerPerformance",
+            [
+                "--bootstrap-server",
+                self.bootstrap,
+                "--topic",
+                self.topics.events,
+                "--messages",
+                str(self.plan.events),
+                "--group",
+                f"bench-kcons-{self.suffix}-{index}",
+                "--consumer.config",
+                str(config),
+                "--timeout",
+                "60000",
+            ],
+        )
+        found = parse_consumer_performance(output)
+        consumed = int(found["data.consumed.in.nMsg"])
+        if consumed < self.plan.events:
+            raise BenchError(f"ConsumerPerformance read {consumed} of {self.plan.events} records")
+        return {
+            "records": consumed,
+            "records_per_s": found["fetch.nMsg.sec"],
+            "records_per_s_incl_join": found["nMsg.sec"],
+            "fetch_ms": found["fetch.time.ms"],
+            "rebalance_ms": found["rebalance.time.ms"],
+            **run,
+            "cpu_s_per_unit": per_unit(run["cpu_s"], consumed),
+        }
+
+    def kafka_e2e(self) -> dict[str, Any]:
+        """Kafka's EndToEndLatency: produce one record (acks=all), consume it, repeat."""
+        messages = self.plan.e2e_messages
+        output, run = self.tool(
+            "end-to-end-latency",
+            "EndToEndLatency",
+            [self.bootstrap, self.topics.e2e, str(messages), "all", str(self.corpus.record_size)],
+        )
+        avg = _E2E_AVG.search(output)
+        percentiles = _E2E_PERCENTILES.search(output)
+        if avg is None or percentiles is None:
+            raise BenchError("EndToEndLatency printed no summary:\n" + output[-2000:])
+        return {
+            "messages": messages,
+            "avg_ms": float(avg["avg"]),
+            # The tool prints whole milliseconds, truncated: n stands for [n, n + 1) ms, and
+            # its midpoint is the ceiling (0 would make every ratio infinite).
+            "p50_ms": float(percentiles["p50"]) + 0.5,
+            "p99_ms": float(percentiles["p99"]) + 0.5,
+            "p999_ms": float(percentiles["p999"]) + 0.5,
+            "printed_ms": {k: int(v) for k, v in percentiles.groupdict().items()},
+            **run,
+            "cpu_s_per_unit": per_unit(run["cpu_s"], messages),
+        }
+
+    # --- D_upsert --------------------------------------------------------------------------
+
+    def upsert(self, batches: Sequence[UpsertBatch]) -> UpsertRun:
+        url = self.new_database("upsert")
+        try:
+            return self.runner.run(self._upsert(url, batches))
+        finally:
+            self.drop(url)
+
+    async def _upsert(self, url: str, batches: Sequence[UpsertBatch]) -> UpsertRun:
+        group = f"bench-upsert-{self.suffix}"
+        topic = self.topics.events
+        conn = await asyncpg.connect(url)
+        try:
+            partitions = sorted({p for b in batches for p in b.offsets[1]})
+            await conn.execute(_UPSERT_OFFSETS_START, group, topic, partitions)
+            meter = self.meter(service=os.getpid())
+            gc.collect()
+            before, started = meter.read(), clock()
+            for batch in batches:
+                now = datetime.now(UTC)
+                async with conn.transaction():
+                    await conn.fetch(_UPSERT_DEDUPE, *batch.dedupe)
+                    await conn.execute(_UPSERT_OUTCOMES, *batch.outcomes)
+                    await conn.execute(_UPSERT_HEALTH, *batch.health, now)
+                    await conn.execute(_UPSERT_JOURNEYS, *batch.journeys, now)
+                    await conn.execute(_UPSERT_OFFSETS, group, *batch.offsets)
+            wall_s = clock() - started
+            cpu = CpuMeter.delta(before, meter.read())
+        finally:
+            await conn.close()
+        self._check_other("D_upsert", cpu[OTHER] / wall_s)
+        return UpsertRun(
+            events=sum(b.events for b in batches),
+            rows=sum(b.rows for b in batches),
+            batches=len(batches),
+            wall_s=wall_s,
+            cpu_s=cpu,
+        )
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def scoring_server(self, url: str, group: str) -> Server:
+        port = free_port()
+        scoring = self.topics.settings(self.settings).model_copy(
+            update={
+                "kafka_bootstrap_servers": self.bootstrap,
+                "database_url": url,
+                "scoring_group_id": group,
+                "scoring_metrics_port": port,
+                "log_level": "WARNING",
+            }
+        )
+        return Server(
+            "scoring",
+            [str(Path(sys.executable).with_name("touchpulse-scoring"))],
+            port=port,
+            log_path=self.logs / f"scoring-{group}.log",
+            env={**os.environ, **settings_env(scoring)},
+            cwd=REPO,
+            ready_path="/readyz",
+        )
+
+    def scoring(self, index: int, *, keep: bool) -> tuple[ScoringRun, Server, str, str]:
+        """Consume the pre-filled topic from a fresh database; the server is stopped unless
+        ``keep`` (then the caller stops it, and drops the database)."""
+        url = self.new_database("scoring")
+        group = f"bench-scoring-{self.suffix}-{index}"
+        server = self.scoring_server(url, group)
+        try:
+            started = clock()
+            server.start()
+            run = self.runner.run(self._consume(server, url, group, started))
+        except BaseException:
+            server.stop()
+            self.drop(url)
+            raise
+        if not keep:
+            server.stop()
+            self.drop(url)
+        return run, server, url, group
+
+    async def _consume(self, server: Server, url: str, group: str, started: float) -> ScoringRun:
+        total = self.plan.events
+        topic = self.topics.events
+        meter = self.meter(scoring=server.pid, bench=os.getpid())
+        conn = await asyncpg.connect(url)
+        try:
+            first: tuple[float, int, dict[str, float]] | None = None
+            deadline = clock() + SCORING_DRAIN_S
+            while True:
+                committed = int(await conn.fetchval(_COMMITTED, group, topic))
+                now, cpu = clock(), meter.read()
+                if first is None and committed > 0:
+                    first = (now, committed, cpu)
+                if committed >= total:
+                    break
+                if now > deadline:
+                    raise BenchError(
+                        f"scoring committed {committed} of {total} records in "
+                        f"{SCORING_DRAIN_S:.0f} s; see {server.log_path}"
+                    )
+                await asyncio.sleep(THROUGHPUT_POLL_S)
+            assert first is not None
+            t0, committed0, cpu0 = first
+            done, cpu_done = now, cpu
+            quiet_by = clock() + QUIET_S
+            while True:
+                owed = int(await conn.fetchval(_OWED))
+                if owed == 0 or clock() > quiet_by:
+                    break
+                await asyncio.sleep(THROUGHPUT_POLL_S)
+            quiet, cpu_quiet = clock(), meter.read()
+            if owed:
+                self.warnings.append(f"scoring still owed {owed} outbox rows or sweeps")
+            row = await conn.fetchrow(_COUNTS)
+            assert row is not None
+            counts = dict(row)
+        finally:
+            await conn.close()
+        rss = peak_rss_bytes(server.pid)
+        metrics = await scrape_counters(server.url)
+        cpu_s = CpuMeter.delta(cpu0, cpu_done)
+        self._check_other("scoring", cpu_s[OTHER] / (done - t0))
+        if counts["processed"] != total:
+            self.warnings.append(f"scoring applied {counts['processed']} of {total} events")
+        return ScoringRun(
+            events=total - committed0,
+            wall_s=done - t0,
+            cpu_s=cpu_s,
+            tail_s=quiet - done,
+            cpu_with_tail_s=CpuMeter.delta(cpu0, cpu_quiet),
+            startup_s=t0 - started,
+            peak_rss_bytes=rss,
+            counts={k: int(v) for k, v in counts.items()},
+            metrics=metrics,
+        )
+
+    # --- latency ---------------------------------------------------------------------------
+
+    def paced(
+        self, server: Server, url: str, group: str, *, rate_per_s: float, records: list[KafkaRecord]
+    ) -> Paced:
+        return self.runner.run(self._paced(server, url, group, rate_per_s, records))
+
+    async def _paced(
+        self, server: Server, url: str, group: str, rate_per_s: float, records: list[KafkaRecord]
+    ) -> Paced:
+        plan = self.plan
+        topic = self.topics.events
+        total = math.floor((plan.warmup_s + plan.duration_s) * rate_per_s)
+        if len(records) < total:
+            raise BenchError(f"the corpus holds {len(records)} paced events, not {total}")
+        producer = new_producer(self.bootstrap, self.settings.ingest_linger_ms)
+        await producer.start()
+        conn = await asyncpg.connect(url)
+        meter = self.meter(scoring=server.pid, bench=os.getpid())
+        snapshots: list[tuple[float, dict[int, int]]] = []
+        polling = asyncio.Event()
+        polling.set()
+
+        async def poll() -> None:
+            while polling.is_set():
+                asked = clock()
+                rows = await conn.fetch(_OFFSETS, group, topic)
+                # Seen by now at the latest: a conservative time for every commit in it.
+                snapshots.append((clock(), {r["partition"]: r["next_offset"] for r in rows}))
+                await asyncio.sleep(max(0.0, LATENCY_POLL_S - (clock() - asked)))
+
+        # This process's own full collections would stall the producer and the poller.
+        gc.collect()
+        gc.freeze()
+        poller = asyncio.create_task(poll())
+        try:
+            start = clock() + 0.1
+            opens = start + plan.warmup_s
+            closes = opens + plan.duration_s
+            wall_at_start = time.time() + (start - clock())
+            window: dict[str, dict[str, float]] = {}
+            buckets: dict[str, list[tuple[float, float]]] = {}
+
+            async def mark(when: float, name: str) -> None:
+                await asyncio.sleep(max(0.0, when - clock()))
+                window[name] = meter.read()
+                buckets[name] = await scrape_histogram(server.url)
+
+            marks = [
+                asyncio.create_task(mark(opens, "opens")),
+                asyncio.create_task(mark(closes, "closes")),
+            ]
+            sends: list[tuple[float, asyncio.Future[Any]]] = []
+            max_lag = 0.0
+            i = 0
+            while i < total:
+                wait = start + i / rate_per_s - clock()
+                if wait > 0:
+                    # At least a millisecond: the loop's timers have millisecond steps, and
+                    # shorter sleeps return at once, which would spin on a core.
+                    await asyncio.sleep(max(wait, 0.001))
+                # Everything due by now, each stamped with its own due time.
+                while i < total and (due := start + i / rate_per_s) <= (now := clock()):
+                    max_lag = max(max_lag, now - due)
+                    record = records[i]
+                    received = datetime.fromtimestamp(wall_at_start + (due - start), UTC)
+                    headers = [
+                        (name, format_received_at(received).encode())
+                        if name == HEADER_RECEIVED_AT
+                        else (name, value)
+                        for name, value in record.headers
+                    ]
+                    future = await producer.send(
+                        topic, record.value, key=record.key, headers=headers
+                    )
+                    sends.append((due, future))
+                    i += 1
+            metadata = await asyncio.gather(*(f for _, f in sends))
+            await asyncio.gather(*marks)
+            # Until every event sent is committed (or the drain time is up).
+            last: dict[int, int] = {}
+            for m in metadata:
+                last[m.partition] = max(last.get(m.partition, 0), m.offset + 1)
+            drain_until = clock() + LATENCY_DRAIN_S
+            while clock() < drain_until:
+                newest = snapshots[-1][1] if snapshots else {}
+                if all(newest.get(p, 0) >= n for p, n in last.items()):
+                    break
+                await asyncio.sleep(LATENCY_POLL_S)
+            after = await scrape_histogram(server.url)
+        finally:
+            polling.clear()
+            with contextlib.suppress(Exception):
+                await poller
+            gc.unfreeze()
+            await conn.close()
+            await producer.stop()
+        del records[:total]  # sent: the next open loop sends fresh events
+
+        measured = [
+            (m.partition, m.offset, due)
+            for (due, _), m in zip(sends, metadata, strict=True)
+            if opens <= due < closes
+        ]
+        seen = commit_latencies(measured, snapshots)
+        latencies = sorted(lat for _, lat, _ in seen)
+        cpu_s = CpuMeter.delta(window["opens"], window["closes"])
+        self._check_other(f"open loop at {rate_per_s:,.0f}/s", cpu_s[OTHER] / plan.duration_s)
+        metric = [(upper, count - dict(buckets["opens"]).get(upper, 0.0)) for upper, count in after]
+        incomplete = len(measured) - len(latencies)
+        if incomplete:
+            self.warnings.append(
+                f"open loop at {rate_per_s:,.0f}/s: {incomplete} of {len(measured)} events "
+                "never committed"
+            )
+        quarter = plan.duration_s / 4
+        quarters = [
+            latency_summary(
+                sorted(lat for sent_at, lat, _ in seen if q <= (sent_at - opens) / quarter < q + 1)
+            )
+            for q in range(4)
+        ]
+        return Paced(
+            offered_per_s=rate_per_s,
+            window_s=plan.duration_s,
+            sent=len(sends),
+            measured=len(measured),
+            committed_in_window=sum(opens <= seen_at <= closes for _, _, seen_at in seen),
+            incomplete=incomplete,
+            latencies_s=latencies,
+            by_quarter=quarters,
+            max_send_lag_s=max_lag,
+            metric_buckets=metric,
+            cpu_s=cpu_s,
+            polls=len(snapshots),
+        )
+
+
+def commit_latencies(
+    sent: Sequence[tuple[int, int, float]],
+    snapshots: Sequence[tuple[float, dict[int, int]]],
+) -> list[tuple[float, float, float]]:
+    """For each ``(partition, offset, due time)`` seen committed: its due time, its latency
+    and when it was seen, from the first snapshot of the committed offsets that covers it.
+
+    Offsets commit in order per partition, so one pass over the snapshots per partition
+    finds them all.
+    """
+    by_partition: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for partition, offset, due in sent:
+        by_partition[partition].append((offset, due))
+    seen: list[tuple[float, float, float]] = []
+    for partition, pending in by_partition.items():
+        pending.sort()
+        i = 0
+        for seen_at, offsets in snapshots:
+            committed = offsets.get(partition, 0)
+            while i < len(pending) and pending[i][0] < committed:
+                seen.append((pending[i][1], seen_at - pending[i][1], seen_at))
+                i += 1
+    return seen
+
+
+def parse_consumer_performance(output: str) -> dict[str, float]:
+    """ConsumerPerformance's summary: its header line and the line of values after it."""
+    header = _KCONS_HEADER.search(output)
+    if header is None:
+        raise BenchError("ConsumerPerformance printed no summary:\n" + output[-2000:])
+    names = [n.strip() for n in header.group(0).split(",")]
+    lines = output[header.end() :].strip().splitlines()
+    values = [v.strip() for v in lines[0].split(",")] if lines else []
+    if len(values) != len(names):
+        raise BenchError("ConsumerPerformance's summary does not parse:\n" + output[-2000:])
+    return {
+        n: float(v)
+        for n, v in zip(names, values, strict=True)
+        if n not in {"start.time", "end.time"}
+    }
+
+
+async def _metrics_text(base_url: str) -> str:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        response = await client.get(base_url + "/metrics")
+        response.raise_for_status()
+        return response.text
+
+
+async def scrape_histogram(base_url: str) -> list[tuple[float, float]]:
+    """Scoring's event-to-health histogram: (upper bound, cumulative count), +Inf last."""
+    text = await _metrics_text(base_url)
+    for family in text_string_to_metric_families(text):
+        if family.name == "touchpulse_scoring_event_to_health_seconds":
+            found = [
+                (float(s.labels["le"]), float(s.value))
+                for s in family.samples
+                if s.name.endswith("_bucket")
+            ]
+            return sorted(found)
+    raise BenchError("scoring's /metrics has no event-to-health histogram")
+
+
+async def scrape_counters(base_url: str) -> dict[str, float]:
+    """Scoring's own account of the run: events by result, outcomes, interventions."""
+    text = await _metrics_text(base_url)
+    found: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "touchpulse_scoring_events_total":
+                found[f"events_{sample.labels['result']}"] += sample.value
+            elif sample.name == "touchpulse_scoring_outcomes_total":
+                found[f"outcomes_{sample.labels['result']}"] += sample.value
+            elif sample.name in {
+                "touchpulse_scoring_interventions_opened_total",
+                "touchpulse_scoring_deadlines_expired_total",
+                "touchpulse_scoring_outbox_published_total",
+                "touchpulse_scoring_batch_records_count",
+            }:
+                found[sample.name.removeprefix("touchpulse_scoring_")] += sample.value
+    return dict(found)
+
+
+def measure(bench: Bench) -> tuple[list[Pair], list[Paced]]:
+    plan = bench.plan
+    batches = upsert_batches(
+        bench.corpus.filled,
+        bench.positions,
+        catalogue=bench.catalogue,
+        topic=bench.topics.events,
+        batch=bench.settings.scoring_max_batch,
+    )
+    pairs: list[Pair] = []
+    kept: tuple[Server, str, str] | None = None
+    for index in range(plan.pairs):
+        last = index == plan.pairs - 1
+        _say(f"pair {index + 1}/{plan.pairs}: K_cons (ConsumerPerformance)")
+        kcons = bench.kcons(index)
+        _say(f"pair {index + 1}/{plan.pairs}: D_upsert ({len(batches)} batches)")
+        upsert = bench.upsert(batches)
+        _say(f"pair {index + 1}/{plan.pairs}: scoring consumes {plan.events:,} events")
+        run, server, url, group = bench.scoring(index, keep=last)
+        if last:
+            kept = (server, url, group)
+            # Stopped first, then (on a server named by the settings) its database dropped.
+            if not bench.postgres_local:
+                bench.exit_stack.callback(
+                    _cleanup,
+                    f"database {url.rpartition('/')[2]}",
+                    functools.partial(bench.drop, url),
+                )
+            bench.exit_stack.callback(server.stop)
+        pairs.append(Pair(kcons, upsert, run))
+    assert kept is not None
+    server, url, group = kept
+    paced = []
+    records = list(bench.corpus.paced)
+    for rate in plan.rates:
+        _say(
+            f"open loop at {rate:,.0f} events/s for {plan.warmup_s + plan.duration_s:.0f} s "
+            f"({plan.warmup_s:.0f} s warm-up), scoring caught up"
+        )
+        paced.append(bench.paced(server, url, group, rate_per_s=rate, records=records))
+    server.stop()  # idle from here: its background rounds would count as "other"
+    _say(f"K_e2e (EndToEndLatency, {plan.e2e_messages:,} round trips)")
+    paced[0].kafka = bench.kafka_e2e()
+    return pairs, paced
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def figures(pairs: Sequence[Pair], paced: Paced, lower: Paced) -> dict[str, Figure]:
+    def med(values: Sequence[float]) -> float:
+        return statistics.median(values)
+
+    scoring = [p.scoring for p in pairs]
+    per_cpu = med([s.events_per_cpu_s for s in scoring])
+    per_s = med([s.events_per_s for s in scoring])
+    db = latency_summary(paced.latencies_s)
+    db_lower = latency_summary(lower.latencies_s)
+    kafka = paced.kafka
+    p99_met = db["p99_ms"] < TARGET_P99_MS
+    p99_target = f"< {TARGET_P99_MS:.0f} ms at {TARGET_RATE:,.0f}/s"
+    at_target = paced.offered_per_s >= TARGET_RATE
+
+    def latency(
+        label: str, value: float, ceiling_label: str, ceiling: float, **target: Any
+    ) -> Figure:
+        return Figure(
+            label, "ms", value, ceiling_label, ceiling, Spread.of([ratio(value, ceiling)]), **target
+        )
+
+    rate = f"at {paced.offered_per_s:,.0f}/s"
+    return {
+        "events_per_cpu_s_vs_upsert": Figure(
+            "events per CPU-second of scoring",
+            "events/CPU-s",
+            per_cpu,
+            "D_upsert events per CPU-second of its loop",
+            med([p.upsert.events_per_cpu_s for p in pairs]),
+            Spread.of(ratio(p.scoring.events_per_cpu_s, p.upsert.events_per_cpu_s) for p in pairs),
+            f">= {TARGET_EVENTS_PER_CPU_S:,.0f}",
+            per_cpu >= TARGET_EVENTS_PER_CPU_S,
+        ),
+        "events_per_s_vs_upsert": Figure(
+            "events/s committed by scoring",
+            "events/s",
+            per_s,
+            "D_upsert events/s",
+            med([p.upsert.events_per_s for p in pairs]),
+            Spread.of(ratio(p.scoring.events_per_s, p.upsert.events_per_s) for p in pairs),
+        ),
+        "events_per_s_vs_kafka": Figure(
+            "events/s committed by scoring",
+            "events/s",
+            per_s,
+            "K_cons records/s (ConsumerPerformance)",
+            med([p.kcons["records_per_s"] for p in pairs]),
+            Spread.of(ratio(p.scoring.events_per_s, p.kcons["records_per_s"]) for p in pairs),
+        ),
+        "rate_at_offered": Figure(
+            "events/s committed (open loop)",
+            "events/s",
+            paced.achieved_per_s,
+            "offered rate",
+            paced.offered_per_s,
+            Spread.of([ratio(paced.achieved_per_s, paced.offered_per_s)]),
+        ),
+        "p50_vs_kafka": latency(
+            f"event-to-health p50 {rate}", db["p50_ms"], "K_e2e p50", kafka["p50_ms"]
+        ),
+        "p99_vs_kafka": latency(
+            f"event-to-health p99 {rate}",
+            db["p99_ms"],
+            "K_e2e p99",
+            kafka["p99_ms"],
+            target=p99_target,
+            met=p99_met if at_target else None,
+        ),
+        "max_vs_kafka": latency(
+            f"event-to-health max {rate}", db["max_ms"], "K_e2e p99.9", kafka["p999_ms"]
+        ),
+        "lower_rate_p99_vs_kafka": latency(
+            f"event-to-health p99 at {lower.offered_per_s:,.0f}/s",
+            db_lower["p99_ms"],
+            "K_e2e p99",
+            kafka["p99_ms"],
+        ),
+        "metric_p50_vs_db": latency(
+            "scoring's histogram p50", paced.metric_ms(0.5), "event-to-health p50", db["p50_ms"]
+        ),
+        "metric_p99_vs_db": latency(
+            "scoring's histogram p99", paced.metric_ms(0.99), "event-to-health p99", db["p99_ms"]
+        ),
+    }
+
+
+def _number(value: float, unit: str, *, with_unit: bool = True) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    return f"{value:,.0f}" + (f" {unit}" if with_unit else "")
+
+
+def figure_table(found: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for key in FIGURE_KEYS:
+        f = found[key]
+        spread = f"{f['ratio']['median']:.3f}"
+        if f["ratio"]["n"] > 1:
+            spread += f" ({f['ratio']['min']:.3f}-{f['ratio']['max']:.3f}, n={f['ratio']['n']})"
+        met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
+        rows.append(
+            [
+                f["label"],
+                _number(f["value"], f["unit"]),
+                f["ceiling_label"],
+                _number(f["ceiling"], f["unit"], with_unit=f["unit"] == "ms"),
+                spread,
+                f["target"] or "-",
+                met,
+            ]
+        )
+    header = ["figure", "value", "ceiling", "ceiling value", "ratio (min-max)", "target", "met"]
+    return table(header, rows)
+
+
+#: Columns of the CPU table: the process under test, then the servers and this process.
+CPU_COLUMNS = (
+    "service",
+    "scoring",
+    "postgres",
+    "kafka",
+    "bench",
+    "tool_incl_jvm_start",
+    KERNEL_IRQ,
+)
+
+
+def cpu_profile(pairs: Sequence[Pair], paced: Paced, lower: Paced) -> dict[str, Any]:
+    """Median CPU microseconds per event (or record) and cores busy, per phase and process."""
+
+    def summarise(
+        runs: Sequence[tuple[dict[str, float], float, float]], unit: str
+    ) -> dict[str, Any]:
+        names = runs[0][0].keys()
+        return {
+            "unit": unit,
+            "us_per_unit": {
+                n: statistics.median(c[n] / u for c, u, _ in runs) * 1e6 for n in names
+            },
+            "cores": {n: statistics.median(c[n] / s for c, _, s in runs) for n in names},
+        }
+
+    return {
+        "scoring (pre-filled topic)": summarise(
+            [(p.scoring.cpu_s, p.scoring.events, p.scoring.wall_s) for p in pairs], "event"
+        ),
+        "scoring incl. tail": summarise(
+            [
+                (p.scoring.cpu_with_tail_s, p.scoring.events, p.scoring.wall_s + p.scoring.tail_s)
+                for p in pairs
+            ],
+            "event",
+        ),
+        "D_upsert": summarise(
+            [(p.upsert.cpu_s, p.upsert.events, p.upsert.wall_s) for p in pairs], "event"
+        ),
+        "K_cons": summarise(
+            [
+                (p.kcons["cpu_s"], p.kcons["records"], p.kcons["wall_s_incl_jvm_start"])
+                for p in pairs
+            ],
+            "record",
+        ),
+        f"scoring (open loop {paced.offered_per_s:,.0f}/s)": summarise(
+            [(paced.cpu_s, max(paced.measured, 1), paced.window_s)], "event"
+        ),
+        f"scoring (open loop {lower.offered_per_s:,.0f}/s)": summarise(
+            [(lower.cpu_s, max(lower.measured, 1), lower.window_s)], "event"
+        ),
+        "K_e2e": summarise(
+            [
+                (
+                    paced.kafka["cpu_s"],
+                    paced.kafka["messages"],
+                    paced.kafka["wall_s_incl_jvm_start"],
+                )
+            ],
+            "record",
+        ),
+    }
+
+
+def cpu_table(profile: dict[str, Any]) -> str:
+    rows = []
+    for phase, data in profile.items():
+        cells = [phase, data["unit"]]
+        for name in CPU_COLUMNS:
+            us = data["us_per_unit"].get(name)
+            cores = data["cores"].get(name)
+            cells.append("-" if us is None else f"{us:.2f} ({cores:.2f})")
+        other = data["cores"].get(OTHER)
+        cells.append("-" if other is None else f"{other:.2f}")
+        rows.append(cells)
+    header = [
+        "phase",
+        "per",
+        "D_upsert loop",
+        "scoring",
+        "postgres (all)",
+        "kafka broker",
+        "bench process",
+        "Kafka tool",
+        "kernel irq",
+        "other cores",
+    ]
+    return table(header, rows)
+
+
+# --- setting up, tearing down, reporting -----------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"[bench-scoring {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _cleanup(what: str, action: Callable[[], object]) -> None:
+    try:
+        action()
+    except Exception as exc:
+        _say(f"could not remove {what}: {exc}")
+
+
+async def postgres_version(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def run(plan: Plan, settings: Settings) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    with contextlib.ExitStack() as exit_stack:
+        stack = exit_stack.enter_context(LocalStack(settings))
+        logs = stack.workdir / "bench"
+        logs.mkdir(parents=True, exist_ok=True)
+        _say("starting Kafka and PostgreSQL (unless the settings name servers)")
+        kafka, postgres = stack.kafka(), stack.postgres()
+        runner = exit_stack.enter_context(asyncio.Runner(loop_factory=uvloop.new_event_loop))
+        suffix = uuid.uuid4().hex[:10]
+        topics = Topics.named(suffix)
+        runner.run(create_topics(settings, kafka.address, topics))
+        if not kafka.local:
+            exit_stack.callback(
+                _cleanup,
+                f"topics {topics.all()}",
+                lambda: runner.run(delete_topics(kafka.address, topics.all())),
+            )
+        catalogue = load_catalogue_file(REPO / settings.promise_catalogue)
+        _say(f"building the corpus: {plan.events + plan.paced_events:,} events")
+        corpus = build_corpus(plan, catalogue, started)
+        _say(f"pre-filling {topics.events} with {plan.events:,} events")
+        positions = runner.run(
+            prefill(
+                kafka.address, topics.events, corpus.filled, linger_ms=settings.ingest_linger_ms
+            )
+        )
+        bench = Bench(
+            plan=plan,
+            settings=settings,
+            logs=logs,
+            bootstrap=kafka.address,
+            database_server=postgres.address,
+            kafka_pid=kafka.pid,
+            postgres_pid=postgres.pid,
+            postgres_local=postgres.local,
+            topics=topics,
+            suffix=suffix,
+            corpus=corpus,
+            positions=positions,
+            catalogue=catalogue,
+            runner=runner,
+            exit_stack=exit_stack,
+        )
+        pairs, (paced, lower) = measure(bench)
+        found = figures(pairs, paced, lower)
+        pg_version = runner.run(postgres_version(postgres.address))
+        last = pairs[-1].scoring
+        return {
+            "benchmark": "scoring",
+            "mode": plan.name,
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "machine": machine(),
+            "versions": {
+                **versions(PACKAGES),
+                "kafka": settings.kafka_version
+                if kafka.local
+                else f"external (tools {settings.kafka_version})",
+                "postgresql": pg_version if postgres.local else f"external {pg_version}",
+                "java": java_version(),
+                "catalogue": catalogue.version,
+            },
+            "settings": {
+                "kafka": "local" if kafka.local else "external",
+                "postgresql": "local" if postgres.local else "external",
+                "partitions": settings.events_partitions,
+                "scoring_max_batch": settings.scoring_max_batch,
+                "producer_linger_ms": settings.ingest_linger_ms,
+                "corpus": {
+                    "events": plan.events,
+                    "paced_events": len(corpus.paced),
+                    "customers": CUSTOMERS,
+                    "span_days": SPAN.days,
+                    "record_value_bytes": corpus.value_bytes,
+                    "record_key_bytes": corpus.key_bytes,
+                    "record_header_bytes": corpus.header_bytes,
+                    "measure_outcomes": corpus.measure_outcomes,
+                    "deadlines_opened": corpus.deadlines_opened,
+                    "deadline_ends": corpus.deadline_ends,
+                },
+                "plan": asdict(plan),
+                "open_loop_rates": list(plan.rates),
+                "throughput_poll_ms": THROUGHPUT_POLL_S * 1000,
+                "latency_poll_ms": LATENCY_POLL_S * 1000,
+            },
+            "figures": {key: found[key].as_dict() for key in FIGURE_KEYS},
+            "targets": {
+                "events_per_cpu_s": {
+                    "min": TARGET_EVENTS_PER_CPU_S,
+                    "met": found["events_per_cpu_s_vs_upsert"].met,
+                },
+                "p99_ms": {
+                    "max": TARGET_P99_MS,
+                    "at_rate": TARGET_RATE,
+                    "met": found["p99_vs_kafka"].met,
+                },
+            },
+            "cpu": cpu_profile(pairs, paced, lower),
+            "peak_rss_bytes": {"scoring": max((p.scoring.peak_rss_bytes or 0) for p in pairs)},
+            "work": {"counts": last.counts, "metrics": last.metrics},
+            "pairs": [p.as_dict() for p in pairs],
+            "open_loop": paced.as_dict(),
+            "open_loop_lower_rate": lower.as_dict(),
+            "notes": [SHARED_CORES_NOTE.format(nproc=os.cpu_count())],
+            "warnings": bench.warnings,
+            "logs": str(logs),
+        }
+
+
+def report(result: dict[str, Any]) -> str:
+    corpus = result["settings"]["corpus"]
+    mach = result["machine"]
+    work = result["work"]["counts"]
+    lines = [
+        f"Touchpulse scoring benchmark ({result['mode']}), {result['started_at']}",
+        f"machine: {mach['nproc']} cores, {mach['memory_bytes'] / 2**30:.1f} GiB memory, "
+        f"{mach['cpu_model']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        f"corpus: {corpus['events']:,} events pre-filled over {corpus['customers']:,} customers "
+        f"({corpus['measure_outcomes']:,} measure outcomes, {corpus['deadlines_opened']:,} "
+        f"deadlines opened, {corpus['deadline_ends']:,} ended); value "
+        f"{corpus['record_value_bytes']:.0f} B, key {corpus['record_key_bytes']:.0f} B, headers "
+        f"{corpus['record_header_bytes']:.0f} B; {result['settings']['partitions']} partitions; "
+        f"batches of {result['settings']['scoring_max_batch']}",
+        f"work per scoring run: {work['processed']:,} events applied, {work['outcomes']:,} "
+        f"outcomes ({work['broken']:,} broken, {work['missed_deadlines']:,} deadlines missed), "
+        f"{work['journeys']:,} journeys ({work['red_journeys']:,} red), "
+        f"{work['interventions']:,} interventions",
+        result["notes"][0],
+        "",
+        figure_table(result["figures"]),
+        "",
+        "event-to-health p50 / p99 (ms) of the events due in each quarter of the open loop's "
+        "window (growth = a backlog):",
+    ]
+    for key in ("open_loop", "open_loop_lower_rate"):
+        loop = result[key]
+        quarters = ", ".join(
+            f"{q['p50_ms']:.0f} / {q['p99_ms']:.0f}" for q in loop["latency_db_by_quarter"]
+        )
+        lines.append(
+            f"  {loop['offered_per_s']:,.0f}/s: {quarters}; the generator was at most "
+            f"{loop['max_send_lag_ms']:.1f} ms late; {loop['incomplete']} never committed"
+        )
+    lines += [
+        "",
+        "CPU microseconds per event or record (cores busy), median over pairs; postgres = the "
+        "postmaster and all its children; other = the rest of the machine:",
+        cpu_table(result["cpu"]),
+        "",
+        "peak RSS: "
+        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in result["peak_rss_bytes"].items() if v),
+    ]
+    lines += [f"warning: {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+# --- a profile of scoring (--profile) ------------------------------------------------------
+
+#: Where scoring's time goes, by the file a function lives in (first match wins).
+PROFILE_AREAS = (
+    ("touchpulse_scoring/domain", "scoring domain (pure)"),
+    ("touchpulse_scoring/store", "scoring store (SQL arguments, rows)"),
+    ("touchpulse_scoring/engine", "scoring engine"),
+    ("touchpulse_scoring/outbox", "outbox publisher"),
+    ("touchpulse_scoring/", "scoring, other"),
+    ("touchpulse_shared/contract", "record decoding (contract)"),
+    ("pydantic", "pydantic"),
+    ("asyncpg", "asyncpg"),
+    ("aiokafka", "aiokafka"),
+    ("kafka", "aiokafka"),
+    ("prometheus_client", "prometheus_client"),
+    ("structlog", "structlog"),
+    ("asyncio", "asyncio event loop"),
+    ("selectors", "asyncio event loop"),
+    ("socket", "asyncio event loop"),
+    ("<frozen abc>", "isinstance() on ABCs"),
+    ("_abc_instancecheck", "isinstance() on ABCs"),
+    ("json/", "stdlib json"),
+)
+
+
+def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: int = 25) -> str:
+    """cProfile of the scoring service, in this process, over the pre-filled topic.
+
+    The same service as ``touchpulse-scoring`` (consumer, sweep, outbox publisher) on the
+    standard asyncio loop, as ``touchpulse-scoring`` runs it; the profile covers the first
+    committed batch to the last, start-up left out. cProfile slows Python code more than C
+    code, so shares are indicative.
+    """
+    started = datetime.now(UTC)
+    with contextlib.ExitStack() as exit_stack:
+        stack = exit_stack.enter_context(LocalStack(settings))
+        kafka, postgres = stack.kafka(), stack.postgres()
+        suffix = uuid.uuid4().hex[:10]
+        topics = Topics.named(suffix)
+        events = build_events(plan.events, now=started.replace(microsecond=0))
+        asyncio.run(create_topics(settings, kafka.address, topics))
+        if not kafka.local:
+            exit_stack.callback(
+                _cleanup,
+                f"topics {topics.all()}",
+                lambda: asyncio.run(delete_topics(kafka.address, topics.all())),
+            )
+        _say(f"pre-filling {topics.events} with {plan.events:,} events")
+        asyncio.run(
+            prefill(kafka.address, topics.events, events, linger_ms=settings.ingest_linger_ms)
+        )
+        name = f"bench_scoring_{suffix}_profile"
+        url = asyncio.run(create_database(postgres.address, name))
+        if not postgres.local:
+            exit_stack.callback(
+                _cleanup,
+                f"database {name}",
+                lambda: asyncio.run(drop_database(postgres.address, name)),
+            )
+        group = f"bench-profile-{suffix}"
+        service_settings = topics.settings(settings).model_copy(
+            update={
+                "kafka_bootstrap_servers": kafka.address,
+                "database_url": url,
+                "scoring_group_id": group,
+                "scoring_metrics_port": free_port(),
+                "log_level": "WARNING",
+            }
+        )
+        # The default (wall) timer: a CPU timer costs a system call per event and distorts
+        # more than it corrects. Time spent waiting in epoll is left out of the shares.
+        profiler = cProfile.Profile()
+
+        async def consume() -> tuple[int, float]:
+            service = ScoringService(service_settings)
+            task = asyncio.create_task(service.run())
+            conn = await asyncpg.connect(url)
+            first: tuple[int, float] | None = None
+            try:
+                while (committed := int(await conn.fetchval(_COMMITTED, group, topics.events))) < (
+                    plan.events
+                ):
+                    if first is None and committed > 0:
+                        first = (committed, clock())
+                        profiler.enable()
+                    await asyncio.sleep(THROUGHPUT_POLL_S)
+                profiler.disable()
+            finally:
+                service.stopping.set()
+                await conn.close()
+                await task
+            if first is None:
+                raise BenchError("the first committed batch was not seen: the topic is too small")
+            return plan.events - first[0], clock() - first[1]
+
+        _say(f"scoring {plan.events:,} events in this process under cProfile")
+        counted, wall_s = asyncio.run(consume())
+    stats = pstats.Stats(profiler)
+    if dump is not None:
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        stats.dump_stats(dump)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    waiting = {key: entry for key, entry in raw.items() if "epoll" in key[2]}
+    working = {key: entry for key, entry in raw.items() if key not in waiting}
+    total = sum(entry[2] for entry in working.values())
+    areas: dict[str, float] = defaultdict(float)
+    for (filename, _, function), entry in working.items():
+        where = f"{filename} {function}" if filename == "~" else filename
+        area = next((a for key, a in PROFILE_AREAS if key in where), "other")
+        areas[area] += entry[2]
+    lines = [
+        f"scoring under cProfile: {counted:,} events in {wall_s:.1f} s "
+        f"({counted / wall_s:,.0f} events/s with the profiler's overhead), "
+        f"{sum(e[2] for e in waiting.values()):.2f} s of it waiting in epoll; the rest, "
+        "by area (own time; isinstance() on ABCs is asyncpg encoding array elements):",
+        table(
+            ["area", "share of own time"],
+            [[a, f"{t / total:.1%}"] for a, t in sorted(areas.items(), key=lambda i: -i[1])],
+        ),
+        "",
+        f"top {top} functions by own time:",
+    ]
+    ranked = sorted(working.items(), key=lambda item: -item[1][2])[:top]
+    lines.append(
+        table(
+            ["function", "calls", "own s", "share", "per event µs"],
+            [
+                [
+                    f"{Path(filename).name}:{line} {function}",
+                    f"{entry[1]:,}",
+                    f"{entry[2]:.2f}",
+                    f"{entry[2] / total:.1%}",
+                    f"{entry[2] / counted * 1e6:.1f}",
+                ]
+                for (filename, line, function), entry in ranked
+            ],
+        )
+    )
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.scoring",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--quick", action="store_true", help="a small topic, one pair, 5 s paced")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="the result file (default .touchpulse/bench/scoring-<UTC time>.json)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: profile scoring in this process (cProfile) over the pre-filled topic",
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        settings = load_settings()
+        configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+        if args.profile:
+            dump = settings.state_dir / "bench" / f"scoring-profile-{utc_stamp()}.pstats"
+            print(profile(QUICK if args.quick else FULL, settings, dump=dump))
+            print(f"\nwrote {dump} (python -m pstats {dump})")
+            return 0
+        result = run(QUICK if args.quick else FULL, settings)
+    except KeyboardInterrupt:
+        _say("interrupted; what was started has been stopped")
+        return 130
+    except (BenchError, StackError, ConfigError) as exc:
+        _say(f"failed: {exc}")
+        return 1
+    path = args.output or settings.state_dir / "bench" / f"scoring-{utc_stamp()}.json"
+    write_result(path, result)
+    print(report(result))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
