@@ -6,6 +6,7 @@ reads or writes PostgreSQL, and answers; every error is problem+json.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.responses import Response
 
+from touchpulse_api import webhooks
 from touchpulse_api.context import ApiContext, ContextDep
 from touchpulse_api.metrics import ApiMetrics
 from touchpulse_api.routes import customers, erasure, interventions, keys, organisation
@@ -23,6 +25,7 @@ from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_shared.auth import KeyVerifier
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.http.app import (
+    RejectNulMiddleware,
     RequestMetricsMiddleware,
     install_problem_docs,
     install_problem_handlers,
@@ -30,7 +33,16 @@ from touchpulse_shared.http.app import (
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
 
-ROUTERS = (customers.router, erasure.router, interventions.router, organisation.router, keys.router)
+ROUTERS = (
+    customers.router,
+    erasure.router,
+    interventions.router,
+    organisation.router,
+    keys.router,
+    webhooks.router,
+)
+# The dispatcher finishes (or abandons, to retry later) a delivery in flight on shutdown.
+DISPATCHER_STOP_S = 15.0
 
 
 def create_app(
@@ -46,6 +58,7 @@ def create_app(
         "they call for.",
         lifespan=lifespan,
     )
+    app.add_middleware(RejectNulMiddleware)
     app.add_middleware(
         RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
     )
@@ -99,9 +112,20 @@ def build_app(
             catalogue=catalogue,
             clock=clock,
         )
+        stopping = asyncio.Event()
+        dispatcher = asyncio.create_task(
+            webhooks.WebhookDispatcher(pool, settings, metrics, clock=clock).run(stopping),
+            name="webhook-dispatcher",
+        )
         try:
             yield
         finally:
+            stopping.set()
+            try:
+                async with asyncio.timeout(DISPATCHER_STOP_S):
+                    await dispatcher
+            except TimeoutError:
+                dispatcher.cancel()  # a delivery in flight is retried: its lease expires
             await pool.close()
 
     return create_app(metrics, lifespan=lifespan)

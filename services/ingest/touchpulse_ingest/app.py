@@ -50,7 +50,11 @@ from touchpulse_shared.contract import (
     parse_structured,
 )
 from touchpulse_shared.http.access import authenticate
-from touchpulse_shared.http.app import RequestMetricsMiddleware, install_problem_handlers
+from touchpulse_shared.http.app import (
+    RejectNulMiddleware,
+    RequestMetricsMiddleware,
+    install_problem_handlers,
+)
 from touchpulse_shared.http.problems import Problem, field_errors, pointer
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
@@ -362,6 +366,7 @@ def create_app(
         summary="Customer-experience events from every touchpoint, into Kafka.",
         lifespan=lifespan,
     )
+    app.add_middleware(RejectNulMiddleware)
     app.add_middleware(
         RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
     )

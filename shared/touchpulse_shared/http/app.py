@@ -137,3 +137,25 @@ def install_problem_docs(app: FastAPI, *, prefix: str = "/v1") -> None:
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+class RejectNulMiddleware:
+    """400 for a NUL character in the path or query: PostgreSQL cannot store one in text,
+    so it would otherwise surface as a server error deep in a query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query: bytes = scope.get("query_string", b"")
+            if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+                problem = Problem(
+                    400,
+                    "nul-character",
+                    "Bad Request",
+                    "A NUL character (%00) is not allowed in the path or query",
+                )
+                await problem.response(scope.get("path", "")).__call__(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

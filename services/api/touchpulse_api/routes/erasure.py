@@ -26,6 +26,7 @@ _TABLES = (
     ("deadline", "deadlines"),
     ("processed_event", "processed_events"),
     ("webhook_outbox", "pending_webhooks"),
+    ("webhook_delivery", "webhook_deliveries"),
 )
 
 

@@ -1,0 +1,1 @@
+"""Webhooks: subscriptions, signed deliveries from the outbox, retries, SSRF guard."""
