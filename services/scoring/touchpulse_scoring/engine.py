@@ -50,10 +50,11 @@ from touchpulse_scoring.store import (
     JourneyRow,
     breach_window_start,
     intervention_from_row,
-    intervention_json,
+    intervention_record,
     load_state,
     lock_customers,
     outcome_from_row,
+    record_interventions,
     write_deadlines,
     write_health,
     write_interventions,
@@ -393,17 +394,7 @@ class Engine:
             webhooks.append((kind, intervention))
             if decision.kind == "opened":
                 report.opened.append(intervention)
-            outbox.append(
-                outbox_row(
-                    self.topics.interventions,
-                    intervention.intervention_id.encode(),
-                    orjson.dumps(
-                        {"kind": kind, **intervention_json(intervention)},
-                        option=orjson.OPT_UTC_Z,
-                    ),
-                    [("content-type", b"application/json")],
-                )
-            )
+            outbox.append(intervention_record(self.topics.interventions, kind, intervention))
         await write_outcomes(conn, outcome_rows)
         await write_health(conn, health_rows, now)
         await write_journeys(conn, journeys, now)
@@ -524,23 +515,7 @@ async def expire_interventions(conn: Conn, catalogue: Catalogue, now: datetime, 
         ended = expire_overdue(intervention_from_row(row), now=now, policy=policy)
         if ended is not None:
             expired.append(ended)
-    await write_interventions(conn, expired)
-    await write_webhook_events(conn, [("intervention.expired", iv) for iv in expired])
-    await insert_outbox(
-        conn,
-        [
-            outbox_row(
-                topic,
-                iv.intervention_id.encode(),
-                orjson.dumps(
-                    {"kind": "intervention.expired", **intervention_json(iv)},
-                    option=orjson.OPT_UTC_Z,
-                ),
-                [("content-type", b"application/json")],
-            )
-            for iv in expired
-        ],
-    )
+    await record_interventions(conn, topic, [("intervention.expired", iv) for iv in expired])
     return len(expired)
 
 

@@ -30,6 +30,7 @@ from touchpulse_scoring.domain import (
     Trigger,
     TriggerKind,
 )
+from touchpulse_scoring.outbox import insert_outbox, outbox_row
 from touchpulse_shared.db import Conn
 
 
@@ -524,3 +525,25 @@ async def write_webhook_events(conn: Conn, events: Sequence[tuple[str, Intervent
 
 def breach_window_start(events_at: Iterable[datetime], within_days: float) -> datetime:
     return min(events_at) - timedelta(days=within_days)
+
+
+def intervention_record(
+    topic: str, kind: str, intervention: Intervention
+) -> tuple[str, bytes | None, bytes | None, str]:
+    """The ``interventions.v1`` outbox row announcing one lifecycle move."""
+    return outbox_row(
+        topic,
+        intervention.intervention_id.encode(),
+        orjson.dumps({"kind": kind, **intervention_json(intervention)}, option=orjson.OPT_UTC_Z),
+        [("content-type", b"application/json")],
+    )
+
+
+async def record_interventions(
+    conn: Conn, topic: str, moves: Sequence[tuple[str, Intervention]]
+) -> None:
+    """Store lifecycle moves with their webhook and topic announcements, in the caller's
+    transaction: whoever moves an intervention (scoring, the sweep, the api) does all three."""
+    await write_interventions(conn, [iv for _, iv in moves])
+    await write_webhook_events(conn, moves)
+    await insert_outbox(conn, [intervention_record(topic, kind, iv) for kind, iv in moves])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query
 
 from touchpulse_api.context import ApiContext, ContextDep, HealthReader, InterventionWriter
@@ -17,15 +16,12 @@ from touchpulse_scoring.domain import (
     acknowledge,
     resolve,
 )
-from touchpulse_scoring.outbox import insert_outbox, outbox_row
 from touchpulse_scoring.store import (
     intervention_from_row,
     intervention_json,
     lock_customers,
-    write_interventions,
-    write_webhook_events,
+    record_interventions,
 )
-from touchpulse_shared.db import Conn
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/interventions", tags=["interventions"])
@@ -136,26 +132,8 @@ async def _change(
                 str(exc),
                 errors=[{"pointer": f"/{exc.field}", "detail": str(exc), "code": "invalid"}],
             ) from None
-        await _record(conn, context, kind, updated)
+        await record_interventions(conn, context.settings.interventions_topic, [(kind, updated)])
     return _out(updated, health)
-
-
-async def _record(conn: Conn, context: ApiContext, kind: str, intervention: Intervention) -> None:
-    await write_interventions(conn, [intervention])
-    await write_webhook_events(conn, [(kind, intervention)])
-    await insert_outbox(
-        conn,
-        [
-            outbox_row(
-                context.settings.interventions_topic,
-                intervention.intervention_id.encode(),
-                orjson.dumps(
-                    {"kind": kind, **intervention_json(intervention)}, option=orjson.OPT_UTC_Z
-                ),
-                [("content-type", b"application/json")],
-            )
-        ],
-    )
 
 
 @router.post("/{intervention_id}/acknowledge", response_model=InterventionOut)
