@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-api
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,13 +30,16 @@ run: setup ## Start Kafka, PostgreSQL and every service; Ctrl-C stops all of it
 test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 	$(BIN)/python -m pytest
 
-bench: bench-ingest bench-scoring ## Run every benchmark (ingest, then scoring)
+bench: bench-ingest bench-scoring bench-api ## Run every benchmark (ingest, scoring, then the api)
 
 bench-ingest: setup ## Benchmark ingest against Kafka's ProducerPerformance and a bare ASGI route
 	$(BIN)/python -m tests.bench.ingest
 
 bench-scoring: setup ## Benchmark scoring against an asyncpg upsert loop and Kafka's consumer tools
 	$(BIN)/python -m tests.bench.scoring
+
+bench-api: setup ## Benchmark the customer-health read against a bare ASGI route, while the pipeline ingests
+	$(BIN)/python -m tests.bench.api
 
 lint: $(STAMP) ## ruff (format check + lint) and mypy --strict
 	$(BIN)/ruff format --check .

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import gc
 import importlib.metadata
 import itertools
 import math
 import os
 import platform
+import pstats
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -527,6 +531,11 @@ def raw_calls(
     return [bind(c) for c in connections]
 
 
+def ok_requests(status: int, body: bytes) -> int:
+    """Units of work in an answer to a read: one request served (200), or none."""
+    return 1 if status == 200 else 0
+
+
 # --- servers under test ----------------------------------------------------------------------
 
 
@@ -614,6 +623,104 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
         "--log-level",
         "warning",
     ]
+
+
+# --- profiles of servers under test -----------------------------------------------------------
+
+#: Sent to a server run by :func:`serve_profiled`: start profiling, stop and write the profile.
+PROFILE_START = signal.SIGUSR1
+PROFILE_STOP = signal.SIGUSR2
+
+
+def serve_profiled(serve: Callable[[], object], path: Path) -> None:
+    """Run a server's entry point (``serve``) in this process, profiled on request.
+
+    cProfile runs only between :data:`PROFILE_START` and :data:`PROFILE_STOP` (signals sent
+    by the benchmark around a load phase), so start-up and idle time stay out of it; on
+    :data:`PROFILE_STOP` the profile is written to ``path`` (whole: written aside, then
+    renamed). The signals are handled in the main thread, between two Python instructions:
+    promptly under load, within the server's idle tick otherwise. The default (wall) timer:
+    a CPU timer costs a system call per function call and distorts more than it corrects.
+    """
+    profiler = cProfile.Profile()
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        profiler.enable()
+
+    def stop_and_write(signum: int, frame: FrameType | None) -> None:
+        profiler.disable()
+        partial = path.with_name(path.name + ".partial")
+        profiler.dump_stats(partial)
+        partial.replace(path)
+
+    signal.signal(PROFILE_START, start)
+    signal.signal(PROFILE_STOP, stop_and_write)
+    serve()
+
+
+def profile_summary(
+    stats: pstats.Stats,
+    areas: Sequence[tuple[str, str]],
+    *,
+    waiting: Sequence[str] = (),
+    paths: Sequence[tuple[str, str, str]] = (),
+    top: int = 20,
+) -> dict[str, Any]:
+    """Where a profiled process's time went: shares of its own time by area, the cumulative
+    share of chosen call paths, and the top functions by own and by cumulative time.
+
+    ``areas`` are ``(fragment, area)`` pairs, first match wins, matched against a
+    function's file (or, for built-ins, ``"~ <name>"``). ``paths`` are ``(file fragment,
+    function name, label)``: each one's share is the cumulative time of the functions of
+    that name in a matching file (everything they called included). Functions whose name
+    contains one of ``waiting`` (an event loop's poll, which also holds its idle time) are
+    counted apart and left out of the shares.
+    """
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+    raw = stats.stats  # type: ignore[attr-defined]
+
+    def where(key: tuple[str, int, str]) -> str:
+        filename, _, function = key
+        return f"{filename} {function}" if filename == "~" else filename
+
+    def name(key: tuple[str, int, str]) -> str:
+        filename, line, function = key
+        return function if filename == "~" else f"{Path(filename).name}:{line} {function}"
+
+    waited = {k for k in raw if any(w in k[2] for w in waiting)}
+    working = {k: v for k, v in raw.items() if k not in waited}
+    total = sum(v[2] for v in working.values()) or math.nan
+    by_area: dict[str, float] = {}
+    for key, entry in working.items():
+        area = next((a for fragment, a in areas if fragment in where(key)), "other")
+        by_area[area] = by_area.get(area, 0.0) + entry[2]
+
+    def ranked(index: int) -> list[dict[str, Any]]:
+        chosen = sorted(working.items(), key=lambda item: -item[1][index])[:top]
+        return [
+            {
+                "function": name(key),
+                "calls": entry[1],
+                "own_s": entry[2],
+                "cumulative_s": entry[3],
+                "own_share": entry[2] / total,
+                "cumulative_share": entry[3] / total,
+            }
+            for key, entry in chosen
+        ]
+
+    def cumulative(fragment: str, function: str) -> float:
+        found = (v[3] for k, v in working.items() if k[2] == function and fragment in k[0])
+        return sum(found) / total
+
+    return {
+        "own_s": total,
+        "waiting_s": sum(raw[k][2] for k in waited),
+        "paths": {label: cumulative(fragment, function) for fragment, function, label in paths},
+        "areas": dict(sorted(((a, t / total) for a, t in by_area.items()), key=lambda i: -i[1])),
+        "top_own": ranked(2),
+        "top_cumulative": ranked(3),
+    }
 
 
 # --- the record of a run ---------------------------------------------------------------------

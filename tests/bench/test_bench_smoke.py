@@ -1,5 +1,5 @@
-"""``make bench-ingest`` and ``make bench-scoring`` in their quick modes complete and report
-every figure in full.
+"""``make bench-ingest``, ``make bench-scoring`` and ``make bench-api`` in their quick modes
+complete and report every figure in full.
 
 Speed is measured, never asserted: a loaded CI machine must not fail this test. What is
 asserted is the shape of the report: each figure printed with a value, a ceiling and a
@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.bench.api import CPU_COLUMNS as API_CPU_COLUMNS
+from tests.bench.api import FIGURE_KEYS as API_FIGURE_KEYS
 from tests.bench.ingest import FIGURE_KEYS
 from tests.bench.scoring import FIGURE_KEYS as SCORING_FIGURE_KEYS
 
@@ -52,6 +54,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
 @pytest.fixture(scope="module")
 def scoring_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     return _quick("scoring", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    return _quick("api", tmp_path_factory)
 
 
 def _assert_printed(stdout: str, figures: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -195,3 +202,77 @@ def test_scoring_result_file_holds_every_key(scoring_run: tuple[str, dict[str, A
         assert open_loop["latency_db"]["count"] > 0, key
         assert len(open_loop["latency_db_by_quarter"]) == 4, key
         assert open_loop["latency_metric"]["count"] > 0, key
+
+
+def test_api_prints_every_figure_with_a_ceiling_and_a_ratio(
+    api_run: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, result = api_run
+    _assert_printed(stdout, result["figures"], API_FIGURE_KEYS)
+    assert "shares the machine's" in stdout  # the load generator's share is stated
+    # The background load is stated, and so is every process's CPU and the api's memory.
+    assert "background while ingesting (health): 500 events/s offered to ingest" in stdout
+    for what in ("postgres (all)", "load generator", "scoring", "kafka broker", "peak RSS: api"):
+        assert what in stdout, what
+
+
+def test_api_result_file_holds_every_key(api_run: tuple[str, dict[str, Any]]) -> None:
+    _, result = api_run
+    for key in (
+        "benchmark",
+        "mode",
+        "started_at",
+        "finished_at",
+        "machine",
+        "versions",
+        "settings",
+        "state",
+        "answers",
+        "figures",
+        "targets",
+        "cpu",
+        "peak_rss_bytes",
+        "pairs",
+        "open_loop",
+        "notes",
+        "warnings",
+    ):
+        assert key in result, key
+    assert result["benchmark"] == "api"
+    assert result["mode"] == "quick"
+    assert result["machine"]["nproc"]
+    for package in ("python", "fastapi", "starlette", "uvicorn", "asyncpg", "kafka", "postgresql"):
+        assert result["versions"][package], package
+    _assert_complete(result["figures"], API_FIGURE_KEYS)
+    assert result["targets"]["health_p99_ms"]["max"] == 15.0
+    assert isinstance(result["targets"]["health_p99_ms"]["met"], bool)
+    # The pipeline built the state the api reads: health, history, outcomes kept and broken.
+    for count in ("customers", "touchpoint_health", "history", "outcomes", "broken"):
+        assert result["state"][count] > 0, count
+    assert result["answers"]["explanation_items"] > 0
+    assert len(result["pairs"]) == 1
+    for server in ("health", "bare"):
+        assert result["pairs"][0][server]["statuses"] == {
+            "200": result["pairs"][0][server]["requests"]
+        }
+    loops = result["open_loop"]
+    rate = loops["rate_per_s"]
+    assert rate == pytest.approx(0.5 * result["pairs"][0]["health"]["units_per_s"])
+    for key in ("health_ingesting", "bare_ingesting", "health_quiet", "bare_quiet"):
+        assert loops[key]["offered_per_s"] == rate, key
+        assert loops[key]["incomplete"] == 0, key
+        assert loops[key]["latency"]["count"] > 0, key
+    for key in ("health_ingesting_background", "bare_ingesting_background"):
+        background = loops[key]
+        assert background["offered_events_per_s"] > 0, key
+        assert background["acked_events_per_s"] > 0, key
+        assert background["committed_in_window"] > 0, key
+    # The broker's and PostgreSQL's CPU is measured when the run started them.
+    local = {c for c in API_CPU_COLUMNS if c not in {"kafka", "postgres"}}
+    for phase, cpu in result["cpu"].items():
+        assert cpu["unit"] == "request", phase
+        assert local <= set(cpu["us_per_unit"]), phase
+    health = result["cpu"]["health (closed)"]["us_per_unit"]
+    for process in ("api", "loadgen", "postgres"):
+        assert health.get(process, 1.0) > 0, process
+    assert result["peak_rss_bytes"]["api"] > 0
