@@ -10,7 +10,6 @@ for deadlines that passed with no event.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -587,7 +586,3 @@ def _dead(record: Any, reason: str, detail: str) -> DeadLetter:
         reason=reason,
         detail=detail,
     )
-
-
-def finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if math.isfinite(v)]
