@@ -70,17 +70,24 @@ def run() -> None:
 
 @stack_app.command("fetch")
 def stack_fetch() -> None:
-    """Fetch (once) and cache the Kafka jars from Maven Central."""
+    """Fetch (once) and cache the Kafka jars from Maven Central and Prometheus from Debian."""
+    # Imported here so the other commands do not load the fetch code they never use.
+    from touchpulse_shared.stack.prometheus import prometheus_tools  # noqa: PLC0415
+
     settings = _settings()
-    if settings.kafka_bootstrap_servers is not None:
-        typer.echo("Kafka is configured; no jars needed.")
-        return
     try:
-        libs = kafka_libs(settings.cache_dir, settings.kafka_version)
+        if settings.kafka_bootstrap_servers is not None:
+            typer.echo("Kafka is configured; no jars needed.")
+        else:
+            libs = kafka_libs(settings.cache_dir, settings.kafka_version)
+            typer.echo(f"Apache Kafka {settings.kafka_version} jars: {libs}")
+        # Always fetched: the rule checks and their tests need promtool even with a real Kafka.
+        tools = prometheus_tools(settings.cache_dir)
     except StackError as exc:
         typer.echo(f"touchpulse: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"Apache Kafka {settings.kafka_version} jars: {libs}")
+    typer.echo(f"Prometheus {tools.version}: {tools.prometheus}")
+    typer.echo(f"promtool {tools.version}: {tools.promtool}")
 
 
 @app.command()
