@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     scoring_sweep_interval_s: float = Field(
         1.0, gt=0, description="how often expired deadlines are looked for"
     )
+    scoring_state_metrics_interval_s: float = Field(
+        15.0,
+        gt=0,
+        description="how often health-by-segment and intervention-queue gauges are read "
+        "from PostgreSQL",
+    )
     scoring_stuck_after_s: float = Field(
         60.0, gt=0, description="/healthz fails when the consumer loop made no progress this long"
     )

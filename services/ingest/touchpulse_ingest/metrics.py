@@ -6,9 +6,9 @@ set, and touchpoints — which clients choose — are capped (see :class:`Bounde
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from touchpulse_shared.metrics import BoundedLabel
 
 # Produce acknowledgements take ~1-20 ms on a healthy loopback broker; the top buckets catch
 # the slow tail up to the 503 bound.
@@ -16,28 +16,6 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # One event is ~250 B; a full batch of 1,000 is ~250 kB; the body limit is 5 MiB.
 _SIZE_BUCKETS = (256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304)
 _BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 250, 500, 1000, 5000)
-
-
-class BoundedLabel:
-    """Passes the first ``limit`` distinct values through, then says ``other``.
-
-    Touchpoint names come from clients; without a cap a client could create unbounded
-    time series.
-    """
-
-    def __init__(self, limit: int = 64) -> None:
-        self._seen: set[str] = set()
-        self._limit = limit
-        self._lock = threading.Lock()
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen:
-            return value
-        with self._lock:
-            if len(self._seen) < self._limit:
-                self._seen.add(value)
-                return value
-        return "other"
 
 
 class IngestMetrics:

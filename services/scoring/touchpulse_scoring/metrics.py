@@ -1,12 +1,16 @@
 """Every metric scoring exports, in one place, on an injected registry.
 
-Labels are bounded: touchpoints and promises come from the catalogue (a closed set), and
-dead-letter reasons from a fixed list; never a customer id.
+Labels are bounded: touchpoints and promises come from the catalogue (a closed set),
+dead-letter reasons from a fixed list, segments (from CRM profiles) are capped; never a
+customer id.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from touchpulse_scoring.state_figures import StateFigures
+from touchpulse_shared.metrics import BoundedLabel
 
 # Event-to-health: ingest receipt to the commit that applied the event. Healthy is tens of
 # milliseconds; the top buckets show backlogs.
@@ -90,9 +94,81 @@ class ScoringMetrics:
             "Records published from the outbox (health, interventions, dead letters)",
             registry=registry,
         )
+        # State gauges: refreshed from PostgreSQL on a timer (see state_figures.py). Every
+        # instance reports the same values; aggregate them with max, never sum.
+        self.segment = BoundedLabel(limit=32)
+        self.health_customers = Gauge(
+            "touchpulse_journey_health_customers",
+            "Customers by segment and journey-health band (red, amber, green; none: unscored)",
+            ["segment", "band"],
+            registry=registry,
+        )
+        self.health_by_score = Gauge(
+            "touchpulse_journey_health_score_range_customers",
+            "Scored customers by segment and ten-point journey-health range (0-10 … 90-100)",
+            ["segment", "range"],
+            registry=registry,
+        )
+        self.health_mean = Gauge(
+            "touchpulse_journey_health_score_mean",
+            "Mean journey health (0-100) of the scored customers of a segment",
+            ["segment"],
+            registry=registry,
+        )
+        self.interventions_current = Gauge(
+            "touchpulse_interventions_current",
+            "Interventions now open or acknowledged",
+            ["state"],
+            registry=registry,
+        )
+        self.interventions_overdue = Gauge(
+            "touchpulse_interventions_unacknowledged_overdue",
+            "Open interventions nobody acknowledged within the policy's acknowledge_within_hours",
+            registry=registry,
+        )
+        self.interventions_oldest_unacknowledged = Gauge(
+            "touchpulse_interventions_oldest_unacknowledged_age_seconds",
+            "Age of the oldest open, unacknowledged intervention (0 when none)",
+            registry=registry,
+        )
+        self.state_refreshed = Gauge(
+            "touchpulse_scoring_state_refresh_timestamp_seconds",
+            "When the state gauges were last read from PostgreSQL (Unix time)",
+            registry=registry,
+        )
         self.catalogue_info = Gauge(
             "touchpulse_scoring_catalogue_info",
             "The promise catalogue in effect (value 1, version as a label)",
             ["version"],
             registry=registry,
         )
+
+    def set_state(self, figures: StateFigures, *, at: float) -> None:
+        """Replace the state gauges; labels that vanished (a segment emptied) go too.
+
+        Clear and set run with no await between them, so a scrape on this event loop never
+        sees the gauges half-written.
+        """
+        self.health_customers.clear()
+        for (segment, band), customers in figures.customers.items():
+            self.health_customers.labels(self.segment(segment), band).inc(customers)
+        self.health_by_score.clear()
+        for (segment, score_range), customers in figures.by_score.items():
+            self.health_by_score.labels(self.segment(segment), score_range).inc(customers)
+        self.health_mean.clear()
+        for segment, mean in figures.mean_score.items():
+            # Segments folded into "other" would overwrite each other's means; skip them.
+            if self.segment(segment) == segment:
+                self.health_mean.labels(segment).set(mean)
+        for state, count in figures.interventions.items():
+            self.interventions_current.labels(state).set(count)
+        self.interventions_overdue.set(figures.overdue)
+        self.interventions_oldest_unacknowledged.set(figures.oldest_unacknowledged_s)
+        self.state_refreshed.set(at)
+
+    def set_lag(self, lag: dict[int, int]) -> None:
+        """Replace the per-partition lag: partitions moved to another instance drop out, so
+        a sum across instances never counts a partition twice or keeps a stale figure."""
+        self.consumer_lag.clear()
+        for partition, records in lag.items():
+            self.consumer_lag.labels(str(partition)).set(records)

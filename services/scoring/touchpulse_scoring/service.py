@@ -33,6 +33,7 @@ from touchpulse_scoring.engine import (
 )
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
+from touchpulse_scoring.state_figures import read_state_figures
 from touchpulse_shared.db import Conn
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.settings import Settings
@@ -130,6 +131,11 @@ class ScoringService:
             ),
             asyncio.create_task(self._every(LAG_INTERVAL_S, lambda: self._lag(consumer))),
             asyncio.create_task(self._every(CATALOGUE_CHECK_S, self._reload)),
+            asyncio.create_task(
+                self._every(
+                    self.settings.scoring_state_metrics_interval_s, lambda: self._state(pool)
+                )
+            ),
         ]
         try:
             await runner.run(self.stopping)
@@ -213,12 +219,21 @@ class ScoringService:
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> bool:
         assigned = list(consumer.assignment())
-        if not assigned:
-            return False
-        ends = await consumer.end_offsets(assigned)
-        for tp in assigned:
-            position = await consumer.position(tp)
-            self.metrics.consumer_lag.labels(str(tp.partition)).set(max(ends[tp] - position, 0))
+        lag: dict[int, int] = {}
+        if assigned:
+            ends = await consumer.end_offsets(assigned)
+            for tp in assigned:
+                position = await consumer.position(tp)
+                lag[tp.partition] = max(ends[tp] - position, 0)
+        self.metrics.set_lag(lag)
+        return False
+
+    async def _state(self, pool: asyncpg.Pool) -> bool:
+        async with pool.acquire() as conn:
+            figures = await read_state_figures(
+                conn, now=self.engine.clock(), policy=self.catalogue().policy.interventions
+            )
+        self.metrics.set_state(figures, at=time.time())
         return False
 
     async def _reload(self) -> bool:

@@ -58,9 +58,21 @@ class InterventionPolicy(BaseModel):
     recovery_margin: Annotated[float, Field(ge=0, le=100)] = 10.0
     cooldown_days: Annotated[float, Field(ge=0, le=3650)] = 7.0
     repeat_breaches: RepeatBreaches = Field(default_factory=RepeatBreaches)
+    # The service level for taking ownership: past it an open case is overdue (a metric and
+    # an alert), long before it would expire unowned.
+    acknowledge_within_hours: Annotated[float, Field(gt=0, le=24 * 3650)] = 24.0
     expire_unacknowledged_days: Days = 14.0
     follow_up_days: Days = 14.0
     critical_priority_floor: Annotated[float, Field(gt=0, le=1000)] = 10.0
+
+    @model_validator(mode="after")
+    def _acknowledge_before_expiry(self) -> InterventionPolicy:
+        if self.acknowledge_within_hours >= self.expire_unacknowledged_days * 24:
+            raise PydanticCustomError(
+                "acknowledge_after_expiry",
+                "acknowledge_within_hours must be shorter than expire_unacknowledged_days",
+            )
+        return self
 
     def threshold_for(self, *, is_new: bool) -> float:
         return self.new_customer_threshold if is_new else self.threshold
