@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import asyncpg
+import httpx
 import typer
 
 from touchpulse_shared.auth import (
@@ -88,6 +89,52 @@ def stack_fetch() -> None:
         raise typer.Exit(1) from None
     typer.echo(f"Prometheus {tools.version}: {tools.prometheus}")
     typer.echo(f"promtool {tools.version}: {tools.promtool}")
+
+
+@app.command()
+def simulate(
+    *,
+    ingest_url: Annotated[
+        str | None, typer.Option(help="ingest's base URL; default: this machine's ingest")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="events:write key (or TOUCHPULSE_SIMULATOR_API_KEY)")
+    ] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="events per second offered")] = 20.0,
+    seed: Annotated[int, typer.Option(help="same seed, same events")] = 1,
+    customers: Annotated[int, typer.Option(min=1)] = 200,
+    breach_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.15,
+    duration: Annotated[
+        float | None, typer.Option(help="seconds to run; default: until Ctrl-C")
+    ] = None,
+) -> None:
+    """Post synthetic customer journeys through the real ingest API at a paced rate."""
+    # Imported here: only this command needs the HTTP client and the generator.
+    from touchpulse_shared.simulator import (  # noqa: PLC0415
+        Simulator,
+        SimulatorConfig,
+        post_paced,
+    )
+
+    settings = _settings()
+    key = api_key or settings.simulator_api_key
+    if not key:
+        typer.echo("touchpulse: give --api-key or set TOUCHPULSE_SIMULATOR_API_KEY", err=True)
+        raise typer.Exit(2)
+    url = ingest_url or f"http://{settings.host}:{settings.ingest_port}"
+    config = SimulatorConfig(seed=seed, customers=customers, breach_rate=breach_rate)
+    simulator = Simulator(config, start=datetime.now(UTC))
+
+    async def _run() -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
+            sent = await post_paced(client, simulator, rate=rate, duration_s=duration)
+        typer.echo(
+            f"posted {sent.posted}: accepted {sent.accepted}, rejected {sent.rejected}, "
+            f"unavailable {sent.unavailable}; answers {dict(sent.statuses)}"
+        )
+
+    asyncio.run(_run())
 
 
 @app.command()

@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         "(local testing only)",
     )
 
+    # --- simulator ---------------------------------------------------------------------
+    simulator_api_key: str | None = Field(
+        default=None,
+        description="events:write key the simulator posts with (touchpulse simulate)",
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_list(cls, value: str | None) -> str | None:
