@@ -419,7 +419,7 @@ def create_app(
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def prometheus(ingest: IngestDep) -> Response:
         ingest.metrics.producer_ready.set(1 if ingest.producer.ready else 0)
-        ingest.metrics.producer_replacements.set(ingest.producer.replacements)
+        ingest.metrics.producer_replaced(ingest.producer.replacements)
         return Response(generate_latest(ingest.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     install_problem_handlers(app)

@@ -72,11 +72,18 @@ class IngestMetrics:
             "1 while a Kafka producer is connected and alive",
             registry=registry,
         )
-        self.producer_replacements = Gauge(
-            "touchpulse_ingest_producer_replacements",
-            "Producers replaced after a fatal error since start",
+        self.producer_replacements = Counter(
+            "touchpulse_ingest_producer_replacements_total",
+            "Producers replaced after a fatal error",
             registry=registry,
         )
+        self._replacements_seen = 0
+
+    def producer_replaced(self, total: int) -> None:
+        """Advance the counter to the producer supervisor's running total."""
+        if total > self._replacements_seen:
+            self.producer_replacements.inc(total - self._replacements_seen)
+            self._replacements_seen = total
 
     def rejected(self, reason: str, touchpoint: str | None) -> None:
         label = self.touchpoint(touchpoint) if touchpoint else "unknown"

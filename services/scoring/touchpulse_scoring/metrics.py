@@ -24,7 +24,7 @@ class ScoringMetrics:
         self.registry = registry
         self.events = Counter(
             "touchpulse_scoring_events_total",
-            "Records consumed, by result (applied, duplicate, dead_letter)",
+            "Records consumed, by result (applied, duplicate, erased, dead_letter)",
             ["result"],
             registry=registry,
         )
