@@ -238,6 +238,7 @@ def test_state_gauges_are_aggregated_with_max() -> None:
     gauges = (
         "touchpulse_journey_health_customers",
         "touchpulse_journey_health_score_mean",
+        "touchpulse_journey_health_score_range_customers",
         "touchpulse_interventions_current",
         "touchpulse_interventions_unacknowledged_overdue",
         "touchpulse_interventions_oldest_unacknowledged_age_seconds",
