@@ -23,7 +23,8 @@ can run it against a real Prometheus or PostgreSQL:
   ``$__timeFilter(col)`` → ``col BETWEEN '<start>' AND '<end>'`` (RFC 3339, UTC),
   ``$__timeFrom()`` / ``$__timeTo()`` → ``'<start>'`` / ``'<end>'``,
   ``$__timeGroup(col, '1h'[, fill])`` → ``floor(extract(epoch from col)/3600)*3600`` and
-  ``$__timeGroupAlias(...)`` → the same with `` AS "time"``.
+  ``$__timeGroupAlias(...)`` → the same with `` AS "time"`` (as is a ``$__timeGroup(...)``
+  directly followed by a comma, Grafana's compatibility rule).
 - A panel's relative-time override (``timeFrom``, e.g. ``"90d"``) moves ``start`` to
   ``end - timeFrom`` and ``$__range`` to that span, as Grafana does.
 
@@ -222,7 +223,12 @@ def _expand_sql_macros(query: str, ctx: _Context) -> str:
     while match := _MACRO.search(query, pos):
         out.append(query[pos : match.start()])
         args, pos = _macro_args(query, match.end() - 1)
-        out.append(_sql_macro(match["name"], args, ctx))
+        name = match["name"]
+        # Grafana's pre-5.3 compatibility: $__timeGroup(...) directly followed by a comma is
+        # taken as $__timeGroupAlias.
+        if name == "timeGroup" and query[pos : pos + 1] == ",":
+            name = "timeGroupAlias"
+        out.append(_sql_macro(name, args, ctx))
     out.append(query[pos:])
     return "".join(out)
 

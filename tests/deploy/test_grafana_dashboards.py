@@ -461,14 +461,16 @@ def test_postgres_all_is_the_variables_query_or_the_quoted_values() -> None:
 
 def test_sql_time_macros_expand_as_grafana_writes_them() -> None:
     sql = (
-        "SELECT $__timeGroupAlias(i.opened_at, '1h'), $__timeGroup(at, '5m', 0) "
+        "SELECT $__timeGroupAlias(i.opened_at, '1h'), $__timeGroup(at, '5m', 0) , "
+        "$__timeGroup(at, '30s'), 1 "
         "FROM t WHERE $__timeFilter(i.opened_at) AND x > $__timeFrom() AND x < $__timeTo()"
     )
     board = _board([_pg_panel("t", sql)], [])
     (query,) = _expanded(board)
     assert query.query == (
         'SELECT floor(extract(epoch from i.opened_at)/3600)*3600 AS "time", '
-        "floor(extract(epoch from at)/300)*300 "
+        "floor(extract(epoch from at)/300)*300 , "
+        'floor(extract(epoch from at)/30)*30 AS "time", 1 '
         "FROM t WHERE i.opened_at BETWEEN '2026-03-01T06:00:00Z' AND '2026-03-01T12:00:00Z' "
         "AND x > '2026-03-01T06:00:00Z' AND x < '2026-03-01T12:00:00Z'"
     )
