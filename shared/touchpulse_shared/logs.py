@@ -33,3 +33,6 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
     # aiokafka logs every reconnect attempt at INFO/WARNING; the services report state.
     logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
+    # httpx logs every request at INFO: the simulator and make run's live view would drown
+    # the output in their own polling.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
         Path(".touchpulse"), description="per-run data and logs of the local stack (git-ignored)"
     )
 
+    run_demo_rate: float = Field(
+        20.0,
+        ge=0,
+        le=10_000,
+        description="events per second the simulator posts under `touchpulse run` (0: none)",
+    )
+    run_live_interval_s: float = Field(
+        5.0, ge=0, description="how often `touchpulse run` prints its live view (0: never)"
+    )
+
     # --- process -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -32,7 +32,7 @@ READY_LINE = "Ctrl-C stops everything."
 
 
 class Runner:
-    def __init__(self) -> None:
+    def __init__(self, **settings: str) -> None:
         # A run of its own: local servers, and service ports nobody else uses.
         env = {
             k: v
@@ -50,6 +50,7 @@ class Runner:
             "TOUCHPULSE_SCORING_METRICS_PORT",
         ):
             env[setting] = str(free_port())
+        env.update(settings)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "touchpulse_shared.cli", "run"],
             stdout=subprocess.PIPE,

@@ -1,31 +1,42 @@
 """``touchpulse run``: the whole system on this machine, until Ctrl-C or SIGTERM.
 
 Start order: Kafka and PostgreSQL (unless configured) → migrations and topics → each
-service, waiting for its readiness → a demo API key. Stop order is the reverse, so no
-service ever runs without its dependencies.
+service, waiting for its readiness → demo API keys → the simulator posting demo traffic
+through ingest. Stop order is the reverse, so no service ever runs without its
+dependencies. While it runs, a live view (events per second, the health distribution, the
+weakest touchpoints, the newest interventions with their gaps) is printed every
+``TOUCHPULSE_RUN_LIVE_INTERVAL_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 import asyncpg
+import httpx
 
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.kafka.topics import topic_specs
 from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import Settings, env_name
+from touchpulse_shared.stack.live import Snapshot, read_snapshot, render
 from touchpulse_shared.stack.local import Endpoint, LocalStack
-from touchpulse_shared.stack.procs import StackError
-from touchpulse_shared.stack.services import SERVICES, RunningService
+from touchpulse_shared.stack.procs import StackError, spawn, stop
+from touchpulse_shared.stack.services import SERVICES, RunningService, settings_env
 
 READY_LINE = "Ctrl-C stops everything."
 DEMO_SOURCE = "demo"
+SIMULATOR_SOURCE = "simulator"
 
 
 class UnexpectedExit(StackError):
@@ -42,6 +53,7 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     services: list[RunningService] = []
+    simulator: subprocess.Popen[bytes] | None = None
     with LocalStack(settings) as stack:
         try:
             kafka, postgres = stack.kafka(), stack.postgres()
@@ -53,7 +65,7 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
                 service = RunningService(spec, resolved, stack.workdir)
                 services.append(service)
                 service.start()
-            demo_key, crm_key = asyncio.run(_demo_keys(postgres.address))
+            demo_key, crm_key, simulator_key = asyncio.run(_demo_keys(postgres.address))
             env_file = stack.workdir.parent.parent / "current.env"
             env_file.write_text(
                 f"{env_name('kafka_bootstrap_servers')}={kafka.address}\n"
@@ -72,11 +84,26 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
             )
             echo(f"  logs       {stack.workdir}")
             echo(f"  env        {env_file} (source it to reach this stack from another shell)")
+            urls = {s.spec.name: s.url for s in services}
+            if resolved.run_demo_rate > 0 and not stopping.is_set():
+                simulator = _start_simulator(resolved, stack.workdir, urls, simulator_key)
+                echo(
+                    f"  simulator  {resolved.run_demo_rate:g} events/s of demo journeys "
+                    f"(pid {simulator.pid}, log {stack.workdir / 'simulator.log'})"
+                )
             echo(READY_LINE)
-            while not stopping.wait(0.5):
-                _check_alive(kafka, postgres, services)
+            _watch(
+                resolved,
+                stopping,
+                echo,
+                urls=urls,
+                crm_key=crm_key,
+                check_alive=lambda: _check_alive(kafka, postgres, services),
+            )
             echo("Stopping…")
         finally:
+            if simulator is not None:
+                stop(simulator, sig=signal.SIGTERM, timeout=10)
             for service in reversed(services):
                 service.stop()
     echo("Stopped.")
@@ -99,8 +126,61 @@ def _check_alive(kafka: Endpoint, postgres: Endpoint, services: list[RunningServ
             raise UnexpectedExit(f"the {service.spec.name} service exited; see {service.log_path}")
 
 
-async def _demo_keys(database_url: str) -> tuple[str, str]:
-    """A key to post demo events with, and one to read and act with in the api."""
+def _start_simulator(
+    settings: Settings, workdir: Path, urls: dict[str, str], key: str
+) -> subprocess.Popen[bytes]:
+    """The simulator as its own process, posting through ingest as any touchpoint would."""
+    argv = [
+        sys.executable,
+        "-m",
+        "touchpulse_shared.cli",
+        "simulate",
+        "--ingest-url",
+        urls["ingest"],
+        "--rate",
+        str(settings.run_demo_rate),
+    ]
+    env = {**os.environ, **settings_env(settings), env_name("simulator_api_key"): key}
+    return spawn(argv, log_path=workdir / "simulator.log", env=env)
+
+
+def _watch(
+    settings: Settings,
+    stopping: threading.Event,
+    echo: Callable[[str], None],
+    *,
+    urls: dict[str, str],
+    crm_key: str,
+    check_alive: Callable[[], None],
+) -> None:
+    """Until told to stop: check every process, and print the live view now and then."""
+    previous: Snapshot | None = None
+    next_view = time.monotonic() + settings.run_live_interval_s
+    with httpx.Client(timeout=2.0) as client:
+        while not stopping.wait(0.5):
+            check_alive()
+            if settings.run_live_interval_s <= 0 or time.monotonic() < next_view:
+                continue
+            next_view = time.monotonic() + settings.run_live_interval_s
+            try:
+                current = read_snapshot(
+                    client,
+                    ingest=urls["ingest"],
+                    scoring=urls["scoring"],
+                    api=urls["api"],
+                    crm_key=crm_key,
+                    at=time.monotonic(),
+                )
+            except (httpx.HTTPError, KeyError, ValueError):
+                # A busy or restarting service skips one view; the liveness check decides.
+                continue
+            echo(render(previous, current))
+            previous = current
+
+
+async def _demo_keys(database_url: str) -> tuple[str, str, str]:
+    """Keys to post demo events with (by hand and from the simulator), and one to read and
+    act with in the api."""
     conn = await asyncpg.connect(database_url)
     try:
         events, _ = await create_key(
@@ -116,7 +196,14 @@ async def _demo_keys(database_url: str) -> tuple[str, str]:
             scopes=[Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN],
             now=datetime.now(UTC),
         )
-        return events, crm
+        simulator, _ = await create_key(
+            conn,
+            name="make run simulator",
+            scopes=[Scope.EVENTS_WRITE],
+            source=SIMULATOR_SOURCE,
+            now=datetime.now(UTC),
+        )
+        return events, crm, simulator
     finally:
         await conn.close()
 

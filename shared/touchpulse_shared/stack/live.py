@@ -1,0 +1,154 @@
+"""The live view of ``make run``: what the running system is doing, read the way its users
+read it — the services' ``/metrics`` (as Prometheus would) and the api (as a CRM would).
+
+Reading (:func:`read_snapshot`) is separate from rendering (:func:`render`), which is pure:
+two snapshots in, text out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+BANDS = ("red", "amber", "green")
+# A read of the live figures must never hold up the runner's loop for long.
+READ_TIMEOUT_S = 3.0
+NEWEST_INTERVENTIONS = 3
+WEAKEST_TOUCHPOINTS = 3
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float
+    accepted: float = 0.0
+    rejected: float = 0.0
+    scored: float = 0.0
+    #: band -> customers (all segments)
+    bands: dict[str, float] = field(default_factory=dict)
+    #: segment -> mean journey health
+    segment_means: dict[str, float] = field(default_factory=dict)
+    #: touchpoint -> (broken, judged) outcomes since start
+    outcomes: dict[str, tuple[float, float]] = field(default_factory=dict)
+    open_interventions: float = 0.0
+    #: the newest interventions, as the api returns them
+    newest: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def read_snapshot(
+    client: httpx.Client, *, ingest: str, scoring: str, api: str, crm_key: str, at: float
+) -> Snapshot:
+    """Raises :class:`httpx.HTTPError` when a service does not answer; the caller skips."""
+    accepted = rejected = scored = open_now = 0.0
+    bands: dict[str, float] = defaultdict(float)
+    means: dict[str, float] = {}
+    broken: dict[str, float] = defaultdict(float)
+    judged: dict[str, float] = defaultdict(float)
+    for name, _labels, value in _samples(client.get(f"{ingest}/metrics").text):
+        if name == "touchpulse_ingest_events_accepted_total":
+            accepted += value
+        elif name == "touchpulse_ingest_events_rejected_total":
+            rejected += value
+    for name, labels, value in _samples(client.get(f"{scoring}/metrics").text):
+        if name == "touchpulse_scoring_events_total" and labels.get("result") == "applied":
+            scored += value
+        elif name == "touchpulse_journey_health_customers" and labels["band"] in BANDS:
+            bands[labels["band"]] += value
+        elif name == "touchpulse_journey_health_score_mean":
+            means[labels["segment"]] = value
+        elif name == "touchpulse_scoring_outcomes_total":
+            judged[labels["touchpoint"]] += value
+            if labels["result"] == "broken":
+                broken[labels["touchpoint"]] += value
+        elif name == "touchpulse_interventions_current" and labels["state"] == "open":
+            open_now = value
+    page = client.get(
+        f"{api}/v1/interventions",
+        params={"state": "open", "limit": 200},
+        headers={"Authorization": f"Bearer {crm_key}"},
+    )
+    page.raise_for_status()
+    items: list[dict[str, Any]] = page.json()["items"]
+    newest = sorted(items, key=lambda i: str(i["opened_at"]), reverse=True)[:NEWEST_INTERVENTIONS]
+    return Snapshot(
+        at=at,
+        accepted=accepted,
+        rejected=rejected,
+        scored=scored,
+        bands=dict(bands),
+        segment_means=means,
+        outcomes={t: (broken[t], judged[t]) for t in judged},
+        open_interventions=open_now,
+        newest=newest,
+    )
+
+
+def _gap(gap: dict[str, Any]) -> str:
+    expected = gap["expected"]
+    actual = "never came" if gap["actual"] is None else _number(gap["actual"])
+    return (
+        f"{gap['promise_id']}: expected {expected['unit']} {expected['op']} "
+        f"{_number(expected['target'])}, actual {actual}"
+    )
+
+
+def _number(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def render(previous: Snapshot | None, current: Snapshot) -> str:
+    """One block of the live view; rates are taken between the two snapshots."""
+    lines = ["── live " + "─" * 62]
+    if previous is not None and current.at > previous.at:
+        span = current.at - previous.at
+        rate_in = (current.accepted - previous.accepted) / span
+        rate_scored = (current.scored - previous.scored) / span
+        rate_bad = (current.rejected - previous.rejected) / span
+        lines.append(
+            f"  events/s   {rate_in:7.1f} accepted  {rate_scored:7.1f} scored  "
+            f"{rate_bad:5.1f} rejected   (total accepted {current.accepted:,.0f})"
+        )
+    else:
+        lines.append(f"  events     {current.accepted:,.0f} accepted, {current.scored:,.0f} scored")
+    scored = sum(current.bands.values())
+    if scored:
+        counts = {band: current.bands.get(band, 0.0) for band in BANDS}
+        shares = "  ".join(f"{b} {n:,.0f} ({100 * n / scored:.0f}%)" for b, n in counts.items())
+        means = ", ".join(f"{s} {m:.0f}" for s, m in sorted(current.segment_means.items()))
+        lines.append(f"  health     {shares}   mean by segment: {means}")
+    else:
+        lines.append("  health     no customer scored yet")
+    ranked = sorted(
+        ((b / n, t, n) for t, (b, n) in current.outcomes.items() if n),
+        reverse=True,
+    )[:WEAKEST_TOUCHPOINTS]
+    if ranked:
+        lines.append(
+            "  weakest    "
+            + ", ".join(f"{t} {100 * share:.0f}% broken of {n:,.0f}" for share, t, n in ranked)
+        )
+    lines.append(f"  open interventions {current.open_interventions:,.0f}; newest:")
+    for item in current.newest:
+        health = item.get("health_at_open")
+        shown = "no score" if health is None else f"health {health:.0f}"
+        lines.append(f"    {item['customer_id']}  ({shown}, priority {item['priority']:.1f})")
+        for gap in item.get("gaps", [])[:2]:
+            lines.append(f"      - {_gap(gap)}")
+    if not current.newest:
+        lines.append("    none yet")
+    return "\n".join(lines)
