@@ -1,199 +1,888 @@
-"""Synthetic touchpoint traffic posted through the real ingest API.
+"""Synthetic customers and their journeys, posted through the real ingest API.
 
-Customers of two segments meet the company at every touchpoint the default catalogue
-knows; each contact keeps or breaks its promise with a configurable probability, orders open
-delivery deadlines that are met or missed, and a small share of events is malformed on
-purpose (they must come back as per-item 422s and never reach Kafka).
+**Customers.** ``customers`` synthetic customers, ``sim-<seed>-c<index>``, each with a
+profile derived from the seed and the index alone: a segment (standard, premium,
+business), ``customer_since`` (about a quarter joined within the last 90 days, the rest
+long ago), a value and a reach. :meth:`Simulator.profiles` lists them and
+:func:`post_profiles` PUTs them through the api, so scoring applies the segment terms the
+simulator planned with.
 
-Determinism: the events are a pure function of the seed, the customer count, the rates and
-the start time; ``occurred_at`` is measured back from the start time, so the same seed and
-start give byte-identical events. Pacing and posting are separate from generation.
+**Journeys.** Each journey belongs to one customer and is a small state machine that emits
+its events in order on a simulated clock:
+
+- an order: sometimes a ``quote.sent`` first; ``order.placed`` → ``delivery.promised``
+  (attribute ``due_at``, the promised slot) → ``delivery.completed`` on time, late, or
+  never (nothing is sent: the deadline sweep records the breach by absence), or on time but
+  damaged or incomplete → ``invoice.issued`` (correct or not, on time or not) → sometimes
+  ``payment.captured`` → sometimes a call (``call.transferred`` through the switchboard,
+  then ``call.answered`` with its wait), far more often when something went wrong →
+  sometimes ``complaint.received`` → ``complaint.acknowledged`` (in time, late or never) →
+  ``case.resolved`` → sometimes a message → ``survey.answered`` whose csat and nps follow
+  how the journey went (no broken promise: 4-5; one: 3-4; more, or never delivered: 1-2,
+  a critical breach);
+- a web session (``page.viewed``…, sometimes ``checkout.submitted``), an app session
+  (``screen.loaded``…, ``session.ended``), a call about something else, an e-mail answered,
+  a sales quote, a notice of changed terms, or a relationship survey.
+
+Every measured event keeps or breaks its promise with the touchpoint's breach rate
+(``breach_rates``, else ``breach_rate``); an :class:`Incident` raises that rate for one
+touchpoint during a window of the simulated clock (a delivery depot failing for an hour:
+the deliveries due in that hour are late or never come). Kept values meet even premium
+terms; broken ones break even standard terms.
+
+**Time.** Simulated time is real time: ``start`` plus the seconds of the simulated clock,
+so a run that posts at the timeline's own pace (``rate``: :func:`post_paced` with the same
+rate as ``SimulatorConfig.rate``, as the CLI does) posts every live event at the moment it
+says it happened. Journeys are compressed around deadlines instead of the clock:
+
+- ``order.placed`` is back-dated so that its delivery clock (48 h, 24 h for premium)
+  runs out ``deadline_window_s`` (default 60 s) after the order is posted, and
+  ``delivery.promised`` (back-dated a few hours after the order) promises a slot ending a
+  little earlier (``due_at`` = 0.9 of the window). An on-time delivery is posted within the
+  window, stamped when it is posted; a never-delivered order's clocks run out in front of
+  the viewer. A late delivery is back-dated further by its lateness (2-36 h), so its clock
+  has already run out when the order arrives (the sweep records the breach at once), and
+  the delivery, posted a little after the window, then records the real gap in hours.
+- ``complaint.received`` is back-dated the same way for its 24 h (premium: 4 h)
+  acknowledgement clock; ``quote.sent`` and ``delivery.promised`` are back-dated into the
+  order's past. Everything else is stamped when it is due to be posted.
+
+So a few minutes of a run show orders, on-time and late deliveries, never-delivered ones,
+invoices, calls, complaints and surveys; the first ``deadline_window_s`` is a warm-up with
+orders but no deliveries yet. No event is dated more than about four days back, far inside
+ingest's 90 days, and none is in the future at its due time. Posting faster than the
+timeline (``post_paced`` with a higher rate) runs the clock faster: events get ahead of the
+wall clock, so :func:`post_paced` holds a batch whose newest event would be more than
+``max_lead_s`` (10 minutes, inside ingest's 15 minutes of allowed skew) ahead.
+
+**Sends.** A small share of events is posted out of order (after a later event of the same
+journey; never a deadline's opening or fulfilling event, which scoring would take for a
+broken promise by design), a small share is posted twice (the same dict, event id and all:
+a retry that scoring deduplicates), and ``bad_rate`` of the posted items are malformed on
+purpose, of several kinds (:data:`BAD_KINDS`), each failing the contract so ingest refuses
+it with a per-item 422.
+
+**Determinism.** Events are a pure function of the configuration, the seed and the start
+time; event ids carry the seed and the start (``sim-<seed>-<start>-…``), so two runs with
+different starts never collide in scoring's deduplication. Generation is a stream:
+``events(a) + events(b) == events(a + b)``, so batch sizes and pacing never change what is
+sent. Separate random streams drive the journeys, the malformed events and the send
+effects, so the good events do not change with ``bad_rate``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, Literal
 
 import httpx
+import orjson
 
 Event = dict[str, Any]
+Format = Literal["native", "cloudevents"]
+
+HOUR: Final = 3600.0
+
+#: Kinds of malformed events, each refused by the contract (and so by ingest, with 422).
+BAD_KINDS: Final = (
+    "missing_field",
+    "bad_timestamp",
+    "naive_timestamp",
+    "wrong_measure_type",
+    "bad_touchpoint",
+    "bad_type",
+    "bad_identifier",
+    "unknown_field",
+)
+
+#: The touchpoint of every event type the simulator sends.
+TOUCHPOINTS: Final[dict[str, str]] = {
+    "quote.sent": "sales",
+    "order.placed": "sales",
+    "delivery.promised": "delivery",
+    "delivery.completed": "delivery",
+    "invoice.issued": "billing",
+    "payment.captured": "billing",
+    "call.transferred": "switchboard",
+    "call.answered": "call_centre",
+    "complaint.received": "customer_service",
+    "complaint.acknowledged": "customer_service",
+    "case.resolved": "customer_service",
+    "message.answered": "communication",
+    "change.notified": "communication",
+    "survey.answered": "survey",
+    "page.viewed": "web",
+    "checkout.submitted": "web",
+    "screen.loaded": "app",
+    "session.ended": "app",
+}
+
+#: Events that open or stop a deadline clock: never sent out of order (see the docstring).
+DEADLINE_EVENTS: Final = frozenset(
+    {
+        "order.placed",
+        "delivery.promised",
+        "delivery.completed",
+        "complaint.received",
+        "complaint.acknowledged",
+    }
+)
+
+# Journey kinds and how often each starts.
+_KINDS: Final = ("order", "web", "app", "call", "message", "quote", "change", "survey")
+_KIND_WEIGHTS: Final = (28, 30, 22, 8, 5, 3, 1, 3)
+
+_CLOUDEVENT_NAMES: Final = {
+    "event_id": "id",
+    "occurred_at": "time",
+    "customer_id": "customerid",
+    "journey_id": "journeyid",
+}
+DATASCHEMA: Final = "urn:touchpulse:schema:experience-event-data:v1"
+CONTENT_TYPE_CLOUDEVENT_BATCH: Final = "application/cloudevents-batch+json"
 
 
-def _contacts() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
-    """Kept and broken measures of each measured promise in deploy/promises.yaml."""
-    return [
-        (
-            "call_centre",
-            "call.answered",
-            {"wait_seconds": 25, "first_contact_resolution": True},
-            {"wait_seconds": 420, "first_contact_resolution": False},
-        ),
-        (
-            "switchboard",
-            "call.transferred",
-            {"transfer_seconds": 8, "transfers": 1},
-            {"transfer_seconds": 75, "transfers": 3},
-        ),
-        ("web", "page.viewed", {"load_seconds": 1.2}, {"load_seconds": 7.5}),
-        ("web", "checkout.submitted", {"succeeded": True}, {"succeeded": False}),
-        ("app", "session.ended", {"crashed": False}, {"crashed": True}),
-        ("app", "screen.loaded", {"load_seconds": 0.6}, {"load_seconds": 4.0}),
-        ("sales", "quote.sent", {"turnaround_hours": 4}, {"turnaround_hours": 60}),
-        (
-            "billing",
-            "invoice.issued",
-            {"invoice_correct": True, "days_after_delivery": 1},
-            {"invoice_correct": False, "days_after_delivery": 9},
-        ),
-        ("billing", "payment.captured", {"double_charged": False}, {"double_charged": True}),
-        ("customer_service", "case.resolved", {"resolution_hours": 12}, {"resolution_hours": 160}),
-        ("communication", "message.answered", {"response_hours": 3}, {"response_hours": 70}),
-        ("survey", "survey.answered", {"csat": 5, "nps": 9}, {"csat": 1, "nps": 2}),
-    ]
+@dataclass(frozen=True)
+class Incident:
+    """A touchpoint failing for a while: its breach rate is ``breach_rate`` from
+    ``start_offset_s`` for ``duration_s`` seconds of the simulated clock."""
+
+    touchpoint: str
+    start_offset_s: float
+    duration_s: float
+    breach_rate: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.start_offset_s < 0 or self.duration_s <= 0:
+            raise ValueError("an incident starts at 0 s or later and lasts more than 0 s")
+        if not 0.0 <= self.breach_rate <= 1.0:
+            raise ValueError("an incident's breach rate is between 0 and 1")
+
+    def active(self, at_s: float) -> bool:
+        return self.start_offset_s <= at_s < self.start_offset_s + self.duration_s
+
+    @classmethod
+    def parse(cls, text: str) -> Incident:
+        """``touchpoint:start_s:duration_s[:breach_rate]``, e.g. ``delivery:60:3600:0.9``."""
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or not parts[0]:
+            raise ValueError(
+                f"incident {text!r}: expected touchpoint:start_s:duration_s[:breach_rate]"
+            )
+        try:
+            numbers = [float(p) for p in parts[1:]]
+        except ValueError:
+            raise ValueError(f"incident {text!r}: start, duration and rate are numbers") from None
+        return cls(parts[0], *numbers)
 
 
 @dataclass(frozen=True)
 class SimulatorConfig:
     seed: int = 1
     customers: int = 200
-    #: Probability that a contact breaks its promise (per touchpoint overrides below).
+    #: Probability that a measured event breaks its promise (per touchpoint overrides below).
     breach_rate: float = 0.15
     breach_rates: dict[str, float] = field(default_factory=dict)
     premium_share: float = 0.2
-    #: Share of deliberately malformed events.
+    #: Share of the posted items that are malformed on purpose.
     bad_rate: float = 0.01
     source: str = "simulator"
+    business_share: float = 0.1
+    #: Share of customers who joined within the last 90 days (new customers).
+    new_customer_share: float = 0.25
+    #: Events per second of the simulated timeline (post at this rate to stay in real time).
+    rate: float = 20.0
+    #: Seconds between an order being posted and its delivery clock running out.
+    deadline_window_s: float = 60.0
+    incidents: tuple[Incident, ...] = ()
+    #: Share of events posted a second time (same event id).
+    duplicate_rate: float = 0.01
+    #: Share of events posted after a later event of their journey.
+    out_of_order_rate: float = 0.02
+    #: ``native`` batches to /v1/events/batch, or a ``cloudevents`` batch to /v1/events.
+    format: Format = "native"
+
+    def __post_init__(self) -> None:
+        if self.customers < 1:
+            raise ValueError("customers must be at least 1")
+        rates = {
+            "breach_rate": self.breach_rate,
+            "premium_share": self.premium_share,
+            "business_share": self.business_share,
+            "new_customer_share": self.new_customer_share,
+            "duplicate_rate": self.duplicate_rate,
+            "out_of_order_rate": self.out_of_order_rate,
+            **{f"breach_rates[{k}]": v for k, v in self.breach_rates.items()},
+        }
+        for name, value in rates.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if not 0.0 <= self.bad_rate < 1.0:
+            raise ValueError(f"bad_rate must be at least 0 and below 1, got {self.bad_rate}")
+        if self.premium_share + self.business_share > 1.0:
+            raise ValueError("premium_share + business_share must not exceed 1")
+        if not self.rate > 0:
+            raise ValueError("rate must be above 0")
+        if not 30.0 <= self.deadline_window_s <= 6 * HOUR:
+            raise ValueError("deadline_window_s must be between 30 s and 6 h")
+        if self.format not in ("native", "cloudevents"):
+            raise ValueError(f"format must be native or cloudevents, got {self.format!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """One item to post: the event and when, on the simulated clock, it is due."""
+
+    at_s: float
+    #: When the event says it happened, in seconds from the start (``at_s`` for bad ones).
+    occurred_s: float
+    event: Event
+    #: The kind of malformation (see :data:`BAD_KINDS`), or None for a good event.
+    bad: str | None = None
+    duplicate: bool = False
+    out_of_order: bool = False
+
+
+@dataclass
+class _Step:
+    at_s: float
+    occurred_s: float
+    event: Event
+
+
+class _Journey:
+    """Collects one journey's events; ``commit`` applies send effects and schedules them."""
+
+    def __init__(self, sim: Simulator, number: int, index: int, at_s: float) -> None:
+        self.sim = sim
+        self.number = number
+        self.index = index
+        self.customer = sim.customer(index)
+        self.segment = sim.segment(index)
+        self.at_s = at_s
+        self.steps: list[_Step] = []
+        #: Promises broken so far: what the survey at the end reflects.
+        self.breaches = 0
+        self.never_delivered = False
+
+    @property
+    def premium(self) -> bool:
+        return self.segment == "premium"
+
+    def breaks(self, touchpoint: str, at_s: float) -> bool:
+        broken = self.sim._rng.random() < self.sim.breach_probability(touchpoint, at_s)
+        self.breaches += broken
+        return broken
+
+    def add(
+        self,
+        kind: str,
+        *,
+        at_s: float,
+        occurred_s: float | None = None,
+        journey: str | None = None,
+        measures: dict[str, Any] | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> float:
+        sim = self.sim
+        occurred = at_s if occurred_s is None else occurred_s
+        event: Event = {
+            "event_id": f"{sim._prefix}-j{self.number}-{len(self.steps) + 1}",
+            "source": sim.config.source,
+            "customer_id": self.customer,
+            "touchpoint": TOUCHPOINTS[kind],
+            "type": kind,
+            "occurred_at": sim.timestamp(occurred),
+        }
+        if journey is not None:
+            event["journey_id"] = journey
+        event["measures"] = measures or {}
+        event["attributes"] = attributes or {}
+        self.steps.append(_Step(at_s, occurred, event))
+        return at_s
+
+    def commit(self) -> int:
+        sim, rng = self.sim, self.sim._send_rng
+        items: list[Scheduled] = []
+        steps = sorted(self.steps, key=lambda s: s.at_s)
+        for position, step in enumerate(steps):
+            at_s, late = step.at_s, False
+            # Drawn for every step, so the rates never shift the other draws.
+            ooo, dup = rng.random(), rng.random()
+            later = steps[position + 1 :]
+            if (
+                ooo < sim.config.out_of_order_rate
+                and later
+                and step.event["type"] not in DEADLINE_EVENTS
+            ):
+                at_s, late = later[0].at_s + 0.5 + 4.0 * rng.random(), True
+            items.append(Scheduled(at_s, step.occurred_s, step.event, out_of_order=late))
+            if dup < sim.config.duplicate_rate:
+                again = at_s + 1.0 + 29.0 * rng.random()
+                items.append(Scheduled(again, step.occurred_s, step.event, duplicate=True))
+        for item in items:
+            sim._push(item)
+        return len(items)
 
 
 class Simulator:
-    """Generates events one step at a time; a step is one customer contact (1-2 events)."""
+    """Generates the posting stream of scheduled events, one journey at a time."""
 
     def __init__(self, config: SimulatorConfig, start: datetime) -> None:
+        if start.utcoffset() is None:
+            raise ValueError("start must be timezone-aware")
         self.config = config
-        self.start = start
+        self.start = start.astimezone(UTC)
         self._rng = random.Random(config.seed)
-        self._contacts = _contacts()
-        self._step = 0
+        self._bad_rng = random.Random(f"bad/{config.seed}")
+        self._send_rng = random.Random(f"send/{config.seed}")
+        self._prefix = f"sim-{config.seed}-{self.start:%Y%m%dT%H%M%SZ}"
+        self._heap: list[tuple[float, int, Scheduled]] = []
+        self._seq = 0
+        self._journeys = 0
+        self._bad = 0
+        self._pushed = 0
+        self._next_journey_s = 0.0
+
+    # --- customers ---------------------------------------------------------------------
 
     def customer(self, index: int) -> str:
         return f"sim-{self.config.seed}-c{index:05d}"
 
+    def _customer_rng(self, index: int) -> random.Random:
+        return random.Random(f"customer/{self.config.seed}/{index}")
+
     def segment(self, index: int) -> str:
-        # Fixed per customer index, so profiles posted to the api agree with the events.
-        return (
-            "premium" if random.Random(index).random() < self.config.premium_share else "standard"
-        )
+        # Fixed per seed and customer index, so profiles posted to the api agree with events.
+        draw = self._customer_rng(index).random()
+        if draw < self.config.premium_share:
+            return "premium"
+        if draw < self.config.premium_share + self.config.business_share:
+            return "business"
+        return "standard"
+
+    def profile(self, index: int) -> dict[str, Any]:
+        """The customer's profile as ``PUT /v1/customers/{id}/profile`` takes it."""
+        rng = self._customer_rng(index)
+        rng.random()  # the segment's draw
+        segment = self.segment(index)
+        if rng.random() < self.config.new_customer_share:
+            days = rng.randrange(1, 90)  # new: inside the catalogue's 90 days
+        else:
+            days = rng.randrange(120, 12 * 365)
+        since: date = self.start.date() - timedelta(days=days)
+        base = {"standard": 1.0, "premium": 3.0, "business": 5.0}[segment]
+        value = round(base * (0.5 + rng.random()), 2)
+        reach = float(int(rng.paretovariate(1.2) * 40) - 40)  # most reach few, some many
+        return {
+            "segment": segment,
+            "customer_since": since.isoformat(),
+            "value": value,
+            "reach": min(reach, 1_000_000.0),
+        }
+
+    def profiles(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(self.customer(i), self.profile(i)) for i in range(self.config.customers)]
+
+    # --- the stream --------------------------------------------------------------------
 
     def events(self, count: int) -> list[Event]:
-        out: list[Event] = []
-        while len(out) < count:
-            out.extend(self._next_step())
-        return out[:count] if len(out) > count else out
+        """The next ``count`` events in posting order (native JSON dicts)."""
+        return [item.event for item in self.schedule(count)]
 
-    def _next_step(self) -> Iterator[Event]:
-        rng, config = self._rng, self.config
-        self._step += 1
-        step = self._step
-        customer = self.customer(rng.randrange(config.customers))
-        # Each step is a second later than the previous one, counted back from the start.
-        at = self.start - timedelta(hours=1) + timedelta(seconds=step % 3600)
-        if rng.random() < config.bad_rate:
-            yield self._bad(step, customer, at, rng)
-            return
-        if rng.random() < 0.15:
-            yield from self._order(step, customer, at, rng)
-            return
-        touchpoint, kind, kept, broken = self._contacts[rng.randrange(len(self._contacts))]
-        rate = config.breach_rates.get(touchpoint, config.breach_rate)
-        measures = broken if rng.random() < rate else kept
-        yield self._event(
-            f"{step}", customer, touchpoint=touchpoint, kind=kind, at=at, measures=measures
-        )
+    def schedule(self, count: int) -> list[Scheduled]:
+        """The next ``count`` items to post, each with its due time and what it is."""
+        return [self._next() for _ in range(count)]
 
-    def _order(self, step: int, customer: str, at: datetime, rng: random.Random) -> Iterator[Event]:
-        """An order placed some hours ago and its delivery now: on time, late or damaged."""
-        late = rng.random() < self.config.breach_rates.get("delivery", self.config.breach_rate)
-        placed = at - timedelta(hours=70 if late else 20)
-        journey = f"order-{self.config.seed}-{step}"
-        yield self._event(
-            f"{step}-o",
-            customer,
-            touchpoint="sales",
-            kind="order.placed",
-            at=placed,
-            measures={"price_matches_quote": True},
-            journey=journey,
-        )
-        damaged = late and rng.random() < 0.3
-        yield self._event(
-            f"{step}-d",
-            customer,
-            touchpoint="delivery",
-            kind="delivery.completed",
-            at=at,
-            measures={"damaged": damaged, "all_items_delivered": True},
-            journey=journey,
-        )
+    def breach_probability(self, touchpoint: str, at_s: float) -> float:
+        rate = self.config.breach_rates.get(touchpoint, self.config.breach_rate)
+        for incident in self.config.incidents:
+            if incident.touchpoint == touchpoint and incident.active(at_s):
+                rate = max(rate, incident.breach_rate)
+        return rate
 
-    def _event(
-        self,
-        suffix: str,
-        customer: str,
-        *,
-        touchpoint: str,
-        kind: str,
-        at: datetime,
-        measures: dict[str, Any],
-        journey: str | None = None,
-    ) -> Event:
+    def timestamp(self, offset_s: float) -> str:
+        """RFC 3339 in UTC, to the millisecond, ``offset_s`` seconds after the start."""
+        at = self.start + timedelta(milliseconds=round(offset_s * 1000))
+        return at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    def _push(self, item: Scheduled) -> None:
+        self._seq += 1
+        self._pushed += 1
+        heapq.heappush(self._heap, (item.at_s, self._seq, item))
+
+    def _next(self) -> Scheduled:
+        self._fill()
+        if self._bad_rng.random() < self.config.bad_rate:
+            return self._malformed(self._heap[0][0])
+        return heapq.heappop(self._heap)[2]
+
+    def _fill(self) -> None:
+        """Start journeys until nothing unstarted could come before the next item due."""
+        good_rate = self.config.rate * (1.0 - self.config.bad_rate)
+        while not self._heap or self._heap[0][0] >= self._next_journey_s:
+            self._journey(self._next_journey_s)
+            # The next journey starts when the timeline holds enough events for the rate.
+            self._next_journey_s = max(self._next_journey_s, self._pushed / good_rate)
+
+    def _journey(self, at_s: float) -> None:
+        rng = self._rng
+        self._journeys += 1
+        journey = _Journey(self, self._journeys, rng.randrange(self.config.customers), at_s)
+        kind = rng.choices(_KINDS, weights=_KIND_WEIGHTS)[0]
+        _BUILDERS[kind](journey, rng)
+        journey.commit()
+
+    def _malformed(self, at_s: float) -> Scheduled:
+        rng = self._bad_rng
+        self._bad += 1
+        kind = BAD_KINDS[rng.randrange(len(BAD_KINDS))]
         event: Event = {
-            "event_id": f"sim-{self.config.seed}-{suffix}",
+            "event_id": f"{self._prefix}-b{self._bad}-bad",
             "source": self.config.source,
-            "customer_id": customer,
-            "touchpoint": touchpoint,
-            "type": kind,
-            "occurred_at": at.isoformat(),
-            "measures": dict(measures),
+            "customer_id": self.customer(rng.randrange(self.config.customers)),
+            "touchpoint": "web",
+            "type": "page.viewed",
+            "occurred_at": self.timestamp(at_s),
+            "measures": {"load_seconds": round(0.5 + rng.random() * 2, 2)},
+            "attributes": {},
         }
-        if journey is not None:
-            event["journey_id"] = journey
-        return event
-
-    def _bad(self, step: int, customer: str, at: datetime, rng: random.Random) -> Event:
-        event = self._event(
-            f"{step}-bad",
-            customer,
-            touchpoint="web",
-            kind="page.viewed",
-            at=at,
-            measures={"load_seconds": 1},
-        )
-        flaw = rng.randrange(3)
-        if flaw == 0:
-            del event["customer_id"]
-        elif flaw == 1:
-            event["occurred_at"] = "yesterday"
+        if kind == "missing_field":
+            del event[rng.choice(("customer_id", "touchpoint", "type", "occurred_at"))]
+        elif kind == "bad_timestamp":
+            event["occurred_at"] = rng.choice(("yesterday", "2026-02-30T10:00:00Z", "1714566600"))
+        elif kind == "naive_timestamp":
+            event["occurred_at"] = event["occurred_at"].removesuffix("Z")
+        elif kind == "wrong_measure_type":
+            event["measures"] = {"load_seconds": rng.choice(("slow", "1.5"))}
+        elif kind == "bad_touchpoint":
+            event["touchpoint"] = rng.choice(("Web Shop", "web-shop", "9web"))
+        elif kind == "bad_type":
+            event["type"] = rng.choice(("PageViewed", "page", "page viewed"))
+        elif kind == "bad_identifier":
+            event["customer_id"] = f"{event['customer_id']} x"
         else:
-            event["measures"] = {"load_seconds": "slow"}
-        return event
+            event["customer"] = event.pop("customer_id")
+        return Scheduled(at_s, at_s, event, bad=kind)
+
+
+# --- journeys ----------------------------------------------------------------------------
+
+
+def _uniform(rng: random.Random, low: float, high: float, digits: int = 1) -> float:
+    return round(low + (high - low) * rng.random(), digits)
+
+
+def _order(j: _Journey, rng: random.Random) -> None:
+    sim = j.sim
+    window = sim.config.deadline_window_s
+    journey = f"order-{sim._prefix}-{j.number}"
+    t = j.at_s
+    allowed_h = 24.0 if j.premium else 48.0
+    due_s = t + window  # the delivery clock runs out here (for a delivery not already late)
+    outcome = "on_time"
+    if j.breaks("delivery", due_s):
+        outcome = rng.choices(("late", "never", "damaged", "incomplete"), (50, 20, 20, 10))[0]
+    lateness_s = _uniform(rng, 2, 36) * HOUR if outcome == "late" else 0.0
+    placed_s = due_s - allowed_h * HOUR - lateness_s
+    channel = rng.choice(("web", "app", "phone", "store"))
+
+    if rng.random() < 0.3:
+        slow = j.breaks("sales", t)
+        limit = 7.0 if j.premium else 20.0
+        turnaround = _uniform(rng, 30, 90) if slow else _uniform(rng, 0.5, limit)
+        j.add(
+            "quote.sent",
+            at_s=t,
+            occurred_s=placed_s - _uniform(rng, 1, 48) * HOUR,
+            journey=journey,
+            measures={"turnaround_hours": turnaround},
+            attributes={"channel": channel},
+        )
+        t += _uniform(rng, 1, 5)
+    price_changed = j.breaks("sales", t)
+    j.add(
+        "order.placed",
+        at_s=t,
+        occurred_s=placed_s,
+        journey=journey,
+        measures={"price_matches_quote": not price_changed},
+        attributes={"channel": channel, "items": rng.randint(1, 6)},
+    )
+    depot = rng.choice(("north", "south", "east", "west"))
+    slot_s = due_s - lateness_s - 0.1 * window
+    t += _uniform(rng, 2, 8)
+    j.add(
+        "delivery.promised",
+        at_s=t,
+        occurred_s=placed_s + _uniform(rng, 0.2, 3) * HOUR,
+        journey=journey,
+        attributes={"due_at": sim.timestamp(slot_s), "depot": depot},
+    )
+    if outcome == "never":
+        j.never_delivered = True
+        after_s = due_s + _uniform(rng, 2, 10)
+    else:
+        if outcome == "late":
+            after_s = due_s + window * _uniform(rng, 0.1, 0.6, 3)
+        else:
+            after_s = t + (slot_s - t) * _uniform(rng, 0.2, 0.9, 3)
+        j.add(
+            "delivery.completed",
+            at_s=after_s,
+            journey=journey,
+            measures={
+                "damaged": outcome == "damaged",
+                "all_items_delivered": outcome != "incomplete",
+            },
+            attributes={"depot": depot},
+        )
+    t = _bill(j, rng, after_s + _uniform(rng, 3, 15), journey)
+    trouble = j.breaches > 0 or outcome != "on_time"
+    if rng.random() < (0.6 if trouble else 0.1):
+        t = _call(j, rng, t + _uniform(rng, 5, 20), queue="delivery" if trouble else "orders")
+    if trouble and rng.random() < (0.6 if j.never_delivered else 0.3):
+        t = _complaint(j, rng, t + _uniform(rng, 5, 20), journey)
+    if rng.random() < 0.1:
+        t = _message(j, rng, t + _uniform(rng, 5, 20), journey)
+    if rng.random() < (0.8 if trouble else 0.5):
+        _survey(j, rng, t + _uniform(rng, 10, 30), journey)
+
+
+def _bill(j: _Journey, rng: random.Random, t: float, journey: str) -> float:
+    """The invoice (correct or not, on time or not) and sometimes the payment."""
+    wrong = j.breaks("billing", t)
+    late_invoice = wrong and rng.random() < 0.4
+    j.add(
+        "invoice.issued",
+        at_s=t,
+        journey=journey,
+        measures={
+            "invoice_correct": not wrong or (late_invoice and rng.random() < 0.5),
+            "days_after_delivery": float(rng.randint(6, 25) if late_invoice else rng.randint(0, 3)),
+        },
+    )
+    if rng.random() < 0.4:
+        t += _uniform(rng, 2, 10)
+        # Double charges are rarer than other billing failures, and critical.
+        double = rng.random() < 0.2 * j.sim.breach_probability("billing", t)
+        j.breaches += double
+        j.add(
+            "payment.captured",
+            at_s=t,
+            journey=journey,
+            measures={"double_charged": double},
+            attributes={"method": rng.choice(("card", "invoice", "wallet"))},
+        )
+    return t
+
+
+def _call(j: _Journey, rng: random.Random, t: float, *, queue: str) -> float:
+    case = f"call-{j.sim._prefix}-{j.number}"
+    if rng.random() < 0.5:
+        misrouted = j.breaks("switchboard", t)
+        j.add(
+            "call.transferred",
+            at_s=t,
+            journey=case,
+            measures={
+                "transfer_seconds": _uniform(rng, 30, 150) if misrouted else _uniform(rng, 2, 18),
+                "transfers": float(rng.randint(2, 5) if misrouted else 1),
+            },
+            attributes={"queue": queue},
+        )
+        t += _uniform(rng, 1, 4)
+    broken = j.breaks("call_centre", t)
+    limit = 28.0 if j.premium else 55.0
+    long_wait = broken and rng.random() < 0.6
+    unresolved = broken and (not long_wait or rng.random() < 0.5)
+    j.add(
+        "call.answered",
+        at_s=t,
+        journey=case,
+        measures={
+            "wait_seconds": _uniform(rng, 90, 900, 0) if long_wait else _uniform(rng, 3, limit, 0),
+            "first_contact_resolution": not unresolved,
+        },
+        attributes={"queue": queue, "callback_offered": long_wait},
+    )
+    return t
+
+
+def _complaint(j: _Journey, rng: random.Random, t: float, journey: str) -> float:
+    window = j.sim.config.deadline_window_s
+    allowed_h = 4.0 if j.premium else 24.0
+    due_s = t + window
+    outcome = "in_time"
+    if j.breaks("customer_service", due_s):
+        outcome = rng.choice(("late", "late", "never"))
+    lateness_s = _uniform(rng, 2, 30) * HOUR if outcome == "late" else 0.0
+    j.add(
+        "complaint.received",
+        at_s=t,
+        occurred_s=due_s - allowed_h * HOUR - lateness_s,
+        journey=journey,
+        attributes={"channel": rng.choice(("phone", "email", "chat"))},
+    )
+    if outcome == "never":
+        return t
+    if outcome == "late":
+        t = due_s + window * _uniform(rng, 0.1, 0.5, 3)
+    else:
+        t += window * _uniform(rng, 0.2, 0.85, 3)
+    j.add("complaint.acknowledged", at_s=t, journey=journey)
+    t += _uniform(rng, 5, 20)
+    slow = j.breaks("customer_service", t)
+    limit = 20.0 if j.premium else 40.0
+    j.add(
+        "case.resolved",
+        at_s=t,
+        journey=journey,
+        measures={"resolution_hours": _uniform(rng, 60, 240) if slow else _uniform(rng, 1, limit)},
+    )
+    return t
+
+
+def _message(j: _Journey, rng: random.Random, t: float, journey: str | None) -> float:
+    slow = j.breaks("communication", t)
+    limit = 7.0 if j.premium else 20.0
+    j.add(
+        "message.answered",
+        at_s=t,
+        journey=journey,
+        measures={"response_hours": _uniform(rng, 30, 120) if slow else _uniform(rng, 0.2, limit)},
+        attributes={"channel": rng.choice(("email", "chat", "sms"))},
+    )
+    return t
+
+
+def _survey(j: _Journey, rng: random.Random, t: float, journey: str | None) -> None:
+    before = j.breaches
+    unhappy = j.breaks("survey", t)  # a bad mood whatever happened, at the survey's rate
+    if j.never_delivered or before >= 2:
+        csat, nps = rng.randint(1, 2), rng.randint(0, 4)
+    elif before == 1:
+        csat, nps = rng.randint(2, 4), rng.randint(3, 8)
+    elif unhappy:
+        csat, nps = rng.randint(1, 3), rng.randint(2, 6)
+    else:
+        csat, nps = rng.randint(4, 5), rng.randint(7, 10)
+    j.add(
+        "survey.answered",
+        at_s=t,
+        journey=journey,
+        measures={"csat": float(csat), "nps": float(nps)},
+        attributes={"channel": rng.choice(("email", "sms", "app"))},
+    )
+
+
+def _relationship_survey(j: _Journey, rng: random.Random) -> None:
+    """A periodic survey outside any order: the customer's mood, set by the survey's rate."""
+    _survey(j, rng, j.at_s, None)
+
+
+def _web(j: _Journey, rng: random.Random) -> None:
+    session = f"web-{j.sim._prefix}-{j.number}"
+    t = j.at_s
+    device = rng.choice(("desktop", "mobile", "tablet"))
+    for _ in range(rng.randint(1, 4)):
+        slow = j.breaks("web", t)
+        j.add(
+            "page.viewed",
+            at_s=t,
+            journey=session,
+            measures={
+                "load_seconds": _uniform(rng, 3.5, 12, 2) if slow else _uniform(rng, 0.4, 2.4, 2)
+            },
+            attributes={
+                "page": rng.choice(("/", "/products", "/cart", "/account", "/help")),
+                "device": device,
+            },
+        )
+        t += _uniform(rng, 3, 20)
+    if rng.random() < 0.25:
+        failed = j.breaks("web", t)
+        j.add("checkout.submitted", at_s=t, journey=session, measures={"succeeded": not failed})
+
+
+def _app(j: _Journey, rng: random.Random) -> None:
+    session = f"app-{j.sim._prefix}-{j.number}"
+    t = j.at_s
+    platform = rng.choice(("ios", "android"))
+    for _ in range(rng.randint(1, 4)):
+        slow = j.breaks("app", t)
+        j.add(
+            "screen.loaded",
+            at_s=t,
+            journey=session,
+            measures={
+                "load_seconds": _uniform(rng, 2, 9, 2) if slow else _uniform(rng, 0.1, 1.4, 2)
+            },
+            attributes={
+                "screen": rng.choice(("home", "orders", "tracking", "profile")),
+                "platform": platform,
+            },
+        )
+        t += _uniform(rng, 2, 15)
+    crashed = j.breaks("app", t)
+    j.add(
+        "session.ended",
+        at_s=t,
+        journey=session,
+        measures={"crashed": crashed},
+        attributes={"platform": platform},
+    )
+
+
+def _standalone_call(j: _Journey, rng: random.Random) -> None:
+    _call(j, rng, j.at_s, queue=rng.choice(("general", "billing", "technical")))
+
+
+def _standalone_message(j: _Journey, rng: random.Random) -> None:
+    _message(j, rng, j.at_s, None)
+
+
+def _quote(j: _Journey, rng: random.Random) -> None:
+    slow = j.breaks("sales", j.at_s)
+    limit = 7.0 if j.premium else 20.0
+    j.add(
+        "quote.sent",
+        at_s=j.at_s,
+        journey=f"quote-{j.sim._prefix}-{j.number}",
+        measures={"turnaround_hours": _uniform(rng, 30, 90) if slow else _uniform(rng, 0.5, limit)},
+    )
+
+
+def _change(j: _Journey, rng: random.Random) -> None:
+    short = j.breaks("communication", j.at_s)
+    j.add(
+        "change.notified",
+        at_s=j.at_s,
+        measures={"notice_days": float(rng.randint(0, 20) if short else rng.randint(30, 60))},
+        attributes={"change": rng.choice(("price", "terms"))},
+    )
+
+
+_BUILDERS: Final[dict[str, Callable[[_Journey, random.Random], None]]] = {
+    "order": _order,
+    "web": _web,
+    "app": _app,
+    "call": _standalone_call,
+    "message": _standalone_message,
+    "quote": _quote,
+    "change": _change,
+    "survey": _relationship_survey,
+}
+
+
+# --- formats -----------------------------------------------------------------------------
+
+
+def to_cloudevent(event: Event) -> dict[str, Any]:
+    """The native event as a structured-mode CloudEvent (docs/event-contract.md, section 2).
+
+    Works on malformed events too, keeping their flaw: a missing field becomes a missing
+    attribute, an unknown member an unknown attribute.
+    """
+    document: dict[str, Any] = {"specversion": "1.0"}
+    data: dict[str, Any] = {}
+    for name, value in event.items():
+        if name in ("measures", "attributes"):
+            data[name] = value
+        else:
+            document[_CLOUDEVENT_NAMES.get(name, name)] = value
+    document["datacontenttype"] = "application/json"
+    document["dataschema"] = DATASCHEMA
+    document["data"] = data
+    return document
+
+
+def request_body(events: list[Event], fmt: Format) -> tuple[str, bytes, str]:
+    """Path, body and content type of one batch in the given format."""
+    if fmt == "cloudevents":
+        body = orjson.dumps([to_cloudevent(e) for e in events])
+        return "/v1/events", body, CONTENT_TYPE_CLOUDEVENT_BATCH
+    return "/v1/events/batch", orjson.dumps({"events": events}), "application/json"
+
+
+# --- posting -----------------------------------------------------------------------------
 
 
 @dataclass
 class Sent:
-    """What a run posted and what ingest answered, per item."""
+    """What a run posted and what ingest answered.
+
+    Every posted item, duplicates included, is counted once in ``posted`` however many
+    attempts it took, and once in exactly one of ``accepted``, ``rejected`` (refused per item
+    or with the whole request; ``item_statuses`` says with which status) or ``unavailable``
+    (503 twice, or no answer). A duplicate is accepted by ingest like any retry and dropped
+    by scoring, so distinct accepted events are about ``accepted - duplicates``.
+    ``posted == sum(by_touchpoint) + duplicates + sum(bad)``.
+    """
 
     posted: int = 0
     accepted: int = 0
     rejected: int = 0
     unavailable: int = 0
+    #: The HTTP status of every answer (a retried request counts each answer).
     statuses: Counter[int] = field(default_factory=Counter)
+    requests: int = 0
+    #: Rejected items by the status they were refused with (422, 403, 429, …).
+    item_statuses: Counter[int] = field(default_factory=Counter)
+    #: Good events posted (first sends, not duplicates) by touchpoint and by type.
+    by_touchpoint: Counter[str] = field(default_factory=Counter)
+    by_type: Counter[str] = field(default_factory=Counter)
+    #: Malformed items posted, by kind.
+    bad: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    out_of_order: int = 0
+    #: Malformed items ingest accepted, and good ones it refused: both should stay 0.
+    bad_accepted: int = 0
+    good_rejected: int = 0
+    #: Transport errors by exception name.
+    errors: Counter[str] = field(default_factory=Counter)
+    #: Why the run stopped early (ingest refused the key), if it did.
+    stopped: str | None = None
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.posted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        lines = [
+            f"posted {self.posted} in {self.requests} requests over {self.elapsed_s:.1f} s "
+            f"({rate:.1f}/s): accepted {self.accepted}, rejected {self.rejected}, "
+            f"unavailable {self.unavailable}",
+            "  by touchpoint: " + _counts(self.by_touchpoint),
+            "  by type: " + _counts(self.by_type),
+            f"  malformed {sum(self.bad.values())}: " + _counts(self.bad),
+            f"  duplicates {self.duplicates}, out of order {self.out_of_order}",
+            f"  answers {dict(sorted(self.statuses.items()))}; rejected items by status "
+            f"{dict(sorted(self.item_statuses.items()))}",
+        ]
+        if self.bad_accepted or self.good_rejected:
+            lines.append(
+                f"  unexpected: {self.bad_accepted} malformed accepted, "
+                f"{self.good_rejected} good refused"
+            )
+        if self.errors:
+            lines.append("  transport errors: " + _counts(self.errors))
+        if self.stopped:
+            lines.append(f"  stopped: {self.stopped}")
+        return "\n".join(lines)
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
+
+
+#: A batch waits at most this long for its last event to fall due.
+MAX_HOLD_S: Final = 1.0
 
 
 async def post_paced(
@@ -205,43 +894,175 @@ async def post_paced(
     total: int | None = None,
     batch: int = 20,
     stop: asyncio.Event | None = None,
+    sent: Sent | None = None,
+    max_lead_s: float = 600.0,
 ) -> Sent:
-    """Post batches to ``/v1/events/batch`` at ``rate`` events per second.
+    """Post the simulator's stream at ``rate`` events per second until ``duration_s``,
+    ``total`` items, or ``stop``.
 
-    Open loop: each batch is due at its own time whatever the previous answers took, so a
-    slow ingest shows as latency rather than a quietly lower offered rate. A 503 batch is
-    retried once with the same event ids, as a real client would.
+    Each item is posted when it falls due on the simulated clock, run at
+    ``rate / config.rate`` times real time, in batches of up to ``batch`` (a batch waits at
+    most a second for its last item). Open loop: items are due at their own time whatever
+    the previous answers took, so a slow ingest shows as latency rather than a quietly lower
+    offered rate. A 503 batch is retried once with the same event ids, a 429 after its
+    Retry-After; a 401 or whole-request 403 stops the run. Pass ``sent`` to see the counts
+    even when the task is cancelled.
     """
-    sent = Sent()
-    began = time.monotonic()
-    interval = batch / rate
-    n = 0
-    while (stop is None or not stop.is_set()) and (total is None or sent.posted < total):
-        due = began + n * interval
-        if duration_s is not None and due - began >= duration_s:
-            break
-        if (delay := due - time.monotonic()) > 0:
-            await asyncio.sleep(delay)  # pacing the offered rate, not waiting for readiness
-        size = batch if total is None else min(batch, total - sent.posted)
-        events = simulator.events(size)
-        await _post(client, events, sent)
-        n += 1
+    if rate <= 0 or batch < 1:
+        raise ValueError("rate must be above 0 and batch at least 1")
+    sent = Sent() if sent is None else sent
+    speed = rate / simulator.config.rate
+    origin = time.monotonic()
+    pending: deque[Scheduled] = deque()
+
+    def fill(size: int) -> None:
+        if len(pending) < size:
+            pending.extend(simulator.schedule(size - len(pending)))
+
+    fill(1)
+    base_s = pending[0].at_s
+
+    def due(item: Scheduled) -> float:
+        return origin + (item.at_s - base_s) / speed
+
+    horizon = None if duration_s is None else origin + duration_s
+    try:
+        while sent.stopped is None and (stop is None or not stop.is_set()):
+            size = batch if total is None else min(batch, total - sent.posted)
+            if size <= 0:
+                break
+            fill(size)
+            if horizon is not None and due(pending[0]) >= horizon:
+                break
+            fire = min(due(pending[size - 1]), due(pending[0]) + MAX_HOLD_S)
+            if horizon is not None:
+                fire = min(fire, horizon)
+            if await _sleep(fire - time.monotonic(), stop):
+                break
+            items = [pending.popleft()]
+            while len(items) < size and pending and due(pending[0]) <= fire:
+                items.append(pending.popleft())
+            lead = max(i.occurred_s for i in items) - _wall_s(simulator)
+            if lead > max_lead_s and await _sleep(lead - max_lead_s, stop):
+                pending.extendleft(reversed(items))
+                break
+            await _post(client, simulator.config.format, items, sent, stop)
+    finally:
+        sent.elapsed_s = time.monotonic() - origin
     return sent
 
 
-async def _post(client: httpx.AsyncClient, events: list[Event], sent: Sent) -> None:
-    for _attempt in range(2):
-        response = await client.post("/v1/events/batch", json={"events": events})
-        sent.statuses[response.status_code] += 1
-        if response.status_code == 503:
-            continue
-        sent.posted += len(events)
-        if response.status_code in (202, 422) and "items" in response.json():
-            body = response.json()
-            sent.accepted += body.get("accepted", 0)
-            sent.rejected += body.get("rejected", 0)
+def _wall_s(simulator: Simulator) -> float:
+    return (datetime.now(UTC) - simulator.start).total_seconds()
+
+
+async def _sleep(delay: float, stop: asyncio.Event | None) -> bool:
+    """Sleep ``delay`` seconds (pacing, not waiting for readiness); True when stopped."""
+    if delay <= 0:
+        return stop is not None and stop.is_set()
+    if stop is None:
+        await asyncio.sleep(delay)
+        return False
+    try:
+        async with asyncio.timeout(delay):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    fmt: Format,
+    items: list[Scheduled],
+    sent: Sent,
+    stop: asyncio.Event | None,
+) -> None:
+    sent.posted += len(items)
+    for item in items:
+        if item.bad is not None:
+            sent.bad[item.bad] += 1
+        elif item.duplicate:
+            sent.duplicates += 1
         else:
-            sent.rejected += len(events)
+            sent.by_touchpoint[item.event["touchpoint"]] += 1
+            sent.by_type[item.event["type"]] += 1
+        sent.out_of_order += item.out_of_order
+    path, body, content_type = request_body([i.event for i in items], fmt)
+    unavailable_once = False
+    for _attempt in range(6):
+        try:
+            response = await client.post(path, content=body, headers={"Content-Type": content_type})
+        except httpx.TransportError as exc:
+            sent.errors[type(exc).__name__] += 1
+            sent.unavailable += len(items)
+            return
+        sent.requests += 1
+        status = response.status_code
+        sent.statuses[status] += 1
+        if status in (503, 429):
+            if status == 503 and unavailable_once:
+                sent.unavailable += len(items)
+                return
+            unavailable_once |= status == 503
+            if await _sleep(_retry_after(response), stop):
+                sent.unavailable += len(items)
+                return
+            continue
+        _tally(response, items, sent)
         return
-    sent.posted += len(events)
-    sent.unavailable += len(events)
+    sent.rejected += len(items)
+    sent.item_statuses[429] += len(items)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 5.0)
+    except ValueError:
+        return 1.0
+
+
+def _tally(response: httpx.Response, items: list[Scheduled], sent: Sent) -> None:
+    status = response.status_code
+    results: list[dict[str, Any]] | None = None
+    if status in (202, 422):
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("items"), list):
+            results = body["items"]
+    if results is None:
+        sent.rejected += len(items)
+        sent.item_statuses[status] += len(items)
+        sent.good_rejected += sum(i.bad is None for i in items)
+        if status in (401, 403):
+            sent.stopped = f"ingest refused the request with {status}: {response.text[:200]}"
+        return
+    accepted = {r["index"] for r in results if r.get("status") == "accepted"}
+    for result in results:
+        if result.get("status") != "accepted":
+            code = result.get("http_status", result.get("status"))
+            sent.item_statuses[code if isinstance(code, int) else status] += 1
+    for index, item in enumerate(items):
+        if index in accepted:
+            sent.accepted += 1
+            sent.bad_accepted += item.bad is not None
+        else:
+            sent.rejected += 1
+            sent.good_rejected += item.bad is None
+
+
+async def post_profiles(client_api: httpx.AsyncClient, simulator: Simulator) -> int:
+    """PUT every customer's profile through the api (the client carries an admin key);
+    returns how many were written (created or updated). Raises on any other answer."""
+    written = 0
+    for customer, profile in simulator.profiles():
+        for _attempt in range(10):
+            response = await client_api.put(f"/v1/customers/{customer}/profile", json=profile)
+            if response.status_code != 429:
+                break
+            await asyncio.sleep(_retry_after(response))  # the api's rate limit, not readiness
+        response.raise_for_status()
+        written += 1
+    return written
