@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-api
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-api fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,9 @@ run: setup ## Start Kafka, PostgreSQL and every service; Ctrl-C stops all of it
 
 test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 	$(BIN)/python -m pytest
+
+fuzz: setup ## Long abuse runs: thousands of Schemathesis cases against ingest and the api
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse -p no:cacheprovider
 
 bench: bench-ingest bench-scoring bench-api ## Run every benchmark (ingest, scoring, then the api)
 
