@@ -181,31 +181,21 @@ def _watch(
 async def _demo_keys(database_url: str) -> tuple[str, str, str]:
     """Keys to post demo events with (by hand and from the simulator), and one to read and
     act with in the api."""
+    wanted: list[tuple[str, list[Scope], str | None]] = [
+        ("make run demo events", [Scope.EVENTS_WRITE], DEMO_SOURCE),
+        ("make run demo crm", [Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN], None),
+        ("make run simulator", [Scope.EVENTS_WRITE], SIMULATOR_SOURCE),
+    ]
     conn = await asyncpg.connect(database_url)
     try:
-        events, _ = await create_key(
-            conn,
-            name="make run demo events",
-            scopes=[Scope.EVENTS_WRITE],
-            source=DEMO_SOURCE,
-            now=datetime.now(UTC),
-        )
-        crm, _ = await create_key(
-            conn,
-            name="make run demo crm",
-            scopes=[Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN],
-            now=datetime.now(UTC),
-        )
-        simulator, _ = await create_key(
-            conn,
-            name="make run simulator",
-            scopes=[Scope.EVENTS_WRITE],
-            source=SIMULATOR_SOURCE,
-            now=datetime.now(UTC),
-        )
-        return events, crm, simulator
+        keys = [
+            (await create_key(conn, name=n, scopes=s, source=src, now=datetime.now(UTC)))[0]
+            for n, s, src in wanted
+        ]
     finally:
         await conn.close()
+    events, crm, simulator = keys
+    return events, crm, simulator
 
 
 def _banner(
