@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-api fuzz
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-scale bench-api fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,13 +33,17 @@ test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 fuzz: setup ## Long abuse runs: thousands of Schemathesis cases against ingest and the api
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse -p no:cacheprovider
 
-bench: bench-ingest bench-scoring bench-api ## Run every benchmark (ingest, scoring, then the api)
+bench: setup ## Every benchmark on one broker and database: ingest, scoring, scale-out, api (about 11 min)
+	$(BIN)/python -m tests.bench
 
 bench-ingest: setup ## Benchmark ingest against Kafka's ProducerPerformance and a bare ASGI route
 	$(BIN)/python -m tests.bench.ingest
 
 bench-scoring: setup ## Benchmark scoring against an asyncpg upsert loop and Kafka's consumer tools
 	$(BIN)/python -m tests.bench.scoring
+
+bench-scale: setup ## Benchmark scoring with one and with two instances on 6 partitions
+	$(BIN)/python -m tests.bench.scale
 
 bench-api: setup ## Benchmark the customer-health read against a bare ASGI route, while the pipeline ingests
 	$(BIN)/python -m tests.bench.api

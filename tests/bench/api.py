@@ -33,23 +33,19 @@ import heapq
 import math
 import os
 import pstats
-import signal
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
-from types import FrameType
 from typing import Any
 
 import asyncpg
 import orjson
-import uvloop
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.bench.common import (
     KERNEL_IRQ,
@@ -57,39 +53,50 @@ from tests.bench.common import (
     OTHER,
     PROFILE_START,
     PROFILE_STOP,
+    BenchError,
     CpuMeter,
+    Figure,
     HttpConnection,
     LoadResult,
     Server,
+    Site,
     Spread,
+    arguments,
+    bench_settings,
+    check_other,
     clock,
     closed_loop,
+    cpu_cells,
+    figure_table,
+    guarded,
     latency_summary,
     machine,
     ok_requests,
     open_loop,
+    open_site,
     peak_rss_bytes,
+    postgres_version,
     profile_summary,
+    publish,
     ratio,
     raw_calls,
     raw_request,
+    rss_line,
+    sayer,
     serve_profiled,
     table,
     utc_stamp,
     uvicorn_argv,
     versions,
-    write_result,
 )
-from tests.bench.ingest import Figure, accepted_events, create_database, drop_database
-from tests.bench.scoring import KINDS, Kind, postgres_version
+from tests.bench.ingest import accepted_events
+from tests.bench.scoring import KINDS, Kind
 from touchpulse_api.main import main as serve_api
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.contract import EVENT_ADAPTER, ExperienceEventV1, events_to_batch_json
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
-from touchpulse_shared.logs import configure_logging
-from touchpulse_shared.settings import ConfigError, Settings, load_settings
-from touchpulse_shared.stack.local import LocalStack
-from touchpulse_shared.stack.procs import StackError, free_port
+from touchpulse_shared.settings import Settings
+from touchpulse_shared.stack.procs import free_port
 from touchpulse_shared.stack.services import settings_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,8 +114,6 @@ HEALTH_REQUESTS = 20_000
 # The issue's target.
 TARGET_P99_MS = 15.0
 OPEN_LOOP_FRACTION = 0.5
-# Cores taken by processes outside the benchmark above which a phase is flagged as disturbed.
-OTHER_CORES_WARNING = 0.25
 # Bounds for a loaded machine; every wait ends as soon as its condition holds.
 CATCH_UP_S = 180.0
 POLL_S = 0.1
@@ -143,10 +148,6 @@ FIGURE_KEYS = (
     "background_acked",
     "background_committed",
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure what it set out to (not: the system was slow)."""
 
 
 @dataclass(frozen=True)
@@ -411,14 +412,8 @@ class Bench:
         self.acked += events
         return events
 
-    def _check_other(self, what: str, cores: float) -> None:
-        if cores > OTHER_CORES_WARNING:
-            self.warnings.append(
-                f"{what}: other processes on the machine took {cores:.2f} cores meanwhile"
-            )
-
     def _check(self, what: str, result: LoadResult, ok: int) -> None:
-        self._check_other(what, result.cores().get(OTHER, 0.0))
+        check_other(self.warnings, what, result.cores().get(OTHER, 0.0))
         if result.units == 0:
             raise BenchError(f"{what}: nothing was served (statuses {dict(result.statuses)})")
         failed = result.requests - result.statuses[ok]
@@ -682,29 +677,29 @@ class Bench:
 
 def measure(bench: Bench) -> tuple[list[Pair], OpenLoops]:
     plan = bench.plan
-    _say("warming up the api and the bare server (not measured)")
+    say("warming up the api and the bare server (not measured)")
     bench.load(bench.api, prewarm=True)
     bench.load(bench.bare, prewarm=True)
     pairs: list[Pair] = []
     for index in range(plan.pairs):
-        _say(f"pair {index + 1}/{plan.pairs}: health, bare (closed loop)")
+        say(f"pair {index + 1}/{plan.pairs}: health, bare (closed loop)")
         health, _ = bench.load(bench.api)
         bare, _ = bench.load(bench.bare)
         pairs.append(Pair(health, bare))
     rate = OPEN_LOOP_FRACTION * statistics.median(p.health.units_per_s for p in pairs)
     phase = f"{plan.open_warmup_s + plan.open_duration_s:.0f} s"
-    _say(
+    say(
         f"warming up the pipeline: {plan.background_per_s:,.0f} events/s to ingest for "
         f"{plan.pipeline_warmup_s:.0f} s (not measured)"
     )
     bench.warm_pipeline()
-    _say(
+    say(
         f"open loop at {rate:,.0f}/s for {phase}, while ingesting {plan.background_per_s:,.0f} "
         "events/s: health, then bare"
     )
     health_ingesting, health_background = bench.load(bench.api, rate_per_s=rate, background=True)
     bare_ingesting, bare_background = bench.load(bench.bare, rate_per_s=rate, background=True)
-    _say(f"open loop at {rate:,.0f}/s for {phase}, pipeline idle: health, then bare")
+    say(f"open loop at {rate:,.0f}/s for {phase}, pipeline idle: health, then bare")
     health_quiet, _ = bench.load(bench.api, rate_per_s=rate)
     bare_quiet, _ = bench.load(bench.bare, rate_per_s=rate)
     assert health_background is not None
@@ -829,36 +824,8 @@ def figures(pairs: Sequence[Pair], paced: OpenLoops) -> dict[str, Figure]:
     }
 
 
-def _number(value: float, unit: str, *, with_unit: bool = True) -> str:
-    if not math.isfinite(value):
-        return "n/a"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    return f"{value:,.0f}" + (f" {unit}" if with_unit else "")
-
-
-def figure_table(found: dict[str, dict[str, Any]]) -> str:
-    """The figures as printed: value, ceiling, ratio (median and range of the pairs), target."""
-    rows = []
-    for key in FIGURE_KEYS:
-        f = found[key]
-        spread = f"{f['ratio']['median']:.3f}"
-        if f["ratio"]["n"] > 1:
-            spread += f" ({f['ratio']['min']:.3f}-{f['ratio']['max']:.3f}, n={f['ratio']['n']})"
-        met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
-        rows.append(
-            [
-                f["label"],
-                _number(f["value"], f["unit"]),
-                f["ceiling_label"],
-                _number(f["ceiling"], f["unit"], with_unit=False),
-                spread,
-                f["target"] or "-",
-                met,
-            ]
-        )
-    header = ["figure", "value", "ceiling", "ceiling value", "ratio (min-max)", "target", "met"]
-    return table(header, rows)
+def figures_printed(found: dict[str, dict[str, Any]]) -> str:
+    return figure_table(found, FIGURE_KEYS)
 
 
 #: Columns of the CPU table: the servers under test, then the rest of the pipeline.
@@ -889,16 +856,7 @@ def cpu_profile(pairs: Sequence[Pair], paced: OpenLoops) -> dict[str, Any]:
 
 
 def cpu_table(profile: dict[str, Any]) -> str:
-    rows = []
-    for phase, data in profile.items():
-        cells = [phase, data["unit"]]
-        for name in CPU_COLUMNS:
-            us = data["us_per_unit"].get(name)
-            cores = data["cores"].get(name)
-            cells.append("-" if us is None else f"{us:.2f} ({cores:.2f})")
-        other = data["cores"].get(OTHER)
-        cells.append("-" if other is None else f"{other:.2f}")
-        rows.append(cells)
+    rows = [[phase, *cpu_cells(data, CPU_COLUMNS)] for phase, data in profile.items()]
     header = [
         "phase",
         "per",
@@ -918,24 +876,7 @@ def cpu_table(profile: dict[str, Any]) -> str:
 # --- setting up and tearing down -------------------------------------------------------------
 
 
-def _say(message: str) -> None:
-    print(f"[bench-api {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _cleanup(what: str, action: Callable[[], object]) -> None:
-    try:
-        action()
-    except Exception as exc:
-        _say(f"could not remove {what}: {exc}")
-
-
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    finally:
-        await admin.close()
+say = sayer("bench-api")
 
 
 def service_settings(
@@ -985,36 +926,29 @@ class Setup:
 
 
 def set_up(
-    plan: Plan, settings: Settings, exit_stack: contextlib.ExitStack, *, profile_to: Path | None
+    plan: Plan,
+    settings: Settings,
+    exit_stack: contextlib.ExitStack,
+    *,
+    profile_to: Path | None,
+    site: Site | None = None,
 ) -> Setup:
     """Broker, database, topics, keys, the three services and the bare server, and the
     corpus applied by the pipeline; everything stopped or removed by ``exit_stack``."""
     started = datetime.now(UTC)
-    stack = exit_stack.enter_context(LocalStack(settings))
-    logs = stack.workdir / "bench"
-    logs.mkdir(parents=True, exist_ok=True)
-    _say("starting Kafka and PostgreSQL (unless the settings name servers)")
-    kafka, postgres = stack.kafka(), stack.postgres()
-    runner = exit_stack.enter_context(asyncio.Runner(loop_factory=uvloop.new_event_loop))
+    if site is None:
+        site = exit_stack.enter_context(open_site(settings, say))
+    kafka, postgres, runner = site.kafka, site.postgres, site.runner
+    logs = site.logs("api")
     suffix = uuid.uuid4().hex[:10]
-    database = f"bench_api_{suffix}"
-    database_url = runner.run(create_database(postgres.address, database))
-    if not postgres.local:
-        exit_stack.callback(
-            _cleanup,
-            f"database {database}",
-            lambda: runner.run(drop_database(postgres.address, database)),
-        )
+    database_url = site.new_database(exit_stack, f"bench_api_{suffix}", say)
     services = service_settings(
         settings, suffix, bootstrap=kafka.address, database_url=database_url
     )
     specs = topic_specs(services)
     runner.run(ensure_topics_at(kafka.address, specs))
     topics = [s.name for s in specs]
-    if not kafka.local:
-        exit_stack.callback(
-            _cleanup, f"topics {topics}", lambda: runner.run(delete_topics(kafka.address, topics))
-        )
+    site.remove_topics_later(exit_stack, topics, say)
     events_key = runner.run(
         new_key(database_url, "bench-api-events", Scope.EVENTS_WRITE, source=SOURCE)
     )
@@ -1046,7 +980,7 @@ def set_up(
         log_path=logs / "bare.log",
         cwd=REPO,
     )
-    _say("starting ingest, scoring, the api and the bare server")
+    say("starting ingest, scoring, the api and the bare server")
     for each in (ingest, scoring, api, bare):
         exit_stack.enter_context(each)
     bench = Bench(
@@ -1065,7 +999,7 @@ def set_up(
         health_key=health_key,
         events_key=events_key,
     )
-    _say(
+    say(
         f"building the state: {plan.events:,} events over {plan.customers:,} customers through "
         "ingest and scoring"
     )
@@ -1092,9 +1026,11 @@ def set_up(
     )
 
 
-def run(plan: Plan, settings: Settings) -> dict[str, Any]:
+def run(plan: Plan, settings: Settings, site: Site | None = None) -> dict[str, Any]:
+    """The api benchmark on ``site``'s broker and database server (servers of its own,
+    started and stopped here, without one)."""
     with contextlib.ExitStack() as exit_stack:
-        setup = set_up(plan, settings, exit_stack, profile_to=None)
+        setup = set_up(plan, settings, exit_stack, profile_to=None, site=site)
         bench = setup.bench
         pairs, paced = measure(bench)
         found = figures(pairs, paced)
@@ -1107,6 +1043,8 @@ def run(plan: Plan, settings: Settings) -> dict[str, Any]:
                 ("scoring", bench.scoring),
             )
         }
+        if bench.kafka_pid is not None:
+            rss["kafka"] = peak_rss_bytes(bench.kafka_pid)
         return {
             "benchmark": "api",
             "mode": plan.name,
@@ -1206,15 +1144,14 @@ def report(result: dict[str, Any]) -> str:
     lines += [
         result["notes"][0],
         "",
-        figure_table(result["figures"]),
+        figures_printed(result["figures"]),
         "",
         "CPU microseconds per request served (cores busy), median over pairs; postgres = the "
         "postmaster and all its children; while ingesting, every process also works for the "
         "background; other = the rest of the machine:",
         cpu_table(result["cpu"]),
         "",
-        "peak RSS: "
-        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in result["peak_rss_bytes"].items() if v),
+        rss_line(result["peak_rss_bytes"]),
     ]
     lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
@@ -1281,9 +1218,9 @@ def profile(plan: Plan, settings: Settings, *, dump: Path, top: int = 25) -> str
     with contextlib.ExitStack() as exit_stack:
         setup = set_up(plan, settings, exit_stack, profile_to=dump)
         bench = setup.bench
-        _say("warming up the api (not measured)")
+        say("warming up the api (not measured)")
         bench.load(bench.api, prewarm=True)
-        _say(f"health reads for {plan.profile_s:.0f} s, the api under cProfile")
+        say(f"health reads for {plan.profile_s:.0f} s, the api under cProfile")
         meter = CpuMeter({"api": bench.api.pid})
         profiled = plan.profile_s
         os.kill(bench.api.pid, PROFILE_START)
@@ -1358,23 +1295,12 @@ def profile(plan: Plan, settings: Settings, *, dump: Path, top: int = 25) -> str
 # --- entry point -------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same way out as Ctrl-C: everything started is stopped on the way.
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.bench.api",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="a small state, one pair, short phases"
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="the result file (default .touchpulse/bench/api-<UTC time>.json)",
+    parser = arguments(
+        "python -m tests.bench.api",
+        __doc__,
+        quick="a small state, one pair, short phases",
+        output="api",
     )
     parser.add_argument(
         "--profile",
@@ -1387,11 +1313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The api process of --profile: touchpulse-api itself, profiled on the bench's signal.
         serve_profiled(serve_api, args.serve_profiled)
         return 0
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        settings = load_settings()
-        # Provisioning logs would interleave with the report on stdout.
-        configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+
+    def body() -> int:
+        settings = bench_settings()
         plan = QUICK if args.quick else FULL
         if args.profile:
             dump = settings.state_dir.resolve() / "bench" / f"api-profile-{utc_stamp()}.pstats"
@@ -1399,18 +1323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(profile(plan, settings, dump=dump))
             print(f"\nwrote {dump} (python -m pstats {dump})")
             return 0
-        result = run(plan, settings)
-    except KeyboardInterrupt:
-        _say("interrupted; what was started has been stopped")
-        return 130
-    except (BenchError, StackError, ConfigError) as exc:
-        _say(f"failed: {exc}")
-        return 1
-    path = args.output or settings.state_dir / "bench" / f"api-{utc_stamp()}.json"
-    write_result(path, result)
-    print(report(result))
-    print(f"\nwrote {path}")
-    return 0
+        publish(run(plan, settings), args.output, settings, "api", report)
+        return 0
+
+    return guarded(say, body)
 
 
 if __name__ == "__main__":

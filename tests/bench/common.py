@@ -20,6 +20,7 @@ it failed). Status 0 stands for a transport error.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import cProfile
@@ -30,24 +31,34 @@ import math
 import os
 import platform
 import pstats
+import resource
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import psutil
+import uvloop
+from aiokafka.admin import AIOKafkaAdminClient
 
-from touchpulse_shared.stack.procs import spawn, stop, wait_until
+from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.logs import configure_logging
+from touchpulse_shared.settings import ConfigError, Settings, load_settings
+from touchpulse_shared.stack.kafka import kafka_libs
+from touchpulse_shared.stack.local import Endpoint, LocalStack
+from touchpulse_shared.stack.procs import StackError, spawn, stop, wait_until
 
 Outcome = tuple[int, int]
 Call = Callable[[], Awaitable[Outcome]]
@@ -56,10 +67,16 @@ Call = Callable[[], Awaitable[Outcome]]
 # abandoned (and counted as incomplete).
 DRAIN_S = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Cores taken by processes outside the benchmark above which a phase is flagged as disturbed.
+OTHER_CORES_WARNING = 0.25
 # uvloop's loop.time() has millisecond steps (libuv's cached loop time): far too coarse for
 # latencies of a few milliseconds, so every timestamp comes from this clock instead.
 clock = time.perf_counter
 LOOPBACK = "127.0.0.1"
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to (not: the system was slow)."""
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -571,7 +588,17 @@ class Server:
         return self._proc.pid
 
     def start(self, *, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout=timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (:meth:`wait_ready` waits): several
+        servers then start side by side."""
         self._proc = spawn(self.argv, log_path=self.log_path, env=self.env, cwd=self.cwd)
+
+    def wait_ready(self, *, timeout: float = 60.0) -> None:
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} is not running")
         try:
             wait_until(
                 self._ready,
@@ -773,3 +800,352 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "  ".join("-" * width for width in widths)
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def check_other(warnings: list[str], what: str, cores: float) -> None:
+    """Flag a phase in which processes outside the benchmark took more than a quarter core."""
+    if cores > OTHER_CORES_WARNING:
+        warnings.append(f"{what}: other processes on the machine took {cores:.2f} cores meanwhile")
+
+
+def per_unit(spent: Mapping[str, float], units: float) -> dict[str, float]:
+    return {name: s / units if units else math.nan for name, s in spent.items()}
+
+
+# --- figures: a value beside its ceiling ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One reported figure: its value, the ceiling measured in the same run, their ratio
+    (median and range over the pairs) and, where the issue sets one, the target."""
+
+    label: str
+    unit: str
+    value: float
+    ceiling_label: str
+    ceiling: float
+    ratio: Spread
+    target: str = ""
+    met: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "value": self.value,
+            "ceiling_label": self.ceiling_label,
+            "ceiling": self.ceiling,
+            "ratio": self.ratio.as_dict(),
+            "target": self.target,
+            "met": self.met,
+        }
+
+
+FIGURE_HEADER = ("figure", "value", "ceiling", "ceiling value", "ratio (min-max)", "target", "met")
+
+
+def format_number(value: float, unit: str, *, with_unit: bool = True) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:,.0f}" + (f" {unit}" if with_unit else "")
+
+
+def figure_row(f: Mapping[str, Any]) -> list[str]:
+    """A figure (as in a result file) as printed: value, ceiling, ratio with its range, target."""
+    spread = f"{f['ratio']['median']:.3f}"
+    if f["ratio"]["n"] > 1:
+        spread += f" ({f['ratio']['min']:.3f}-{f['ratio']['max']:.3f}, n={f['ratio']['n']})"
+    met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
+    return [
+        f["label"],
+        format_number(f["value"], f["unit"]),
+        f["ceiling_label"],
+        # The ceiling's label names the unit (records/s, events/s, requests/s).
+        format_number(f["ceiling"], f["unit"], with_unit=False),
+        spread,
+        f["target"] or "-",
+        met,
+    ]
+
+
+def figure_table(found: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> str:
+    return table(FIGURE_HEADER, [figure_row(found[key]) for key in keys])
+
+
+def cpu_cells(data: Mapping[str, Any], columns: Sequence[str]) -> list[str]:
+    """One row of a CPU table: µs per unit (cores) per process, then the other tenants' cores."""
+    cells = [data["unit"]]
+    for name in columns:
+        us = data["us_per_unit"].get(name)
+        cores = data["cores"].get(name)
+        if us is None:
+            cells.append("-")
+        else:
+            cells.append(f"{us:.2f}" + ("" if cores is None else f" ({cores:.2f})"))
+    other = data["cores"].get(OTHER)
+    cells.append("-" if other is None else f"{other:.2f}")
+    return cells
+
+
+def rss_line(rss: Mapping[str, int | None]) -> str:
+    return "peak RSS: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rss.items() if v)
+
+
+# --- where a benchmark runs: one broker, one database server ---------------------------------
+
+Say = Callable[[str], None]
+
+
+def sayer(name: str) -> Say:
+    """Progress lines on stderr, so that they never mix with the report on stdout."""
+
+    def say(message: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+@dataclass
+class Site:
+    """The broker and database server a benchmark stage runs on, the loop it drives them
+    with and the folder for its logs.
+
+    ``shared``: other stages run on the same servers (``python -m tests.bench``), so a stage
+    removes the topics and databases it created when it ends; on servers of its own it
+    leaves them to be stopped with the servers (servers named by the settings are always
+    cleaned up).
+    """
+
+    settings: Settings
+    kafka: Endpoint
+    postgres: Endpoint
+    workdir: Path
+    runner: asyncio.Runner
+    shared: bool = False
+
+    def logs(self, stage: str) -> Path:
+        path = self.workdir / "bench" / stage if self.shared else self.workdir / "bench"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def remove_topics_later(
+        self, exit_stack: contextlib.ExitStack, names: Sequence[str], say: Say
+    ) -> None:
+        if self.shared or not self.kafka.local:
+            chosen = list(names)
+            exit_stack.callback(
+                cleanup,
+                f"topics {chosen}",
+                lambda: self.runner.run(delete_topics(self.kafka.address, chosen)),
+                say,
+            )
+
+    def new_database(self, exit_stack: contextlib.ExitStack | None, name: str, say: Say) -> str:
+        """A fresh, migrated database on the server; dropped by ``exit_stack`` where it must."""
+        url = self.runner.run(create_database(self.postgres.address, name))
+        if exit_stack is not None and (self.shared or not self.postgres.local):
+            exit_stack.callback(
+                cleanup,
+                f"database {name}",
+                lambda: self.runner.run(drop_database(self.postgres.address, name)),
+                say,
+            )
+        return url
+
+    def drop_database(self, url: str) -> None:
+        self.runner.run(drop_database(self.postgres.address, url.rpartition("/")[2]))
+
+
+@contextlib.contextmanager
+def open_site(settings: Settings, say: Say, *, shared: bool = False) -> Iterator[Site]:
+    """Kafka and PostgreSQL (started here unless the settings name servers) and a uvloop
+    runner; everything started is stopped on the way out, on errors and Ctrl-C too."""
+    with contextlib.ExitStack() as exit_stack:
+        stack = exit_stack.enter_context(LocalStack(settings))
+        say("starting Kafka and PostgreSQL (unless the settings name servers)")
+        kafka, postgres = stack.kafka(), stack.postgres()
+        runner = exit_stack.enter_context(asyncio.Runner(loop_factory=uvloop.new_event_loop))
+        yield Site(settings, kafka, postgres, stack.workdir, runner, shared)
+
+
+def cleanup(what: str, action: Callable[[], object], say: Say) -> None:
+    # Tear-down of something on a server: report, never mask the error (or interrupt) that
+    # got us here.
+    try:
+        action()
+    except Exception as exc:
+        say(f"could not remove {what}: {exc}")
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def _admin_url(url: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/postgres"
+
+
+async def create_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(_admin_url(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = f"{server_url.rpartition('/')[0]}/{name}"
+    await migrate_url(url)
+    return url
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(_admin_url(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def postgres_version(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+# --- Kafka's own tools -----------------------------------------------------------------------
+
+TOOL_JVM = ("-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
+TOOL_TIMEOUT_S = 120.0
+_TOOL_LOG4J = "rootLogger.level = WARN\nrootLogger.appenderRef.out.ref = OUT\n" + (
+    "appender.out.type = Console\nappender.out.name = OUT\n"
+    "appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = %p %m%n\n"
+)
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def java_version() -> str:
+    java = shutil.which("java")
+    if java is None:
+        return "not found"
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)  # noqa: S603
+    lines = (result.stderr or result.stdout).splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def run_kafka_tool(
+    settings: Settings,
+    logs: Path,
+    log_name: str,
+    main_class: str,
+    args: Sequence[str],
+    *,
+    meter: CpuMeter,
+) -> tuple[str, dict[str, Any]]:
+    """One of Kafka's tools (``org.apache.kafka.tools.<main_class>``, the machine's Java) run
+    to completion; its output, wall time and the CPU of ``meter``'s processes and of the
+    tool itself (``tool_incl_jvm_start``, from RUSAGE_CHILDREN)."""
+    libs = kafka_libs(settings.cache_dir, settings.kafka_version)
+    java = shutil.which("java")
+    if java is None:
+        raise BenchError(f"Java is needed for Kafka's {main_class} and is not on PATH")
+    log4j = logs / "tools-log4j2.properties"
+    log4j.write_text(_TOOL_LOG4J)
+    log_path = logs / f"{log_name}.log"
+    argv = [
+        java,
+        *TOOL_JVM,
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{libs}/*",
+        f"org.apache.kafka.tools.{main_class}",
+        *args,
+    ]
+    before, tool_before, started = meter.read(), children_cpu_seconds(), clock()
+    proc = spawn(argv, log_path=log_path)
+    try:
+        code = proc.wait(TOOL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{main_class} took over {TOOL_TIMEOUT_S:.0f} s") from None
+    finally:
+        stop(proc, timeout=10)
+    wall_s = clock() - started
+    output = log_path.read_text(errors="replace")
+    if code != 0:
+        raise BenchError(f"{main_class} exited with {code}:\n{output[-2000:]}")
+    cpu = CpuMeter.delta(before, meter.read())
+    cpu["tool_incl_jvm_start"] = children_cpu_seconds() - tool_before
+    account_other(cpu)
+    return output, {"wall_s_incl_jvm_start": wall_s, "cpu_s": cpu}
+
+
+# --- the command line of a benchmark ---------------------------------------------------------
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same way out as Ctrl-C: everything started is stopped on the way.
+    raise KeyboardInterrupt
+
+
+def arguments(prog: str, doc: str | None, *, quick: str, output: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``--quick`` and ``--output``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"the result file (default .touchpulse/bench/{output}-<UTC time>.json)",
+    )
+    return parser
+
+
+def bench_settings() -> Settings:
+    settings = load_settings()
+    # Provisioning logs would interleave with the report on stdout.
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    return settings
+
+
+def guarded(say: Say, body: Callable[[], int]) -> int:
+    """Run a benchmark's body: Ctrl-C and SIGTERM stop what it started (130); a benchmark
+    that could not measure, a stack that would not start or bad settings say why (1)."""
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        say("interrupted; what was started has been stopped")
+        return 130
+    except (BenchError, StackError, ConfigError) as exc:
+        say(f"failed: {exc}")
+        return 1
+
+
+def publish(
+    result: Mapping[str, Any],
+    output: Path | None,
+    settings: Settings,
+    name: str,
+    report: Callable[[Any], str],
+) -> Path:
+    """Write the result file (``output``, or ``.touchpulse/bench/<name>-<UTC time>.json``)
+    and print the report."""
+    path = output or settings.state_dir / "bench" / f"{name}-{utc_stamp()}.json"
+    write_result(path, result)
+    print(report(result))
+    print(f"\nwrote {path}")
+    return path

@@ -22,55 +22,58 @@ Run ``python -m tests.bench.ingest [--quick]``; the result is printed and writte
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import math
 import os
 import random
 import re
-import resource
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
 import orjson
-import uvloop
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.bench.common import (
     LOOPBACK,
     OTHER,
+    BenchError,
     CpuMeter,
+    Figure,
     HttpConnection,
     LoadResult,
     Server,
+    Site,
     Spread,
-    account_other,
+    arguments,
+    bench_settings,
+    check_other,
     closed_loop,
+    cpu_cells,
+    figure_table,
+    guarded,
+    java_version,
     latency_summary,
     machine,
     open_loop,
+    open_site,
     peak_rss_bytes,
+    publish,
     ratio,
     raw_calls,
     raw_request,
+    rss_line,
+    run_kafka_tool,
+    sayer,
     table,
-    utc_stamp,
     uvicorn_argv,
     versions,
-    write_result,
 )
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.contract import (
@@ -80,13 +83,9 @@ from touchpulse_shared.contract import (
     events_to_batch_json,
     parse_event_json,
 )
-from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
-from touchpulse_shared.logs import configure_logging
-from touchpulse_shared.settings import ConfigError, Settings, load_settings
-from touchpulse_shared.stack.kafka import kafka_libs
-from touchpulse_shared.stack.local import LocalStack
-from touchpulse_shared.stack.procs import StackError, free_port, spawn, stop
+from touchpulse_shared.settings import Settings
+from touchpulse_shared.stack.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "crm-prod"
@@ -97,12 +96,8 @@ SEED = 20_240_501
 TARGET_BATCH_VS_KAFKA = 0.30
 TARGET_SINGLE_P99_MS = 20.0
 OPEN_LOOP_FRACTION = 0.5
-# Cores taken by processes outside the benchmark above which a phase is flagged as disturbed.
-OTHER_CORES_WARNING = 0.25
 # The ingest producer's settings (producer.py) that K_prod must share.
 PRODUCER_BATCH_BYTES = 1024 * 1024
-TOOL_JVM = ("-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
-TOOL_TIMEOUT_S = 120.0
 PACKAGES = (
     "aiokafka",
     "fastapi",
@@ -130,10 +125,6 @@ FIGURE_KEYS = (
     "single_p99_vs_kafka",
     "single_max_latency_vs_bare",
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure what it set out to (not: the system was slow)."""
 
 
 @dataclass(frozen=True)
@@ -285,10 +276,6 @@ _SUMMARY = re.compile(
     r"(?P<avg_ms>[\d.]+) ms avg latency, (?P<max_ms>[\d.]+) ms max latency, "
     r"(?P<p50_ms>\d+) ms 50th, (?P<p95_ms>\d+) ms 95th, (?P<p99_ms>\d+) ms 99th"
 )
-_TOOL_LOG4J = "rootLogger.level = WARN\nrootLogger.appenderRef.out.ref = OUT\n" + (
-    "appender.out.type = Console\nappender.out.name = OUT\n"
-    "appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = %p %m%n\n"
-)
 
 
 def producer_props(bootstrap: str, linger_ms: int) -> list[str]:
@@ -309,11 +296,6 @@ def parse_summary(output: str) -> dict[str, float]:
     if not matches:
         raise BenchError("ProducerPerformance printed no summary line:\n" + output[-2000:])
     return {name: float(value) for name, value in matches[-1].groupdict().items()}
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -389,16 +371,10 @@ class Bench:
         self._check(server, result, batch=batch, prewarm=prewarm)
         return result
 
-    def _check_other(self, what: str, cores: float) -> None:
-        if cores > OTHER_CORES_WARNING:
-            self.warnings.append(
-                f"{what}: other processes on the machine took {cores:.2f} cores meanwhile"
-            )
-
     def _check(self, server: Server, result: LoadResult, *, batch: bool, prewarm: bool) -> None:
         what = f"{server.name} {'batch' if batch else 'single'}"
         what += " (warm-up)" if prewarm else " (open loop)" if result.offered_per_s else ""
-        self._check_other(what, result.cores().get(OTHER, 0.0))
+        check_other(self.warnings, what, result.cores().get(OTHER, 0.0))
         if result.units == 0:
             raise BenchError(
                 f"{what}: nothing was accepted (statuses {dict(result.statuses)}); "
@@ -417,50 +393,29 @@ class Bench:
         ``throughput`` -1 is as fast as it can (the rate ceiling); a rate gives its latency
         at that rate (the latency ceiling), measured from send to acknowledgement.
         """
-        libs = kafka_libs(self.settings.cache_dir, self.settings.kafka_version)
-        java = shutil.which("java")
-        if java is None:
-            raise BenchError("Java is needed for Kafka's ProducerPerformance and is not on PATH")
-        log4j = self.logs / "tools-log4j2.properties"
-        log4j.write_text(_TOOL_LOG4J)
         self.kprod_runs += 1
-        log_path = self.logs / f"producer-performance-{self.kprod_runs}.log"
-        argv = [
-            java,
-            *TOOL_JVM,
-            f"-Dlog4j2.configurationFile={log4j}",
-            "-cp",
-            f"{libs}/*",
-            "org.apache.kafka.tools.ProducerPerformance",
-            "--topic",
-            self.topic,
-            "--num-records",
-            str(records),
-            "--record-size",
-            str(self.corpus.record_size),
-            "--throughput",
-            f"{throughput:.0f}",
-            "--producer-props",
-            *producer_props(self.bootstrap, self.settings.ingest_linger_ms),
-        ]
-        broker = CpuMeter({"kafka": self.kafka_pid} if self.kafka_pid is not None else {})
-        broker_before, tool_before, started = broker.read(), _children_cpu_s(), time.monotonic()
-        proc = spawn(argv, log_path=log_path)
-        try:
-            code = proc.wait(TOOL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"ProducerPerformance took over {TOOL_TIMEOUT_S:.0f} s") from None
-        finally:
-            stop(proc, timeout=10)
-        wall_s = time.monotonic() - started
-        output = log_path.read_text(errors="replace")
-        if code != 0:
-            raise BenchError(f"ProducerPerformance exited with {code}:\n{output[-2000:]}")
+        output, run = run_kafka_tool(
+            self.settings,
+            self.logs,
+            f"producer-performance-{self.kprod_runs}",
+            "ProducerPerformance",
+            [
+                "--topic",
+                self.topic,
+                "--num-records",
+                str(records),
+                "--record-size",
+                str(self.corpus.record_size),
+                "--throughput",
+                f"{throughput:.0f}",
+                "--producer-props",
+                *producer_props(self.bootstrap, self.settings.ingest_linger_ms),
+            ],
+            meter=CpuMeter({"kafka": self.kafka_pid} if self.kafka_pid is not None else {}),
+        )
         summary = parse_summary(output)
-        cpu = CpuMeter.delta(broker_before, broker.read())
-        cpu["tool_incl_jvm_start"] = _children_cpu_s() - tool_before
-        account_other(cpu)
-        self._check_other("K_prod", cpu[OTHER] / wall_s)
+        cpu, wall_s = run["cpu_s"], run["wall_s_incl_jvm_start"]
+        check_other(self.warnings, "K_prod", cpu[OTHER] / wall_s)
         sent = summary["records"]
         return {
             "records": sent,
@@ -519,23 +474,23 @@ def measure(bench: Bench) -> tuple[list[Round], OpenLoop]:
     rounds: list[Round] = []
     records = plan.kprod_first_records
     # The broker's JIT and ingest's first-use costs would otherwise fall into pair 1.
-    _say("warming up ingest and the broker (not measured)")
+    say("warming up ingest and the broker (not measured)")
     bench.load(bench.ingest, batch=True, prewarm=True)
     bench.load(bench.ingest, batch=False, prewarm=True)
     for index in range(plan.pairs):
-        _say(f"pair {index + 1}/{plan.pairs}: ingest batch, K_prod, bare batch")
+        say(f"pair {index + 1}/{plan.pairs}: ingest batch, K_prod, bare batch")
         ingest_batch = bench.load(bench.ingest, batch=True)
         kprod = bench.kprod(records)
         # The next K_prod run sized to take about kprod_target_s at the rate just seen.
         records = max(50_000, round(kprod["records_per_s"] * plan.kprod_target_s))
         bare_batch = bench.load(bench.bare, batch=True)
-        _say(f"pair {index + 1}/{plan.pairs}: ingest single, bare single (closed loop)")
+        say(f"pair {index + 1}/{plan.pairs}: ingest single, bare single (closed loop)")
         ingest_single = bench.load(bench.ingest, batch=False)
         bare_single = bench.load(bench.bare, batch=False)
         rounds.append(Round(ingest_batch, kprod, bare_batch, ingest_single, bare_single))
     single_max = statistics.median(r.ingest_single.units_per_s for r in rounds)
     rate = OPEN_LOOP_FRACTION * single_max
-    _say(f"open loop at {rate:,.0f}/s: ingest single, K_prod at that rate, bare single")
+    say(f"open loop at {rate:,.0f}/s: ingest single, K_prod at that rate, bare single")
     ingest_open = bench.load(bench.ingest, batch=False, rate_per_s=rate)
     # As many records as ingest was sent, warm-up included: the tool cannot leave it out.
     paced = round(rate * (plan.open_warmup_s + plan.open_duration_s))
@@ -545,30 +500,6 @@ def measure(bench: Bench) -> tuple[list[Round], OpenLoop]:
 
 
 # --- figures ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Figure:
-    label: str
-    unit: str
-    value: float
-    ceiling_label: str
-    ceiling: float
-    ratio: Spread
-    target: str = ""
-    met: bool | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "unit": self.unit,
-            "value": self.value,
-            "ceiling_label": self.ceiling_label,
-            "ceiling": self.ceiling,
-            "ratio": self.ratio.as_dict(),
-            "target": self.target,
-            "met": self.met,
-        }
 
 
 def figures(rounds: Sequence[Round], paced: OpenLoop) -> dict[str, Figure]:
@@ -648,37 +579,8 @@ def figures(rounds: Sequence[Round], paced: OpenLoop) -> dict[str, Figure]:
     }
 
 
-def _number(value: float, unit: str, *, with_unit: bool = True) -> str:
-    if not math.isfinite(value):
-        return "n/a"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    return f"{value:,.0f}" + (f" {unit}" if with_unit else "")
-
-
-def figure_table(found: dict[str, dict[str, Any]]) -> str:
-    """The figures as printed: value, ceiling, ratio (median and range of the pairs), target."""
-    rows = []
-    for key in FIGURE_KEYS:
-        f = found[key]
-        spread = f"{f['ratio']['median']:.3f}"
-        if f["ratio"]["n"] > 1:
-            spread += f" ({f['ratio']['min']:.3f}-{f['ratio']['max']:.3f}, n={f['ratio']['n']})"
-        met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
-        rows.append(
-            [
-                f["label"],
-                _number(f["value"], f["unit"]),
-                f["ceiling_label"],
-                # Its label names the unit (records/s, events/s, requests/s).
-                _number(f["ceiling"], f["unit"], with_unit=False),
-                spread,
-                f["target"] or "-",
-                met,
-            ]
-        )
-    header = ["figure", "value", "ceiling", "ceiling value", "ratio (min-max)", "target", "met"]
-    return table(header, rows)
+def figures_printed(found: dict[str, dict[str, Any]]) -> str:
+    return figure_table(found, FIGURE_KEYS)
 
 
 def cpu_profile(rounds: Sequence[Round], paced: OpenLoop) -> dict[str, Any]:
@@ -723,19 +625,7 @@ def cpu_profile(rounds: Sequence[Round], paced: OpenLoop) -> dict[str, Any]:
 def cpu_table(profile: dict[str, Any]) -> str:
     """CPU microseconds per unit of work and cores busy, per phase and process."""
     processes = ["server", "kafka", "loadgen", "tool_incl_jvm_start"]
-    rows = []
-    for phase, data in profile.items():
-        cells = [phase, data["unit"]]
-        for name in processes:
-            us = data["us_per_unit"].get(name)
-            cores = data["cores"].get(name)
-            if us is None:
-                cells.append("-")
-            else:
-                cells.append(f"{us:.2f}" + ("" if cores is None else f" ({cores:.2f})"))
-        other = data["cores"].get(OTHER)
-        cells.append("-" if other is None else f"{other:.2f}")
-        rows.append(cells)
+    rows = [[phase, *cpu_cells(data, processes)] for phase, data in profile.items()]
     header = ["phase", "per", "ingest/bare", "kafka broker", "load generator", "K_prod tool"]
     return table([*header, "other cores"], rows)
 
@@ -747,39 +637,6 @@ async def create_topic(settings: Settings, bootstrap: str, name: str) -> None:
     # The production events topic's spec (partitions, configs) under a name of its own.
     spec = topic_specs(settings.model_copy(update={"events_topic": name}))[0]
     await ensure_topics_at(bootstrap, [spec])
-
-
-async def delete_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        await admin.delete_topics([name])
-    finally:
-        await admin.close()
-
-
-def _admin_url(url: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/postgres"
-
-
-async def create_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(_admin_url(server_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = f"{server_url.rpartition('/')[0]}/{name}"
-    await migrate_url(url)
-    return url
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(_admin_url(server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def new_key(url: str) -> str:
@@ -817,51 +674,23 @@ def ingest_env(
     return env
 
 
-def java_version() -> str:
-    java = shutil.which("java")
-    if java is None:
-        return "not found"
-    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)  # noqa: S603
-    lines = (result.stderr or result.stdout).splitlines()
-    return lines[0] if lines else "unknown"
+say = sayer("bench-ingest")
 
 
-def _say(message: str) -> None:
-    print(f"[bench-ingest {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _cleanup(what: str, action: Callable[[], object]) -> None:
-    # Tear-down of something on a server named by the settings: report, never mask the
-    # error (or interrupt) that got us here.
-    try:
-        action()
-    except Exception as exc:
-        _say(f"could not remove {what}: {exc}")
-
-
-def run(plan: Plan, settings: Settings) -> dict[str, Any]:
+def run(plan: Plan, settings: Settings, site: Site | None = None) -> dict[str, Any]:
+    """The ingest benchmark on ``site``'s broker and database server (servers of its own,
+    started and stopped here, without one)."""
     started = datetime.now(UTC)
     with contextlib.ExitStack() as exit_stack:
-        stack = exit_stack.enter_context(LocalStack(settings))
-        logs = stack.workdir / "bench"
-        logs.mkdir(parents=True, exist_ok=True)
-        _say("starting Kafka and PostgreSQL (unless the settings name servers)")
-        kafka, postgres = stack.kafka(), stack.postgres()
-        runner = exit_stack.enter_context(asyncio.Runner(loop_factory=uvloop.new_event_loop))
+        if site is None:
+            site = exit_stack.enter_context(open_site(settings, say))
+        kafka, runner = site.kafka, site.runner
+        logs = site.logs("ingest")
         suffix = uuid.uuid4().hex[:10]
         topic, database = f"bench-ingest-{suffix}", f"bench_ingest_{suffix}"
         runner.run(create_topic(settings, kafka.address, topic))
-        if not kafka.local:
-            exit_stack.callback(
-                _cleanup, f"topic {topic}", lambda: runner.run(delete_topic(kafka.address, topic))
-            )
-        database_url = runner.run(create_database(postgres.address, database))
-        if not postgres.local:
-            exit_stack.callback(
-                _cleanup,
-                f"database {database}",
-                lambda: runner.run(drop_database(postgres.address, database)),
-            )
+        site.remove_topics_later(exit_stack, [topic], say)
+        database_url = site.new_database(exit_stack, database, say)
         key = runner.run(new_key(database_url))
         corpus = build_corpus(plan, started)
 
@@ -888,7 +717,7 @@ def run(plan: Plan, settings: Settings) -> dict[str, Any]:
             log_path=logs / "bare.log",
             cwd=REPO,
         )
-        _say("starting ingest and the bare server")
+        say("starting ingest and the bare server")
         exit_stack.enter_context(ingest)
         exit_stack.enter_context(bare)
         bench = Bench(
@@ -906,6 +735,8 @@ def run(plan: Plan, settings: Settings) -> dict[str, Any]:
         )
         rounds, paced = measure(bench)
         rss = {"ingest": peak_rss_bytes(ingest.pid), "bare": peak_rss_bytes(bare.pid)}
+        if kafka.pid is not None:
+            rss["kafka"] = peak_rss_bytes(kafka.pid)
         found = figures(rounds, paced)
         return {
             "benchmark": "ingest",
@@ -980,53 +811,34 @@ def report(result: dict[str, Any]) -> str:
         "no compression",
         result["notes"][0],
         "",
-        figure_table(result["figures"]),
+        figures_printed(result["figures"]),
         "",
         "CPU microseconds per unit of work (cores busy), median over pairs; other = the rest "
         "of the machine (PostgreSQL, other tenants):",
         cpu_table(result["cpu"]),
         "",
-        "peak RSS: "
-        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in result["peak_rss_bytes"].items() if v),
+        rss_line(result["peak_rss_bytes"]),
     ]
     lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same way out as Ctrl-C: everything started is stopped on the way.
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.bench.ingest",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument("--quick", action="store_true", help="a few seconds per phase, one pair")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="the result file (default .touchpulse/bench/ingest-<UTC time>.json)",
+    parser = arguments(
+        "python -m tests.bench.ingest",
+        __doc__,
+        quick="a few seconds per phase, one pair",
+        output="ingest",
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        settings = load_settings()
-        # Provisioning logs would interleave with the report on stdout.
-        configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+
+    def body() -> int:
+        settings = bench_settings()
         result = run(QUICK if args.quick else FULL, settings)
-    except KeyboardInterrupt:
-        _say("interrupted; what was started has been stopped")
-        return 130
-    except (BenchError, StackError, ConfigError) as exc:
-        _say(f"failed: {exc}")
-        return 1
-    path = args.output or settings.state_dir / "bench" / f"ingest-{utc_stamp()}.json"
-    write_result(path, result)
-    print(report(result))
-    print(f"\nwrote {path}")
-    return 0
+        publish(result, args.output, settings, "ingest", report)
+        return 0
+
+    return guarded(say, body)
 
 
 if __name__ == "__main__":

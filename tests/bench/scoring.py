@@ -27,7 +27,6 @@ time goes. See docs/performance.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import cProfile
@@ -38,11 +37,7 @@ import math
 import os
 import pstats
 import re
-import resource
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -52,42 +47,50 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
-from types import FrameType
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
-import uvloop
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bench.common import (
     KERNEL_IRQ,
     OTHER,
+    BenchError,
     CpuMeter,
+    Figure,
     Server,
+    Site,
     Spread,
-    account_other,
+    arguments,
+    bench_settings,
+    check_other,
+    cleanup,
     clock,
+    cpu_cells,
+    create_database,
+    delete_topics,
+    drop_database,
+    figure_table,
+    guarded,
     histogram_quantile,
+    java_version,
     latency_summary,
     machine,
+    open_site,
     peak_rss_bytes,
+    per_unit,
+    postgres_version,
+    publish,
     ratio,
+    rss_line,
+    run_kafka_tool,
+    sayer,
     table,
     utc_stamp,
     versions,
-    write_result,
-)
-from tests.bench.ingest import (
-    TOOL_JVM,
-    TOOL_TIMEOUT_S,
-    Figure,
-    create_database,
-    drop_database,
-    java_version,
 )
 from touchpulse_scoring.domain import Catalogue, CustomerProfile, evaluate, load_catalogue_file
 from touchpulse_scoring.service import ScoringService
@@ -99,11 +102,9 @@ from touchpulse_shared.contract.record import (
     format_received_at,
 )
 from touchpulse_shared.kafka.topics import TopicSpec, ensure_topics_at, topic_specs
-from touchpulse_shared.logs import configure_logging
-from touchpulse_shared.settings import ConfigError, Settings, load_settings
-from touchpulse_shared.stack.kafka import kafka_libs
+from touchpulse_shared.settings import Settings
 from touchpulse_shared.stack.local import LocalStack
-from touchpulse_shared.stack.procs import StackError, free_port, spawn, stop
+from touchpulse_shared.stack.procs import free_port
 from touchpulse_shared.stack.services import settings_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,8 +120,6 @@ TARGET_P99_MS = 250.0
 TARGET_RATE = 2_000.0
 # The open loop runs again at this fraction of the target's rate, to show the knee.
 LOWER_RATE_FRACTION = 0.5
-# Cores taken by processes outside the benchmark above which a phase is flagged as disturbed.
-OTHER_CORES_WARNING = 0.25
 # How often the throughput phase looks at the committed offsets (a readiness-style poll).
 THROUGHPUT_POLL_S = 0.1
 # How often the latency phase does: a commit is seen at most this much after it happened.
@@ -149,10 +148,6 @@ FIGURE_KEYS = (
     "metric_p50_vs_db",
     "metric_p99_vs_db",
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure what it set out to (not: the system was slow)."""
 
 
 @dataclass(frozen=True)
@@ -443,10 +438,6 @@ def build_corpus(plan: Plan, catalogue: Catalogue, now: datetime) -> Corpus:
 
 # --- Kafka: topics, pre-fill, Kafka's own tools ----------------------------------------------
 
-_TOOL_LOG4J = "rootLogger.level = WARN\nrootLogger.appenderRef.out.ref = OUT\n" + (
-    "appender.out.type = Console\nappender.out.name = OUT\n"
-    "appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = %p %m%n\n"
-)
 _KCONS_HEADER = re.compile(r"^start\.time, end\.time, .*$", re.MULTILINE)
 _E2E_AVG = re.compile(r"Avg latency: (?P<avg>[\d.]+) ms")
 _E2E_PERCENTILES = re.compile(
@@ -463,8 +454,8 @@ class Topics:
     e2e: str
 
     @classmethod
-    def named(cls, suffix: str) -> Topics:
-        base = f"bench-scoring-{suffix}"
+    def named(cls, suffix: str, prefix: str = "bench-scoring") -> Topics:
+        base = f"{prefix}-{suffix}"
         return cls(
             events=f"{base}.events",
             health=f"{base}.health",
@@ -494,15 +485,6 @@ async def create_topics(settings: Settings, bootstrap: str, topics: Topics) -> N
     events = specs[0]
     specs.append(TopicSpec(topics.e2e, 1, events.replication_factor, events.configs))
     await ensure_topics_at(bootstrap, specs)
-
-
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 def new_producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
@@ -536,11 +518,6 @@ async def prefill(
     finally:
         await producer.stop()
     return [(m.partition, m.offset) for m in metadata]
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- PostgreSQL: what the benchmark reads ---------------------------------------------------
@@ -754,9 +731,21 @@ class ScoringRun:
     cpu_with_tail_s: dict[str, float]
     #: Process start to the first committed batch seen (imports, migrations, group join).
     startup_s: float
-    peak_rss_bytes: int | None
+    #: Each scoring process's peak resident set (VmHWM), by its name in ``cpu_s``.
+    rss_bytes: dict[str, int | None]
     counts: dict[str, int]
     metrics: dict[str, float]
+
+    @property
+    def processes(self) -> list[str]:
+        return list(self.rss_bytes)
+
+    @property
+    def peak_rss_bytes(self) -> int | None:
+        return max((v for v in self.rss_bytes.values() if v), default=None)
+
+    def scoring_cpu_s(self, spent: dict[str, float]) -> float:
+        return sum(spent[name] for name in self.processes)
 
     @property
     def events_per_s(self) -> float:
@@ -764,7 +753,9 @@ class ScoringRun:
 
     @property
     def events_per_cpu_s(self) -> float:
-        return self.events / self.cpu_with_tail_s["scoring"]
+        """Events per CPU-second of the scoring processes (with several: their sum, which is
+        the mean events per CPU-second of one)."""
+        return self.events / self.scoring_cpu_s(self.cpu_with_tail_s)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -772,14 +763,15 @@ class ScoringRun:
             "wall_s": self.wall_s,
             "events_per_s": self.events_per_s,
             "events_per_cpu_s": self.events_per_cpu_s,
-            "events_per_cpu_s_until_committed": self.events / self.cpu_s["scoring"],
+            "events_per_cpu_s_until_committed": self.events / self.scoring_cpu_s(self.cpu_s),
+            "processes": self.processes,
             "cpu_s": self.cpu_s,
             "cpu_s_per_event": per_unit(self.cpu_s, self.events),
             "cores": per_unit(self.cpu_s, self.wall_s),
             "tail_s": self.tail_s,
             "cpu_with_tail_s": self.cpu_with_tail_s,
             "startup_s": self.startup_s,
-            "peak_rss_bytes": self.peak_rss_bytes,
+            "peak_rss_bytes": self.rss_bytes,
             "counts": self.counts,
             "metrics": self.metrics,
         }
@@ -887,20 +879,15 @@ class Paced:
         }
 
 
-def per_unit(spent: dict[str, float], units: float) -> dict[str, float]:
-    return {name: s / units if units else math.nan for name, s in spent.items()}
-
-
 @dataclass
 class Bench:
     plan: Plan
     settings: Settings
     logs: Path
     bootstrap: str
-    database_server: str
+    site: Site
     kafka_pid: int | None
     postgres_pid: int | None
-    postgres_local: bool
     topics: Topics
     suffix: str
     corpus: Corpus
@@ -921,60 +908,31 @@ class Bench:
         return CpuMeter(pids, trees, kernel=True)
 
     def _check_other(self, what: str, cores: float) -> None:
-        if cores > OTHER_CORES_WARNING:
-            self.warnings.append(
-                f"{what}: other processes on the machine took {cores:.2f} cores meanwhile"
-            )
+        check_other(self.warnings, what, cores)
 
     def new_database(self, what: str) -> str:
         """A fresh, migrated database on the benchmark's server; dropped by :meth:`drop`."""
         self.databases += 1
-        name = f"bench_scoring_{self.suffix}_{what}_{self.databases}"
-        return self.runner.run(create_database(self.database_server, name))
+        return self.site.new_database(None, f"bench_{what}_{self.suffix}_{self.databases}", say)
 
     def drop(self, url: str) -> None:
-        name = url.rpartition("/")[2]
-        self.runner.run(drop_database(self.database_server, name))
+        self.site.drop_database(url)
 
     # --- K_cons ----------------------------------------------------------------------------
 
     def tool(self, name: str, main_class: str, args: Sequence[str]) -> tuple[str, dict[str, Any]]:
         """Run one of Kafka's tools to completion; its output, wall time and CPU."""
-        libs = kafka_libs(self.settings.cache_dir, self.settings.kafka_version)
-        java = shutil.which("java")
-        if java is None:
-            raise BenchError(f"Java is needed for Kafka's {main_class} and is not on PATH")
-        log4j = self.logs / "tools-log4j2.properties"
-        log4j.write_text(_TOOL_LOG4J)
         self.tool_runs += 1
-        log_path = self.logs / f"{name}-{self.tool_runs}.log"
-        argv = [
-            java,
-            *TOOL_JVM,
-            f"-Dlog4j2.configurationFile={log4j}",
-            "-cp",
-            f"{libs}/*",
-            f"org.apache.kafka.tools.{main_class}",
-            *args,
-        ]
-        broker = self.meter()
-        broker_before, tool_before, started = broker.read(), _children_cpu_s(), clock()
-        proc = spawn(argv, log_path=log_path)
-        try:
-            code = proc.wait(TOOL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"{main_class} took over {TOOL_TIMEOUT_S:.0f} s") from None
-        finally:
-            stop(proc, timeout=10)
-        wall_s = clock() - started
-        output = log_path.read_text(errors="replace")
-        if code != 0:
-            raise BenchError(f"{main_class} exited with {code}:\n{output[-2000:]}")
-        cpu = CpuMeter.delta(broker_before, broker.read())
-        cpu["tool_incl_jvm_start"] = _children_cpu_s() - tool_before
-        account_other(cpu)
-        self._check_other(main_class, cpu[OTHER] / wall_s)
-        return output, {"wall_s_incl_jvm_start": wall_s, "cpu_s": cpu}
+        output, run = run_kafka_tool(
+            self.settings,
+            self.logs,
+            f"{name}-{self.tool_runs}",
+            main_class,
+            args,
+            meter=self.meter(),
+        )
+        self._check_other(main_class, run["cpu_s"][OTHER] / run["wall_s_incl_jvm_start"])
+        return output, run
 
     def kcons(self, index: int) -> dict[str, Any]:
         """Kafka's ConsumerPerformance on the pre-filled topic, the scorer's consumer settings."""
@@ -1083,7 +1041,7 @@ class Bench:
 
     # --- scoring ---------------------------------------------------------------------------
 
-    def scoring_server(self, url: str, group: str) -> Server:
+    def scoring_server(self, url: str, group: str, name: str = "scoring") -> Server:
         port = free_port()
         scoring = self.topics.settings(self.settings).model_copy(
             update={
@@ -1095,38 +1053,54 @@ class Bench:
             }
         )
         return Server(
-            "scoring",
+            name,
             [str(Path(sys.executable).with_name("touchpulse-scoring"))],
             port=port,
-            log_path=self.logs / f"scoring-{group}.log",
+            log_path=self.logs / f"{name}-{group}.log",
             env={**os.environ, **settings_env(scoring)},
             cwd=REPO,
             ready_path="/readyz",
         )
 
-    def scoring(self, index: int, *, keep: bool) -> tuple[ScoringRun, Server, str, str]:
-        """Consume the pre-filled topic from a fresh database; the server is stopped unless
-        ``keep`` (then the caller stops it, and drops the database)."""
-        url = self.new_database("scoring")
-        group = f"bench-scoring-{self.suffix}-{index}"
-        server = self.scoring_server(url, group)
+    def scoring(
+        self, index: int, *, keep: bool, instances: int = 1, tag: str = "scoring"
+    ) -> tuple[ScoringRun, list[Server], str, str]:
+        """Consume the pre-filled topic from a fresh database with ``instances`` scoring
+        processes of one group (started side by side); they are stopped unless ``keep``
+        (then the caller stops them, and drops the database)."""
+        url = self.new_database(tag.replace("-", "_"))
+        group = f"bench-{tag}-{self.suffix}-{index}"
+        names = ["scoring"] if instances == 1 else [f"scoring-{i + 1}" for i in range(instances)]
+        servers = [self.scoring_server(url, group, name) for name in names]
+
+        def stop_all() -> None:
+            for server in servers:
+                server.stop()
+
         try:
             started = clock()
-            server.start()
-            run = self.runner.run(self._consume(server, url, group, started))
+            for server in servers:
+                server.launch()
+            for server in servers:
+                server.wait_ready()
+            run = self.runner.run(self._consume(servers, url, group, started))
         except BaseException:
-            server.stop()
+            stop_all()
             self.drop(url)
             raise
         if not keep:
-            server.stop()
+            stop_all()
             self.drop(url)
-        return run, server, url, group
+        return run, servers, url, group
 
-    async def _consume(self, server: Server, url: str, group: str, started: float) -> ScoringRun:
+    async def _consume(
+        self, servers: Sequence[Server], url: str, group: str, started: float
+    ) -> ScoringRun:
+        """From the first poll at which every process has committed a batch (start-up, group
+        joins and the first rebalance left out) until every offset is committed."""
         total = self.plan.events
         topic = self.topics.events
-        meter = self.meter(scoring=server.pid, bench=os.getpid())
+        meter = self.meter(bench=os.getpid(), **{s.name: s.pid for s in servers})
         conn = await asyncpg.connect(url)
         try:
             first: tuple[float, int, dict[str, float]] | None = None
@@ -1134,17 +1108,21 @@ class Bench:
             while True:
                 committed = int(await conn.fetchval(_COMMITTED, group, topic))
                 now, cpu = clock(), meter.read()
-                if first is None and committed > 0:
+                if first is None and committed > 0 and await all_consuming(servers):
                     first = (now, committed, cpu)
                 if committed >= total:
                     break
                 if now > deadline:
                     raise BenchError(
                         f"scoring committed {committed} of {total} records in "
-                        f"{SCORING_DRAIN_S:.0f} s; see {server.log_path}"
+                        f"{SCORING_DRAIN_S:.0f} s; see {servers[0].log_path}"
                     )
                 await asyncio.sleep(THROUGHPUT_POLL_S)
-            assert first is not None
+            if first is None:
+                raise BenchError(
+                    f"the topic was drained before every one of {len(servers)} scoring "
+                    "processes had committed a batch: too few events to measure"
+                )
             t0, committed0, cpu0 = first
             done, cpu_done = now, cpu
             quiet_by = clock() + QUIET_S
@@ -1161,12 +1139,16 @@ class Bench:
             counts = dict(row)
         finally:
             await conn.close()
-        rss = peak_rss_bytes(server.pid)
-        metrics = await scrape_counters(server.url)
+        rss = {s.name: peak_rss_bytes(s.pid) for s in servers}
+        metrics: dict[str, float] = defaultdict(float)
+        for server in servers:
+            for name, value in (await scrape_counters(server.url)).items():
+                metrics[name] += value
         cpu_s = CpuMeter.delta(cpu0, cpu_done)
-        self._check_other("scoring", cpu_s[OTHER] / (done - t0))
+        what = "scoring" if len(servers) == 1 else f"scoring x{len(servers)}"
+        self._check_other(what, cpu_s[OTHER] / (done - t0))
         if counts["processed"] != total:
-            self.warnings.append(f"scoring applied {counts['processed']} of {total} events")
+            self.warnings.append(f"{what} applied {counts['processed']} of {total} events")
         return ScoringRun(
             events=total - committed0,
             wall_s=done - t0,
@@ -1174,9 +1156,9 @@ class Bench:
             tail_s=quiet - done,
             cpu_with_tail_s=CpuMeter.delta(cpu0, cpu_quiet),
             startup_s=t0 - started,
-            peak_rss_bytes=rss,
+            rss_bytes=rss,
             counts={k: int(v) for k, v in counts.items()},
-            metrics=metrics,
+            metrics=dict(metrics),
         )
 
     # --- latency ---------------------------------------------------------------------------
@@ -1380,6 +1362,16 @@ async def scrape_histogram(base_url: str) -> list[tuple[float, float]]:
     raise BenchError("scoring's /metrics has no event-to-health histogram")
 
 
+async def all_consuming(servers: Sequence[Server]) -> bool:
+    """Whether every scoring process has handled a batch (one alone: it committed, enough)."""
+    if len(servers) == 1:
+        return True
+    for server in servers:
+        if (await scrape_counters(server.url)).get("batch_records_count", 0.0) <= 0:
+            return False
+    return True
+
+
 async def scrape_counters(base_url: str) -> dict[str, float]:
     """Scoring's own account of the run: events by result, outcomes, interventions."""
     text = await _metrics_text(base_url)
@@ -1413,20 +1405,22 @@ def measure(bench: Bench) -> tuple[list[Pair], list[Paced]]:
     kept: tuple[Server, str, str] | None = None
     for index in range(plan.pairs):
         last = index == plan.pairs - 1
-        _say(f"pair {index + 1}/{plan.pairs}: K_cons (ConsumerPerformance)")
+        say(f"pair {index + 1}/{plan.pairs}: K_cons (ConsumerPerformance)")
         kcons = bench.kcons(index)
-        _say(f"pair {index + 1}/{plan.pairs}: D_upsert ({len(batches)} batches)")
+        say(f"pair {index + 1}/{plan.pairs}: D_upsert ({len(batches)} batches)")
         upsert = bench.upsert(batches)
-        _say(f"pair {index + 1}/{plan.pairs}: scoring consumes {plan.events:,} events")
-        run, server, url, group = bench.scoring(index, keep=last)
+        say(f"pair {index + 1}/{plan.pairs}: scoring consumes {plan.events:,} events")
+        run, servers, url, group = bench.scoring(index, keep=last)
         if last:
+            server = servers[0]
             kept = (server, url, group)
-            # Stopped first, then (on a server named by the settings) its database dropped.
-            if not bench.postgres_local:
+            # Stopped first, then (where it must be) its database dropped.
+            if bench.site.shared or not bench.site.postgres.local:
                 bench.exit_stack.callback(
-                    _cleanup,
+                    cleanup,
                     f"database {url.rpartition('/')[2]}",
                     functools.partial(bench.drop, url),
+                    say,
                 )
             bench.exit_stack.callback(server.stop)
         pairs.append(Pair(kcons, upsert, run))
@@ -1435,13 +1429,13 @@ def measure(bench: Bench) -> tuple[list[Pair], list[Paced]]:
     paced = []
     records = list(bench.corpus.paced)
     for rate in plan.rates:
-        _say(
+        say(
             f"open loop at {rate:,.0f} events/s for {plan.warmup_s + plan.duration_s:.0f} s "
             f"({plan.warmup_s:.0f} s warm-up), scoring caught up"
         )
         paced.append(bench.paced(server, url, group, rate_per_s=rate, records=records))
     server.stop()  # idle from here: its background rounds would count as "other"
-    _say(f"K_e2e (EndToEndLatency, {plan.e2e_messages:,} round trips)")
+    say(f"K_e2e (EndToEndLatency, {plan.e2e_messages:,} round trips)")
     paced[0].kafka = bench.kafka_e2e()
     return pairs, paced
 
@@ -1535,35 +1529,8 @@ def figures(pairs: Sequence[Pair], paced: Paced, lower: Paced) -> dict[str, Figu
     }
 
 
-def _number(value: float, unit: str, *, with_unit: bool = True) -> str:
-    if not math.isfinite(value):
-        return "n/a"
-    if unit == "ms":
-        return f"{value:.1f} ms"
-    return f"{value:,.0f}" + (f" {unit}" if with_unit else "")
-
-
-def figure_table(found: dict[str, dict[str, Any]]) -> str:
-    rows = []
-    for key in FIGURE_KEYS:
-        f = found[key]
-        spread = f"{f['ratio']['median']:.3f}"
-        if f["ratio"]["n"] > 1:
-            spread += f" ({f['ratio']['min']:.3f}-{f['ratio']['max']:.3f}, n={f['ratio']['n']})"
-        met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
-        rows.append(
-            [
-                f["label"],
-                _number(f["value"], f["unit"]),
-                f["ceiling_label"],
-                _number(f["ceiling"], f["unit"], with_unit=f["unit"] == "ms"),
-                spread,
-                f["target"] or "-",
-                met,
-            ]
-        )
-    header = ["figure", "value", "ceiling", "ceiling value", "ratio (min-max)", "target", "met"]
-    return table(header, rows)
+def figures_printed(found: dict[str, dict[str, Any]]) -> str:
+    return figure_table(found, FIGURE_KEYS)
 
 
 #: Columns of the CPU table: the process under test, then the servers and this process.
@@ -1634,16 +1601,7 @@ def cpu_profile(pairs: Sequence[Pair], paced: Paced, lower: Paced) -> dict[str, 
 
 
 def cpu_table(profile: dict[str, Any]) -> str:
-    rows = []
-    for phase, data in profile.items():
-        cells = [phase, data["unit"]]
-        for name in CPU_COLUMNS:
-            us = data["us_per_unit"].get(name)
-            cores = data["cores"].get(name)
-            cells.append("-" if us is None else f"{us:.2f} ({cores:.2f})")
-        other = data["cores"].get(OTHER)
-        cells.append("-" if other is None else f"{other:.2f}")
-        rows.append(cells)
+    rows = [[phase, *cpu_cells(data, CPU_COLUMNS)] for phase, data in profile.items()]
     header = [
         "phase",
         "per",
@@ -1662,88 +1620,88 @@ def cpu_table(profile: dict[str, Any]) -> str:
 # --- setting up, tearing down, reporting -----------------------------------------------------
 
 
-def _say(message: str) -> None:
-    print(f"[bench-scoring {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+say = sayer("bench-scoring")
 
 
-def _cleanup(what: str, action: Callable[[], object]) -> None:
-    try:
-        action()
-    except Exception as exc:
-        _say(f"could not remove {what}: {exc}")
+def prepare(
+    plan: Plan,
+    settings: Settings,
+    site: Site,
+    exit_stack: contextlib.ExitStack,
+    *,
+    stage: str = "scoring",
+) -> Bench:
+    """Topics ``bench-<stage>-<id>.*`` on ``site``'s broker, the corpus, the events topic
+    pre-filled: a :class:`Bench` ready to measure."""
+    kafka, runner = site.kafka, site.runner
+    suffix = uuid.uuid4().hex[:10]
+    topics = Topics.named(suffix, prefix=f"bench-{stage}")
+    runner.run(create_topics(settings, kafka.address, topics))
+    site.remove_topics_later(exit_stack, topics.all(), say)
+    catalogue = load_catalogue_file(REPO / settings.promise_catalogue)
+    say(f"building the corpus: {plan.events + plan.paced_events:,} events")
+    corpus = build_corpus(plan, catalogue, datetime.now(UTC))
+    say(f"pre-filling {topics.events} with {plan.events:,} events")
+    positions = runner.run(
+        prefill(kafka.address, topics.events, corpus.filled, linger_ms=settings.ingest_linger_ms)
+    )
+    return Bench(
+        plan=plan,
+        settings=settings,
+        logs=site.logs(stage),
+        bootstrap=kafka.address,
+        site=site,
+        kafka_pid=kafka.pid,
+        postgres_pid=site.postgres.pid,
+        topics=topics,
+        suffix=suffix,
+        corpus=corpus,
+        positions=positions,
+        catalogue=catalogue,
+        runner=runner,
+        exit_stack=exit_stack,
+    )
 
 
-async def postgres_version(url: str) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
+def scoring_versions(settings: Settings, site: Site, catalogue: Catalogue) -> dict[str, str]:
+    kafka, postgres = site.kafka, site.postgres
+    pg_version = site.runner.run(postgres_version(postgres.address))
+    return {
+        **versions(PACKAGES),
+        "kafka": settings.kafka_version
+        if kafka.local
+        else f"external (tools {settings.kafka_version})",
+        "postgresql": pg_version if postgres.local else f"external {pg_version}",
+        "java": java_version(),
+        "catalogue": catalogue.version,
+    }
 
 
-def run(plan: Plan, settings: Settings) -> dict[str, Any]:
+def run(plan: Plan, settings: Settings, site: Site | None = None) -> dict[str, Any]:
+    """The scoring benchmark on ``site``'s broker and database server (servers of its own,
+    started and stopped here, without one)."""
     started = datetime.now(UTC)
     with contextlib.ExitStack() as exit_stack:
-        stack = exit_stack.enter_context(LocalStack(settings))
-        logs = stack.workdir / "bench"
-        logs.mkdir(parents=True, exist_ok=True)
-        _say("starting Kafka and PostgreSQL (unless the settings name servers)")
-        kafka, postgres = stack.kafka(), stack.postgres()
-        runner = exit_stack.enter_context(asyncio.Runner(loop_factory=uvloop.new_event_loop))
-        suffix = uuid.uuid4().hex[:10]
-        topics = Topics.named(suffix)
-        runner.run(create_topics(settings, kafka.address, topics))
-        if not kafka.local:
-            exit_stack.callback(
-                _cleanup,
-                f"topics {topics.all()}",
-                lambda: runner.run(delete_topics(kafka.address, topics.all())),
-            )
-        catalogue = load_catalogue_file(REPO / settings.promise_catalogue)
-        _say(f"building the corpus: {plan.events + plan.paced_events:,} events")
-        corpus = build_corpus(plan, catalogue, started)
-        _say(f"pre-filling {topics.events} with {plan.events:,} events")
-        positions = runner.run(
-            prefill(
-                kafka.address, topics.events, corpus.filled, linger_ms=settings.ingest_linger_ms
-            )
-        )
-        bench = Bench(
-            plan=plan,
-            settings=settings,
-            logs=logs,
-            bootstrap=kafka.address,
-            database_server=postgres.address,
-            kafka_pid=kafka.pid,
-            postgres_pid=postgres.pid,
-            postgres_local=postgres.local,
-            topics=topics,
-            suffix=suffix,
-            corpus=corpus,
-            positions=positions,
-            catalogue=catalogue,
-            runner=runner,
-            exit_stack=exit_stack,
-        )
+        if site is None:
+            site = exit_stack.enter_context(open_site(settings, say))
+        kafka, postgres = site.kafka, site.postgres
+        bench = prepare(plan, settings, site, exit_stack)
+        corpus, logs = bench.corpus, bench.logs
         pairs, (paced, lower) = measure(bench)
         found = figures(pairs, paced, lower)
-        pg_version = runner.run(postgres_version(postgres.address))
         last = pairs[-1].scoring
+        rss: dict[str, int | None] = {
+            "scoring": max((p.scoring.peak_rss_bytes or 0) for p in pairs)
+        }
+        if kafka.pid is not None:
+            rss["kafka"] = peak_rss_bytes(kafka.pid)
         return {
             "benchmark": "scoring",
             "mode": plan.name,
             "started_at": started.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "machine": machine(),
-            "versions": {
-                **versions(PACKAGES),
-                "kafka": settings.kafka_version
-                if kafka.local
-                else f"external (tools {settings.kafka_version})",
-                "postgresql": pg_version if postgres.local else f"external {pg_version}",
-                "java": java_version(),
-                "catalogue": catalogue.version,
-            },
+            "versions": scoring_versions(settings, site, bench.catalogue),
             "settings": {
                 "kafka": "local" if kafka.local else "external",
                 "postgresql": "local" if postgres.local else "external",
@@ -1780,7 +1738,7 @@ def run(plan: Plan, settings: Settings) -> dict[str, Any]:
                 },
             },
             "cpu": cpu_profile(pairs, paced, lower),
-            "peak_rss_bytes": {"scoring": max((p.scoring.peak_rss_bytes or 0) for p in pairs)},
+            "peak_rss_bytes": rss,
             "work": {"counts": last.counts, "metrics": last.metrics},
             "pairs": [p.as_dict() for p in pairs],
             "open_loop": paced.as_dict(),
@@ -1812,7 +1770,7 @@ def report(result: dict[str, Any]) -> str:
         f"{work['interventions']:,} interventions",
         result["notes"][0],
         "",
-        figure_table(result["figures"]),
+        figures_printed(result["figures"]),
         "",
         "event-to-health p50 / p99 (ms) of the events due in each quarter of the open loop's "
         "window (growth = a backlog):",
@@ -1832,8 +1790,7 @@ def report(result: dict[str, Any]) -> str:
         "postmaster and all its children; other = the rest of the machine:",
         cpu_table(result["cpu"]),
         "",
-        "peak RSS: "
-        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in result["peak_rss_bytes"].items() if v),
+        rss_line(result["peak_rss_bytes"]),
     ]
     lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
@@ -1882,11 +1839,12 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
         asyncio.run(create_topics(settings, kafka.address, topics))
         if not kafka.local:
             exit_stack.callback(
-                _cleanup,
+                cleanup,
                 f"topics {topics.all()}",
                 lambda: asyncio.run(delete_topics(kafka.address, topics.all())),
+                say,
             )
-        _say(f"pre-filling {topics.events} with {plan.events:,} events")
+        say(f"pre-filling {topics.events} with {plan.events:,} events")
         asyncio.run(
             prefill(kafka.address, topics.events, events, linger_ms=settings.ingest_linger_ms)
         )
@@ -1894,9 +1852,10 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
         url = asyncio.run(create_database(postgres.address, name))
         if not postgres.local:
             exit_stack.callback(
-                _cleanup,
+                cleanup,
                 f"database {name}",
                 lambda: asyncio.run(drop_database(postgres.address, name)),
+                say,
             )
         group = f"bench-profile-{suffix}"
         service_settings = topics.settings(settings).model_copy(
@@ -1934,7 +1893,7 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
                 raise BenchError("the first committed batch was not seen: the topic is too small")
             return plan.events - first[0], clock() - first[1]
 
-        _say(f"scoring {plan.events:,} events in this process under cProfile")
+        say(f"scoring {plan.events:,} events in this process under cProfile")
         counted, wall_s = asyncio.run(consume())
     stats = pstats.Stats(profiler)
     if dump is not None:
@@ -1980,20 +1939,12 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.bench.scoring",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument("--quick", action="store_true", help="a small topic, one pair, 5 s paced")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="the result file (default .touchpulse/bench/scoring-<UTC time>.json)",
+    parser = arguments(
+        "python -m tests.bench.scoring",
+        __doc__,
+        quick="a small topic, one pair, 5 s paced",
+        output="scoring",
     )
     parser.add_argument(
         "--profile",
@@ -2001,27 +1952,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="instead: profile scoring in this process (cProfile) over the pre-filled topic",
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        settings = load_settings()
-        configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+
+    def body() -> int:
+        settings = bench_settings()
+        plan = QUICK if args.quick else FULL
         if args.profile:
             dump = settings.state_dir / "bench" / f"scoring-profile-{utc_stamp()}.pstats"
-            print(profile(QUICK if args.quick else FULL, settings, dump=dump))
+            print(profile(plan, settings, dump=dump))
             print(f"\nwrote {dump} (python -m pstats {dump})")
             return 0
-        result = run(QUICK if args.quick else FULL, settings)
-    except KeyboardInterrupt:
-        _say("interrupted; what was started has been stopped")
-        return 130
-    except (BenchError, StackError, ConfigError) as exc:
-        _say(f"failed: {exc}")
-        return 1
-    path = args.output or settings.state_dir / "bench" / f"scoring-{utc_stamp()}.json"
-    write_result(path, result)
-    print(report(result))
-    print(f"\nwrote {path}")
-    return 0
+        publish(run(plan, settings), args.output, settings, "scoring", report)
+        return 0
+
+    return guarded(say, body)
 
 
 if __name__ == "__main__":

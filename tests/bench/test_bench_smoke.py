@@ -1,9 +1,10 @@
-"""``make bench-ingest``, ``make bench-scoring`` and ``make bench-api`` in their quick modes
-complete and report every figure in full.
+"""``make bench`` in its quick mode (``python -m tests.bench --quick``: every stage, one broker
+and one database) completes and reports every figure in full.
 
 Speed is measured, never asserted: a loaded CI machine must not fail this test. What is
 asserted is the shape of the report: each figure printed with a value, a ceiling and a
-ratio, and a result file holding every key the docs describe.
+ratio, every process with its CPU and memory, and a result file holding every key the docs
+describe.
 """
 
 from __future__ import annotations
@@ -18,23 +19,27 @@ from typing import Any
 
 import pytest
 
-from tests.bench.api import CPU_COLUMNS as API_CPU_COLUMNS
-from tests.bench.api import FIGURE_KEYS as API_FIGURE_KEYS
-from tests.bench.ingest import FIGURE_KEYS
-from tests.bench.scoring import FIGURE_KEYS as SCORING_FIGURE_KEYS
+from tests.bench import api, ingest, scale, scoring
 
 REPO = Path(__file__).resolve().parents[2]
-# Quick mode takes about 30 s on 2 cores; the rest is slack for a loaded machine.
-TIMEOUT_S = 240
+# The quick suite takes about 90 s on 2 cores; the rest is slack for a loaded machine.
+TIMEOUT_S = 300
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+STAGE_FIGURES = {
+    "ingest": ingest.FIGURE_KEYS,
+    "scoring": scoring.FIGURE_KEYS,
+    "scale": scale.FIGURE_KEYS,
+    "api": api.FIGURE_KEYS,
+}
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(TIMEOUT_S + 30)]
 
 
-def _quick(bench: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
-    output = tmp_path_factory.mktemp("bench") / f"{bench}.json"
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    output = tmp_path_factory.mktemp("bench") / "suite.json"
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", f"tests.bench.{bench}", "--quick", "--output", str(output)],
+        [sys.executable, "-m", "tests.bench", "--quick", "--output", str(output)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -42,42 +47,83 @@ def _quick(bench: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, d
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result: dict[str, object] = json.loads(output.read_text())
+    result: dict[str, Any] = json.loads(output.read_text())
     return proc.stdout, result
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
-    return _quick("ingest", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def scoring_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
-    return _quick("scoring", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def api_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
-    return _quick("api", tmp_path_factory)
-
-
-def _assert_printed(stdout: str, figures: dict[str, Any], keys: tuple[str, ...]) -> None:
+def test_every_figure_is_printed_with_its_ceiling_and_ratio(
+    suite: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, result = suite
     rows = stdout.splitlines()
-    for key in keys:
-        figure = figures[key]
+    for key, figure in result["figures"].items():
         # Two figures may share a label (one value, two ceilings): the ceiling tells them apart.
-        row = next((r for r in rows if figure["label"] in r and figure["ceiling_label"] in r), None)
+        row = next(
+            (
+                r
+                for r in rows
+                if r.startswith(figure["stage"] + " ")
+                and f"  {figure['label']}  " in r
+                and f"  {figure['ceiling_label']}  " in r
+            ),
+            None,
+        )
         assert row is not None, f"{key} is not printed:\n{stdout}"
-        # figure, value, ceiling, ceiling value, ratio, target, met: columns 2+ spaces apart
+        # stage, figure, value, ceiling, ceiling value, ratio, target, met: 2+ spaces apart
         cells = re.split(r"\s{2,}", row.strip())
-        assert len(cells) == 7, row
-        for cell in (cells[1], cells[3], cells[4]):
+        assert len(cells) == 8, row
+        for cell in (cells[2], cells[4], cells[5]):
             assert NUMBER.match(cell), row
+    assert "shares the machine's" in stdout  # the load generator's share is stated
+    assert "linear scaling" in stdout  # and the speed-up's ceiling, with why
+    for what in ("peak RSS", "scoring-2", "postgres (all)", "load generator", "kafka broker"):
+        assert what in stdout, what
 
 
-def _assert_complete(figures: dict[str, Any], keys: tuple[str, ...]) -> None:
-    assert set(figures) == set(keys)
-    for key, figure in figures.items():
+def test_the_result_file_holds_every_key(suite: tuple[str, dict[str, Any]]) -> None:
+    _, result = suite
+    for key in (
+        "benchmark",
+        "mode",
+        "started_at",
+        "finished_at",
+        "wall_s",
+        "stage_wall_s",
+        "machine",
+        "versions",
+        "settings",
+        "figures",
+        "processes",
+        "targets",
+        "notes",
+        "warnings",
+        "stages",
+    ):
+        assert key in result, key
+    assert result["benchmark"] == "suite"
+    assert result["mode"] == "quick"
+    assert set(result["stages"]) == set(STAGE_FIGURES)
+    assert set(result["stage_wall_s"]) == set(STAGE_FIGURES)
+    assert result["machine"]["nproc"]
+    assert result["machine"]["memory_bytes"]
+    for package in (
+        "python",
+        "kafka",
+        "postgresql",
+        "java",
+        "aiokafka",
+        "asyncpg",
+        "fastapi",
+        "uvicorn",
+        "pydantic",
+        "starlette",
+    ):
+        assert result["versions"][package], package
+    assert set(result["settings"]["stages"]) == set(STAGE_FIGURES)
+    expected = {f"{stage}.{key}" for stage, keys in STAGE_FIGURES.items() for key in keys}
+    assert set(result["figures"]) == expected
+    for key, figure in result["figures"].items():
+        assert figure["stage"] == key.partition(".")[0]
         for field in ("value", "ceiling"):
             assert isinstance(figure[field], float), (key, field)
             assert math.isfinite(figure[field]), (key, field)
@@ -85,194 +131,75 @@ def _assert_complete(figures: dict[str, Any], keys: tuple[str, ...]) -> None:
         assert math.isfinite(figure["ratio"]["median"]), key
 
 
-def test_every_figure_is_printed_with_a_ceiling_and_a_ratio(
-    quick_run: tuple[str, dict[str, object]],
-) -> None:
-    stdout, result = quick_run
-    figures = result["figures"]
-    assert isinstance(figures, dict)
-    rows = stdout.splitlines()
-    for key in FIGURE_KEYS:
-        figure = figures[key]
-        # Two figures may share a label (one value, two ceilings): the ceiling tells them apart.
-        row = next((r for r in rows if figure["label"] in r and figure["ceiling_label"] in r), None)
-        assert row is not None, f"{key} is not printed:\n{stdout}"
-        # value, ceiling value and ratio at least
-        assert len(NUMBER.findall(row.replace(figure["label"], ""))) >= 3, row
-    assert "shares the machine's" in stdout  # the load generator's share is stated
-
-
-def test_the_result_file_holds_every_key(quick_run: tuple[str, dict[str, object]]) -> None:
-    _, result = quick_run
-    for key in (
-        "benchmark",
-        "mode",
-        "started_at",
-        "finished_at",
-        "machine",
-        "versions",
-        "settings",
-        "figures",
-        "targets",
-        "cpu",
-        "peak_rss_bytes",
-        "rounds",
-        "open_loop",
-        "notes",
-        "warnings",
+def test_every_process_has_its_cpu_and_memory(suite: tuple[str, dict[str, Any]]) -> None:
+    _, result = suite
+    found = result["processes"]
+    local = result["settings"]["servers"]["kafka"]["where"] == "local"
+    expected = {
+        "ingest": ["ingest", "load generator"],
+        "scoring": ["scoring", "postgres"],
+        "scale": ["scoring", "scoring-1", "scoring-2", "postgres"],
+        "api": ["api", "ingest", "scoring", "postgres", "load generator"],
+    }
+    for stage, names in expected.items():
+        for name in names + (["kafka"] if local else []):
+            entry = found[stage][name]
+            assert entry["cpu"], (stage, name)
+            for phase, cpu in entry["cpu"].items():
+                assert cpu["cpu_s_per_unit"] >= 0, (stage, name, phase)
+                assert cpu["unit"] in {"event", "request"}, (stage, name, phase)
+    for stage, name in (
+        ("ingest", "ingest"),
+        ("scoring", "scoring"),
+        ("scale", "scoring-1"),
+        ("scale", "scoring-2"),
+        ("api", "api"),
     ):
-        assert key in result, key
-    assert result["mode"] == "quick"
-    machine, versions = result["machine"], result["versions"]
-    assert isinstance(machine, dict)
-    assert isinstance(versions, dict)
-    assert machine["nproc"]
-    assert machine["memory_bytes"]
-    for package in ("python", "kafka", "aiokafka", "fastapi", "uvicorn", "pydantic"):
-        assert versions[package], package
-    figures = result["figures"]
-    assert isinstance(figures, dict)
-    assert set(figures) == set(FIGURE_KEYS)
-    for key, figure in figures.items():
-        for field in ("value", "ceiling"):
-            assert isinstance(figure[field], float), (key, field)
-            assert math.isfinite(figure[field]), (key, field)
-        assert set(figure["ratio"]) == {"median", "min", "max", "n"}, key
-    settings = result["settings"]
-    assert isinstance(settings, dict)
-    corpus = settings["corpus"]
-    assert corpus["kprod_record_size"] == round(corpus["record_value_bytes"])
-    assert settings["producer"]["linger_ms"] >= 0
+        assert found[stage][name]["peak_rss_bytes"] > 0, (stage, name)
+    if local:
+        for stage in expected:
+            assert found[stage]["kafka"]["peak_rss_bytes"] > 0, stage
+            assert found[stage]["postgres (largest process)"]["peak_rss_bytes"] > 0, stage
 
 
-def test_scoring_prints_every_figure_with_a_ceiling_and_a_ratio(
-    scoring_run: tuple[str, dict[str, Any]],
-) -> None:
-    stdout, result = scoring_run
-    _assert_printed(stdout, result["figures"], SCORING_FIGURE_KEYS)
-    assert "shares the machine's" in stdout  # this process's share is stated
-    for what in ("scoring", "postgres", "kafka broker", "peak RSS: scoring"):
-        assert what in stdout, what
-
-
-def test_scoring_result_file_holds_every_key(scoring_run: tuple[str, dict[str, Any]]) -> None:
-    _, result = scoring_run
-    for key in (
-        "benchmark",
-        "mode",
-        "started_at",
-        "finished_at",
-        "machine",
-        "versions",
-        "settings",
-        "figures",
-        "targets",
-        "cpu",
-        "peak_rss_bytes",
-        "work",
-        "pairs",
-        "open_loop",
-        "open_loop_lower_rate",
-        "notes",
-        "warnings",
-    ):
-        assert key in result, key
-    assert result["benchmark"] == "scoring"
-    assert result["mode"] == "quick"
-    assert result["machine"]["nproc"]
-    for package in ("python", "kafka", "postgresql", "aiokafka", "asyncpg", "java"):
-        assert result["versions"][package], package
-    _assert_complete(result["figures"], SCORING_FIGURE_KEYS)
-    assert set(result["targets"]) == {"events_per_cpu_s", "p99_ms"}
-    # Scoring did the work the corpus asks for: every event applied, none a dead letter,
-    # outcomes kept and broken, deadlines missed, interventions opened.
-    work = result["work"]
-    assert work["counts"]["processed"] == result["settings"]["corpus"]["events"]
+def test_the_stages_did_their_work(suite: tuple[str, dict[str, Any]]) -> None:
+    _, result = suite
+    stages = result["stages"]
+    # Ingest: Kafka's own producer and every phase measured.
+    settings = stages["ingest"]["settings"]
+    assert settings["corpus"]["kprod_record_size"] == round(
+        settings["corpus"]["record_value_bytes"]
+    )
+    assert len(stages["ingest"]["rounds"]) == 1
+    # Scoring applied every event, none a dead letter, and found what the corpus holds.
+    work = stages["scoring"]["work"]
+    assert work["counts"]["processed"] == stages["scoring"]["settings"]["corpus"]["events"]
     assert work["metrics"]["events_dead_letter"] == 0
     for count in ("outcomes", "broken", "missed_deadlines", "interventions"):
         assert work["counts"][count] > 0, count
-    assert len(result["pairs"]) == 1
-    scoring = result["pairs"][0]["scoring"]
-    for process in ("scoring", "postgres", "kafka"):
-        assert scoring["cpu_s_per_event"][process] > 0, process
-    assert result["peak_rss_bytes"]["scoring"] > 0
     for key in ("open_loop", "open_loop_lower_rate"):
-        open_loop = result[key]
+        open_loop = stages["scoring"][key]
         assert open_loop["incomplete"] == 0, key
         assert open_loop["latency_db"]["count"] > 0, key
         assert len(open_loop["latency_db_by_quarter"]) == 4, key
-        assert open_loop["latency_metric"]["count"] > 0, key
-
-
-def test_api_prints_every_figure_with_a_ceiling_and_a_ratio(
-    api_run: tuple[str, dict[str, Any]],
-) -> None:
-    stdout, result = api_run
-    _assert_printed(stdout, result["figures"], API_FIGURE_KEYS)
-    assert "shares the machine's" in stdout  # the load generator's share is stated
-    # The background load is stated, and so is every process's CPU and the api's memory.
-    assert "background while ingesting (health): 500 events/s offered to ingest" in stdout
-    for what in ("postgres (all)", "load generator", "scoring", "kafka broker", "peak RSS: api"):
-        assert what in stdout, what
-
-
-def test_api_result_file_holds_every_key(api_run: tuple[str, dict[str, Any]]) -> None:
-    _, result = api_run
-    for key in (
-        "benchmark",
-        "mode",
-        "started_at",
-        "finished_at",
-        "machine",
-        "versions",
-        "settings",
-        "state",
-        "answers",
-        "figures",
-        "targets",
-        "cpu",
-        "peak_rss_bytes",
-        "pairs",
-        "open_loop",
-        "notes",
-        "warnings",
-    ):
-        assert key in result, key
-    assert result["benchmark"] == "api"
-    assert result["mode"] == "quick"
-    assert result["machine"]["nproc"]
-    for package in ("python", "fastapi", "starlette", "uvicorn", "asyncpg", "kafka", "postgresql"):
-        assert result["versions"][package], package
-    _assert_complete(result["figures"], API_FIGURE_KEYS)
-    assert result["targets"]["health_p99_ms"]["max"] == 15.0
-    assert isinstance(result["targets"]["health_p99_ms"]["met"], bool)
-    # The pipeline built the state the api reads: health, history, outcomes kept and broken.
+    # Scale-out: one process, then two of one group, each applying every event.
+    scaled = stages["scale"]
+    assert scaled["kcons"]["records"] >= scaled["settings"]["corpus"]["events"]
+    for pair in scaled["pairs"]:
+        assert pair["one"]["processes"] == ["scoring"]
+        assert pair["two"]["processes"] == ["scoring-1", "scoring-2"]
+        for run in (pair["one"], pair["two"]):
+            assert run["counts"]["processed"] == scaled["settings"]["corpus"]["events"]
+            for process in run["processes"]:
+                assert run["cpu_s_per_event"][process] > 0, process
+    # The api: every read answered 200, the pipeline built the state and kept up.
+    read = stages["api"]
     for count in ("customers", "touchpoint_health", "history", "outcomes", "broken"):
-        assert result["state"][count] > 0, count
-    assert result["answers"]["explanation_items"] > 0
-    assert len(result["pairs"]) == 1
+        assert read["state"][count] > 0, count
     for server in ("health", "bare"):
-        assert result["pairs"][0][server]["statuses"] == {
-            "200": result["pairs"][0][server]["requests"]
-        }
-    loops = result["open_loop"]
-    rate = loops["rate_per_s"]
-    assert rate == pytest.approx(0.5 * result["pairs"][0]["health"]["units_per_s"])
+        pair = read["pairs"][0][server]
+        assert pair["statuses"] == {"200": pair["requests"]}
+    loops = read["open_loop"]
     for key in ("health_ingesting", "bare_ingesting", "health_quiet", "bare_quiet"):
-        assert loops[key]["offered_per_s"] == rate, key
         assert loops[key]["incomplete"] == 0, key
         assert loops[key]["latency"]["count"] > 0, key
-    for key in ("health_ingesting_background", "bare_ingesting_background"):
-        background = loops[key]
-        assert background["offered_events_per_s"] > 0, key
-        assert background["acked_events_per_s"] > 0, key
-        assert background["committed_in_window"] > 0, key
-    # The broker's and PostgreSQL's CPU is measured when the run started them.
-    local = {c for c in API_CPU_COLUMNS if c not in {"kafka", "postgres"}}
-    for phase, cpu in result["cpu"].items():
-        assert cpu["unit"] == "request", phase
-        assert local <= set(cpu["us_per_unit"]), phase
-    health = result["cpu"]["health (closed)"]["us_per_unit"]
-    for process in ("api", "loadgen", "postgres"):
-        assert health.get(process, 1.0) > 0, process
-    assert result["peak_rss_bytes"]["api"] > 0

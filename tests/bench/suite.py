@@ -1,0 +1,366 @@
+"""``make bench``: every benchmark stage on one broker and one database server, in one run.
+
+One Kafka broker and one PostgreSQL server (started here, unless ``KAFKA_BOOTSTRAP_SERVERS``
+/ ``TOUCHPULSE_DATABASE_URL`` name servers) serve, one after the other, each stage with
+topics and a database of its own (removed when the stage ends):
+
+1. ingest (``tests/bench/ingest.py``): batch and single paths against Kafka's
+   ``ProducerPerformance`` and a bare ASGI route;
+2. scoring (``tests/bench/scoring.py``): events per CPU-second against a plain asyncpg
+   upsert loop and ``ConsumerPerformance``; event-to-health latency at fixed offered rates
+   against ``EndToEndLatency``;
+3. scale (``tests/bench/scale.py``): one scoring instance against two on 6 partitions;
+4. api (``tests/bench/api.py``): the health read's maximum and its p99 under load.
+
+Printed: one table of every figure beside its ceiling and their ratio, then the CPU per
+unit of work and the peak memory of every process, stage by stage. Written: one JSON file
+with the machine, the versions, the settings of every stage and every figure.
+
+Run ``python -m tests.bench [--quick]``; the result goes to
+``.touchpulse/bench/suite-<UTC time>.json`` (``--output`` names another file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+import psutil
+
+from tests.bench import api, ingest, scale, scoring
+from tests.bench.common import (
+    FIGURE_HEADER,
+    Site,
+    arguments,
+    bench_settings,
+    clock,
+    figure_row,
+    guarded,
+    machine,
+    open_site,
+    publish,
+    sayer,
+    table,
+)
+from touchpulse_shared.settings import Settings
+
+say = sayer("bench")
+
+#: The stages in the order they run, each with its plans for the full run and ``--quick``.
+#: The full plans are the stages' own, trimmed where the suite must fit in 12 minutes on 2
+#: cores: ingest runs 3 pairs instead of 4.
+STAGES: tuple[tuple[str, ModuleType, Callable[[bool], Any]], ...] = (
+    (
+        "ingest",
+        ingest,
+        lambda quick: ingest.QUICK if quick else dataclasses.replace(ingest.FULL, pairs=3),
+    ),
+    ("scoring", scoring, lambda quick: scoring.QUICK if quick else scoring.FULL),
+    ("scale", scale, lambda quick: scale.QUICK if quick else scale.FULL),
+    ("api", api, lambda quick: api.QUICK if quick else api.FULL),
+)
+
+#: Per stage, the phases whose CPU per unit of work is reported per process (the stage's
+#: headline phases), and the names of its processes as printed.
+PROCESS_PHASES: Mapping[str, tuple[str, ...]] = {
+    "ingest": ("ingest batch", "ingest single (closed)"),
+    "scoring": ("scoring (pre-filled topic)",),
+    "scale": ("1 instance", "2 instances"),
+    "api": ("health (closed)", "health (open, ingesting)"),
+}
+PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
+    "ingest": {"server": "ingest", "kafka": "kafka", "loadgen": "load generator"},
+    "scoring": {
+        "scoring": "scoring",
+        "postgres": "postgres",
+        "kafka": "kafka",
+        "bench": "bench process",
+    },
+    "scale": {
+        "scoring": "scoring",
+        "scoring-1": "scoring-1",
+        "scoring-2": "scoring-2",
+        "postgres": "postgres",
+        "kafka": "kafka",
+    },
+    "api": {
+        "api": "api",
+        "postgres": "postgres",
+        "ingest": "ingest",
+        "scoring": "scoring",
+        "kafka": "kafka",
+        "loadgen": "load generator",
+    },
+}
+# How often the servers' memory is sampled (their peak within each stage).
+RSS_SAMPLE_S = 0.5
+
+
+class ServerMemory:
+    """The broker's and PostgreSQL's resident memory, sampled in a thread, peak per stage.
+
+    The broker is one process (VmHWM would be its peak since it started, across stages, so
+    its current RSS is sampled). PostgreSQL is the postmaster and its children: reported are
+    the largest one process reached and the largest sum over all of them (shared buffers
+    count once per process that touched them, so the sum is an upper bound).
+    """
+
+    def __init__(self, kafka_pid: int | None, postgres_pid: int | None) -> None:
+        self._kafka = kafka_pid
+        self._postgres = postgres_pid
+        self._peaks: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_forever, daemon=True)
+
+    def _sample(self) -> None:
+        found: dict[str, int] = {}
+        with_errors = (psutil.Error, OSError)
+        if self._kafka is not None:
+            with contextlib.suppress(psutil.Error, OSError):
+                found["kafka"] = psutil.Process(self._kafka).memory_info().rss
+        if self._postgres is not None:
+            with contextlib.suppress(psutil.Error, OSError):
+                root = psutil.Process(self._postgres)
+                sizes = []
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        sizes.append(proc.memory_info().rss)
+                    except with_errors:
+                        continue
+                found["postgres (largest process)"] = max(sizes)
+                found["postgres (all processes)"] = sum(sizes)
+        with self._lock:
+            for name, value in found.items():
+                self._peaks[name] = max(self._peaks.get(name, 0), value)
+
+    def _sample_forever(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def take(self) -> dict[str, int]:
+        """The peaks since the last call (the stage that just ended); starts over."""
+        self._sample()
+        with self._lock:
+            peaks, self._peaks = self._peaks, {}
+        return peaks
+
+
+def run(quick: bool, settings: Settings) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    began = clock()
+    stages: dict[str, dict[str, Any]] = {}
+    durations: dict[str, float] = {}
+    server_rss: dict[str, dict[str, int]] = {}
+    with open_site(settings, say, shared=True) as site:
+        memory = ServerMemory(site.kafka.pid, site.postgres.pid)
+        memory.start()
+        try:
+            memory.take()  # the servers' start-up is no stage's
+            for name, module, plan in STAGES:
+                say(f"stage {name}")
+                at = clock()
+                stages[name] = module.run(plan(quick), settings, site)
+                durations[name] = clock() - at
+                server_rss[name] = memory.take()
+        finally:
+            memory.stop()
+        servers = describe_servers(site)
+    found = all_figures(stages)
+    return {
+        "benchmark": "suite",
+        "mode": "quick" if quick else "full",
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "wall_s": clock() - began,
+        "stage_wall_s": durations,
+        "machine": machine(),
+        "versions": merged_versions(stages),
+        "settings": {
+            "servers": servers,
+            "stages": {name: stage["settings"] for name, stage in stages.items()},
+        },
+        "figures": found,
+        "processes": processes(stages, server_rss),
+        "targets": {name: stage.get("targets", {}) for name, stage in stages.items()},
+        "notes": [
+            "Every stage ran on the same broker and database server, one after the other, "
+            "with topics and a database of its own.",
+            *(note for stage in stages.values() for note in stage["notes"]),
+        ],
+        "warnings": [f"{name}: {w}" for name, stage in stages.items() for w in stage["warnings"]],
+        "stages": stages,
+    }
+
+
+def describe_servers(site: Site) -> dict[str, Any]:
+    return {
+        "kafka": {
+            "where": "local" if site.kafka.local else "external",
+            "bootstrap": site.kafka.address,
+        },
+        "postgresql": {"where": "local" if site.postgres.local else "external"},
+        "workdir": str(site.workdir),
+    }
+
+
+def merged_versions(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for stage in stages.values():
+        found.update(stage["versions"])
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "python", item[0])))
+
+
+def all_figures(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every stage's figures under ``<stage>.<key>``, each naming its stage."""
+    return {
+        f"{name}.{key}": {"stage": name, **figure}
+        for name, stage in stages.items()
+        for key, figure in stage["figures"].items()
+    }
+
+
+def processes(
+    stages: Mapping[str, Mapping[str, Any]], server_rss: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, Any]]:
+    """Per stage and process: CPU-seconds per unit of work (and cores busy) in the stage's
+    headline phases, and peak resident memory."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, stage in stages.items():
+        names = PROCESS_NAMES[name]
+        rss: dict[str, int | None] = {
+            k: v for k, v in stage["peak_rss_bytes"].items() if k != "kafka"
+        }
+        rss.update(server_rss.get(name, {}))
+        each: dict[str, dict[str, Any]] = {}
+        for phase in PROCESS_PHASES[name]:
+            data = stage["cpu"].get(phase)
+            if data is None:
+                continue
+            for key, shown in names.items():
+                us = data["us_per_unit"].get(key)
+                if us is None or not math.isfinite(us):
+                    continue
+                entry = each.setdefault(shown, {"cpu": {}})
+                entry["cpu"][phase] = {
+                    "unit": data["unit"],
+                    "cpu_s_per_unit": us / 1e6,
+                    "cores": data["cores"].get(key),
+                }
+        for key, value in rss.items():
+            shown = names.get(key, key)
+            each.setdefault(shown, {"cpu": {}})["peak_rss_bytes"] = value
+        for entry in each.values():
+            entry.setdefault("peak_rss_bytes", None)
+        found[name] = each
+    return found
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def figures_table(found: Mapping[str, Mapping[str, Any]]) -> str:
+    header = ["stage", *FIGURE_HEADER]
+    rows = [[f["stage"], *figure_row(f)] for f in found.values()]
+    return table(header, rows)
+
+
+def _mib(value: int | None) -> str:
+    return "-" if not value else f"{value / 2**20:,.0f} MiB"
+
+
+def processes_table(found: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    rows = []
+    for stage, each in found.items():
+        for process, entry in each.items():
+            cpu = entry["cpu"]
+            if not cpu:
+                rows.append([stage, process, "-", "-", "-", _mib(entry["peak_rss_bytes"])])
+            for phase, data in cpu.items():
+                cores = data["cores"]
+                rows.append(
+                    [
+                        stage,
+                        process,
+                        phase,
+                        f"{data['cpu_s_per_unit'] * 1e6:,.1f} µs/{data['unit']}",
+                        "-" if cores is None else f"{cores:.2f}",
+                        _mib(entry["peak_rss_bytes"]),
+                    ]
+                )
+    header = ["stage", "process", "phase", "CPU per unit", "cores", "peak RSS"]
+    return table(header, rows)
+
+
+def report(result: Mapping[str, Any]) -> str:
+    mach = result["machine"]
+    servers = result["settings"]["servers"]
+    minutes, seconds = divmod(result["wall_s"], 60)
+    lines = [
+        f"Touchpulse benchmarks ({result['mode']}), {result['started_at']}, "
+        f"{minutes:.0f} min {seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result["stage_wall_s"].items()),
+        f"machine: {mach['nproc']} cores, {mach['memory_bytes'] / 2**30:.1f} GiB memory, "
+        f"{mach['cpu_model']}, {mach['platform']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        f"servers: Kafka {servers['kafka']['where']}, PostgreSQL "
+        f"{servers['postgresql']['where']}; {result['notes'][0]}",
+        *result["notes"][1:],
+        "",
+        "Every figure beside its ceiling, measured in the same run; ratio = value / ceiling "
+        "(median of the pairs, with their range where pairs are interleaved):",
+        figures_table(result["figures"]),
+        "",
+        "Every process: CPU per unit of work (cores busy) in each stage's headline phases, "
+        "and peak resident memory (kafka and postgres: sampled within the stage):",
+        processes_table(result["processes"]),
+    ]
+    details: Sequence[tuple[str, Callable[[dict[str, Any]], str], str]] = (
+        ("ingest", ingest.cpu_table, "CPU µs per unit (cores), median over pairs"),
+        ("scoring", scoring.cpu_table, "CPU µs per event or record (cores), median over pairs"),
+        ("scale", scale.cpu_table, "CPU µs per event or record (cores), median over pairs"),
+        ("api", api.cpu_table, "CPU µs per request served (cores), median over pairs"),
+    )
+    for name, cpu_table, what in details:
+        stage = result["stages"].get(name)
+        if stage is not None:
+            lines += ["", f"{name}: {what}; other = the rest of the machine:"]
+            lines.append(cpu_table(stage["cpu"]))
+    lines += [f"warning: {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = arguments(
+        "python -m tests.bench",
+        __doc__,
+        quick="every stage in its quick mode: one pair, short phases (about 90 s)",
+        output="suite",
+    )
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        settings = bench_settings()
+        publish(run(args.quick, settings), args.output, settings, "suite", report)
+        return 0
+
+    return guarded(say, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
