@@ -1,0 +1,727 @@
+"""Hand-made hostile requests against the real ingest and api processes, over real sockets.
+
+Each must get a 4xx problem+json (naming the field where there is one), never a 5xx, and the
+process must keep serving: /readyz is asked after every case. The server errors are counted
+and the count must be 0; every verdict is printed for the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+
+from tests.abuse.conftest import SOURCE, Service, event
+from touchpulse_shared.auth import Scope
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+DEPTH = 10_000
+MB = 1024 * 1024
+
+
+@dataclass
+class Case:
+    name: str
+    method: str
+    path: str
+    body: bytes | None = None
+    content_type: str | None = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    #: The statuses this case may get (all 4xx); None: any 4xx.
+    expect: tuple[int, ...] | None = None
+    #: A JSON Pointer the problem's errors must name.
+    pointer: str | None = None
+    #: Accepted is a correct answer too (the input is odd but legal JSON).
+    may_accept: bool = False
+    #: Illegal HTTP: the server's protocol layer refuses it with a plain 400, before the app.
+    protocol: bool = False
+
+
+@dataclass
+class Verdicts:
+    lines: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+
+
+def nested(depth: int, kind: str) -> bytes:
+    opening, closing = ("[", "]") if kind == "array" else ('{"a":', "}")
+    return opening.encode() * depth + b"1" + closing.encode() * depth
+
+
+def native(**overrides: Any) -> bytes:
+    return orjson.dumps(event(1, **overrides))
+
+
+def with_raw(field_name: str, raw: bytes) -> bytes:
+    """A valid event whose ``field_name`` is replaced by ``raw`` JSON text, byte for byte."""
+    body = orjson.dumps(event(2, **{field_name: "__RAW__"}))
+    return body.replace(b'"__RAW__"', raw)
+
+
+def ingest_cases() -> list[Case]:
+    batch_10k = orjson.dumps({"events": [event(n) for n in range(10_000)]})
+    return [
+        Case(
+            "deep arrays in attributes",
+            "POST",
+            "/v1/events",
+            with_raw("attributes", nested(DEPTH, "array")),
+        ),
+        Case(
+            "deep objects in attributes",
+            "POST",
+            "/v1/events",
+            with_raw("attributes", nested(DEPTH, "object")),
+        ),
+        Case(
+            "deep arrays in measures",
+            "POST",
+            "/v1/events",
+            with_raw("measures", nested(DEPTH, "array")),
+        ),
+        Case(
+            "deep objects in measures",
+            "POST",
+            "/v1/events",
+            with_raw("measures", nested(DEPTH, "object")),
+        ),
+        Case(
+            "deep arrays as the batch",
+            "POST",
+            "/v1/events/batch",
+            b'{"events":' + nested(DEPTH, "array") + b"}",
+        ),
+        Case(
+            "shallow nesting in an attribute",
+            "POST",
+            "/v1/events",
+            native(attributes={"a": {"b": [1]}}),
+            pointer="/attributes/a",
+        ),
+        Case(
+            "1 MB attribute string",
+            "POST",
+            "/v1/events",
+            native(attributes={"note": "x" * MB}),
+            expect=(422,),
+            pointer="/attributes/note",
+        ),
+        Case(
+            "1 MB customer id",
+            "POST",
+            "/v1/events",
+            native(customer_id="c" * MB),
+            expect=(422,),
+            pointer="/customer_id",
+        ),
+        Case(
+            "1 MB event id",
+            "POST",
+            "/v1/events",
+            native(event_id="e" * MB),
+            expect=(422,),
+            pointer="/event_id",
+        ),
+        Case(
+            "1 MB measure name", "POST", "/v1/events", native(measures={"m" * MB: 1}), expect=(422,)
+        ),
+        Case(
+            "10 MB body with a length",
+            "POST",
+            "/v1/events/batch",
+            b"[" + b" " * (10 * MB) + b"]",
+            expect=(413,),
+        ),
+        Case(
+            "10 MB single event",
+            "POST",
+            "/v1/events",
+            native(attributes={"n": "y" * (10 * MB)}),
+            expect=(413,),
+        ),
+        Case(
+            "invalid UTF-8 in a string",
+            "POST",
+            "/v1/events",
+            native().replace(b"cust-1", b"cust-\xff\xfe"),
+            expect=(400,),
+        ),
+        Case(
+            "invalid UTF-8 overlong NUL",
+            "POST",
+            "/v1/events",
+            native().replace(b"INV-1", b"INV-\xc0\x80"),
+            expect=(400,),
+        ),
+        Case(
+            "lone surrogate escape",
+            "POST",
+            "/v1/events",
+            native().replace(b"INV-1", b"INV-\\ud800"),
+            expect=(400, 422),
+        ),
+        Case(
+            "NaN measure",
+            "POST",
+            "/v1/events",
+            with_raw("measures", b'{"wait_seconds":NaN}'),
+            expect=(400, 422),
+        ),
+        Case(
+            "Infinity measure",
+            "POST",
+            "/v1/events",
+            with_raw("measures", b'{"wait_seconds":Infinity}'),
+            expect=(400, 422),
+        ),
+        Case(
+            "-Infinity measure",
+            "POST",
+            "/v1/events",
+            with_raw("measures", b'{"wait_seconds":-Infinity}'),
+            expect=(400, 422),
+        ),
+        Case(
+            "1e400 overflows to infinity",
+            "POST",
+            "/v1/events",
+            with_raw("measures", b'{"wait_seconds":1e400}'),
+            expect=(400, 422),
+            pointer="/measures/wait_seconds",
+        ),
+        Case(
+            "a 400-digit integer measure",
+            "POST",
+            "/v1/events",
+            with_raw("measures", b'{"wait_seconds":' + b"9" * 400 + b"}"),
+            expect=(400, 422),
+        ),
+        Case(
+            "NaN in a batch item",
+            "POST",
+            "/v1/events/batch",
+            b'{"events":[' + with_raw("measures", b'{"x":NaN}') + b"]}",
+            expect=(400, 422),
+        ),
+        Case("10,000 events in a batch", "POST", "/v1/events/batch", batch_10k, expect=(413,)),
+        Case(
+            "duplicate keys",
+            "POST",
+            "/v1/events",
+            native()[:-1] + b',"customer_id":"cust-dup"}',
+            may_accept=True,
+        ),
+        Case(
+            "duplicate source key naming another source",
+            "POST",
+            "/v1/events",
+            native()[:-1] + b',"source":"web-prod"}',
+            expect=(403,),
+        ),
+        Case(
+            "text/plain", "POST", "/v1/events", native(), content_type="text/plain", expect=(415,)
+        ),
+        Case("no content type", "POST", "/v1/events", native(), content_type=None, expect=(415,)),
+        Case(
+            "content type with junk parameters",
+            "POST",
+            "/v1/events",
+            native(),
+            content_type="application/xml; charset=\x01",
+            expect=(400, 415),
+            protocol=True,
+        ),
+        Case(
+            "form encoded",
+            "POST",
+            "/v1/events/batch",
+            b"events=1",
+            content_type="application/x-www-form-urlencoded",
+            expect=(415,),
+        ),
+        Case("empty body", "POST", "/v1/events", b"", expect=(400,)),
+        Case("empty batch body", "POST", "/v1/events/batch", b"", expect=(400,)),
+        Case("whitespace body", "POST", "/v1/events", b"   \n ", expect=(400,)),
+        Case("JSON null", "POST", "/v1/events", b"null", expect=(400, 422)),
+        Case("JSON string", "POST", "/v1/events", b'"event"', expect=(400, 422)),
+        Case(
+            "NUL in customer id",
+            "POST",
+            "/v1/events",
+            native(customer_id="a\x00b"),
+            expect=(422,),
+            pointer="/customer_id",
+        ),
+        Case(
+            "NUL in an attribute",
+            "POST",
+            "/v1/events",
+            native(attributes={"note": "a\x00b"}),
+            may_accept=True,
+        ),
+        Case(
+            "NUL in an attribute name",
+            "POST",
+            "/v1/events",
+            native(attributes={"a\x00b": "x"}),
+            may_accept=True,
+        ),
+        Case("NUL in the path", "POST", "/v1/events%00", native(), expect=(400, 404)),
+        Case("NUL in the query", "POST", "/v1/events?x=%00", native(), expect=(400,)),
+        Case(
+            "CloudEvent with deep data",
+            "POST",
+            "/v1/events",
+            b'{"specversion":"1.0","id":"x","source":"billing-prod","type":"invoice.issued","customerid":"c","touchpoint":"billing","data":'
+            + nested(DEPTH, "object")
+            + b"}",
+            content_type="application/cloudevents+json",
+        ),
+        Case(
+            "CloudEvents batch of 10,000",
+            "POST",
+            "/v1/events",
+            orjson.dumps([{"specversion": "1.0"}] * 10_000),
+            content_type="application/cloudevents-batch+json",
+            expect=(413,),
+        ),
+        Case(
+            "binary CloudEvent with a 1 MB header",
+            "POST",
+            "/v1/events",
+            b"{}",
+            headers={"ce-id": "i" * MB},
+            expect=(400, 413, 422, 431),
+        ),
+    ]
+
+
+async def judge(service: Service, key: str, cases: list[Case], verdicts: Verdicts) -> None:
+    for case in cases:
+        headers = {**case.headers, **Service.bearer(key)}
+        if case.content_type is not None:
+            headers["content-type"] = case.content_type
+        try:
+            response = await service.http.request(
+                case.method, case.path, content=case.body, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            # The server may close a connection it will not read (h11 limits): fine, as
+            # long as it keeps serving, which is checked below.
+            verdicts.lines.append(f"{case.name}: connection {type(exc).__name__}")
+            assert await service.ready(), f"{case.name}: the service stopped serving"
+            continue
+        status = response.status_code
+        verdicts.lines.append(f"{case.name}: {status}")
+        if status >= 500:
+            verdicts.server_errors.append(f"{case.name}: {status} {response.text[:300]}")
+        elif status < 400 and not case.may_accept:
+            verdicts.wrong.append(f"{case.name}: {status} accepted {response.text[:300]}")
+        elif status >= 400:
+            problem = response.headers.get("content-type") == PROBLEM
+            if not problem and not (case.protocol and status == 400):
+                verdicts.wrong.append(f"{case.name}: {status} not problem+json")
+            elif case.expect is not None and status not in case.expect:
+                verdicts.wrong.append(f"{case.name}: {status}, expected {case.expect}")
+            elif case.pointer is not None:
+                # The api names body fields with or without FastAPI's /body prefix.
+                pointers = {p.removeprefix("/body") for p in _pointers(response.json())}
+                if case.pointer.removeprefix("/body") not in pointers:
+                    verdicts.wrong.append(f"{case.name}: names {pointers}, not {case.pointer}")
+        assert await service.ready(), f"after {case.name!r} the service stopped serving"
+
+
+def _pointers(body: dict[str, Any]) -> set[str]:
+    found = {e.get("pointer") for e in body.get("errors", [])}
+    for item in body.get("items", []):
+        found |= {e.get("pointer") for e in item.get("errors", [])}
+    return {p for p in found if p}
+
+
+async def test_nasty_payloads_against_ingest_are_4xx_never_5xx(ingest: Service) -> None:
+    key = await ingest.keys.make("nasty", [Scope.EVENTS_WRITE], source=SOURCE)
+    verdicts = Verdicts()
+    await judge(ingest, key, ingest_cases(), verdicts)
+    await raw_socket_cases(ingest, key, "/v1/events", native(), verdicts)
+    print("\n".join(["ingest verdicts:", *verdicts.lines]))  # the report's table
+    assert verdicts.server_errors == [], verdicts.server_errors
+    assert verdicts.wrong == [], verdicts.wrong
+    # And it still does its job.
+    good = await ingest.http.post("/v1/events", json=event(99), headers=Service.bearer(key))
+    assert good.status_code == 202, good.text
+
+
+def api_cases() -> list[Case]:
+    profile = "/v1/customers/C-nasty/profile"
+    return [
+        Case(
+            "profile: deep nesting", "PUT", profile, b'{"segment":' + nested(DEPTH, "array") + b"}"
+        ),
+        Case("profile: deep objects", "PUT", profile, nested(DEPTH, "object")),
+        Case(
+            "profile: 1 MB segment",
+            "PUT",
+            profile,
+            orjson.dumps({"segment": "s" * MB}),
+            expect=(422,),
+            pointer="/body/segment",
+        ),
+        Case("profile: NaN value", "PUT", profile, b'{"value":NaN}', expect=(400, 422)),
+        Case("profile: Infinity reach", "PUT", profile, b'{"reach":Infinity}', expect=(400, 422)),
+        Case("profile: 1e400 value", "PUT", profile, b'{"value":1e400}', expect=(400, 422)),
+        Case(
+            "profile: invalid UTF-8",
+            "PUT",
+            profile,
+            b'{"segment":"pre\xffmium"}',
+            expect=(400, 422),
+        ),
+        Case(
+            "profile: NUL in segment",
+            "PUT",
+            profile,
+            b'{"segment":"pre\\u0000mium"}',
+            expect=(422,),
+            pointer="/body/segment",
+        ),
+        Case(
+            "profile: lone surrogate", "PUT", profile, b'{"segment":"\\ud800"}', expect=(400, 422)
+        ),
+        Case("profile: empty body", "PUT", profile, b"", expect=(400, 422)),
+        Case(
+            "profile: text/plain",
+            "PUT",
+            profile,
+            b'{"segment":"premium"}',
+            content_type="text/plain",
+            expect=(400, 415, 422),
+        ),
+        Case(
+            "profile: duplicate keys",
+            "PUT",
+            profile,
+            b'{"segment":"premium","segment":"standard"}',
+            may_accept=True,
+        ),
+        Case(
+            "profile: 10 MB body",
+            "PUT",
+            profile,
+            b'{"segment":"' + b"s" * (10 * MB) + b'"}',
+            expect=(413, 422),
+        ),
+        Case(
+            "profile: NUL in the path", "PUT", "/v1/customers/C%00x/profile", b"{}", expect=(400,)
+        ),
+        Case(
+            "keys: NUL in name",
+            "POST",
+            "/v1/keys",
+            b'{"name":"a\\u0000b","scopes":["health:read"]}',
+            expect=(422,),
+            pointer="/body/name",
+        ),
+        Case(
+            "keys: lone surrogate in name",
+            "POST",
+            "/v1/keys",
+            b'{"name":"\\udc00","scopes":["health:read"]}',
+            expect=(400, 422),
+        ),
+        Case(
+            "keys: 1 MB name",
+            "POST",
+            "/v1/keys",
+            orjson.dumps({"name": "n" * MB, "scopes": ["health:read"]}),
+            expect=(422,),
+            pointer="/body/name",
+        ),
+        Case(
+            "keys: 10,000 scopes",
+            "POST",
+            "/v1/keys",
+            orjson.dumps({"name": "n", "scopes": ["health:read"] * 10_000}),
+            may_accept=True,
+        ),
+        Case(
+            "keys: deep nesting",
+            "POST",
+            "/v1/keys",
+            b'{"name":"n","scopes":' + nested(DEPTH, "array") + b"}",
+            expect=(400, 422),
+        ),
+        Case(
+            "keys: 10,000 touchpoints",
+            "POST",
+            "/v1/keys",
+            orjson.dumps(
+                {
+                    "name": "n",
+                    "scopes": ["events:write"],
+                    "source": "s",
+                    "touchpoints": [f"t{i}" for i in range(10_000)],
+                }
+            ),
+            may_accept=True,
+        ),
+        Case(
+            "webhooks: NUL in url",
+            "POST",
+            "/v1/webhooks",
+            b'{"url":"https://93.184.216.34/\\u0000","kinds":["intervention.opened"]}',
+            expect=(422,),
+            pointer="/body/url",
+        ),
+        Case(
+            "webhooks: lone surrogate in description",
+            "POST",
+            "/v1/webhooks",
+            b'{"url":"https://93.184.216.34/h","kinds":["intervention.opened"],"description":"\\ud800"}',
+            expect=(400, 422),
+        ),
+        Case(
+            "webhooks: 1 MB url",
+            "POST",
+            "/v1/webhooks",
+            orjson.dumps(
+                {"url": "https://a.example/" + "a" * MB, "kinds": ["intervention.opened"]}
+            ),
+            expect=(422,),
+            pointer="/body/url",
+        ),
+        Case(
+            "webhooks: deep kinds",
+            "POST",
+            "/v1/webhooks",
+            b'{"url":"https://93.184.216.34/h","kinds":' + nested(DEPTH, "array") + b"}",
+            expect=(400, 422),
+        ),
+        Case(
+            "webhooks: 10,000 kinds",
+            "POST",
+            "/v1/webhooks",
+            orjson.dumps(
+                {"url": "https://93.184.216.34/h", "kinds": ["intervention.opened"] * 10_000}
+            ),
+            may_accept=True,
+        ),
+        Case(
+            "acknowledge: NUL in assignee",
+            "POST",
+            "/v1/interventions/x/acknowledge",
+            b'{"assignee":"a\\u0000b"}',
+            expect=(404, 422),
+        ),
+        Case(
+            "resolve: 1 MB note",
+            "POST",
+            "/v1/interventions/x/resolve",
+            orjson.dumps({"outcome_note": "n" * MB}),
+            expect=(404, 422),
+        ),
+        Case(
+            "gaps: absurd dates",
+            "GET",
+            "/v1/gaps?since=99999-01-01T00:00:00Z&until=-1",
+            None,
+            content_type=None,
+            expect=(422,),
+        ),
+        Case(
+            "gaps: a year 1 window",
+            "GET",
+            "/v1/gaps?since=0001-01-01T00:00:00Z&until=0001-01-01T00:00:01Z",
+            None,
+            content_type=None,
+            may_accept=True,
+        ),
+        Case(
+            "health: huge trend",
+            "GET",
+            "/v1/customers/C/health?trend_days=99999999999999999999",
+            None,
+            content_type=None,
+            expect=(422,),
+        ),
+        Case(
+            "at-risk: NaN below",
+            "GET",
+            "/v1/customers/at-risk?below=NaN",
+            None,
+            content_type=None,
+            expect=(422,),
+        ),
+        Case(
+            "at-risk: forged cursor",
+            "GET",
+            "/v1/customers/at-risk?cursor=" + "A" * 5000,
+            None,
+            content_type=None,
+            expect=(400, 422),
+        ),
+        Case(
+            "interventions: forged cursor",
+            "GET",
+            "/v1/interventions?cursor=%FF%FE",
+            None,
+            content_type=None,
+            expect=(400, 422),
+        ),
+    ]
+
+
+async def test_nasty_payloads_against_the_api_are_4xx_never_5xx(api: Service) -> None:
+    key = await api.keys.make("nasty", [Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN])
+    verdicts = Verdicts()
+    await judge(api, key, api_cases(), verdicts)
+    keys_body = orjson.dumps({"name": "raw", "scopes": ["health:read"]})
+    await raw_socket_cases(api, key, "/v1/keys", keys_body, verdicts)
+    print("\n".join(["api verdicts:", *verdicts.lines]))
+    assert verdicts.server_errors == [], verdicts.server_errors
+    assert verdicts.wrong == [], verdicts.wrong
+    assert (await api.http.get("/v1/promises", headers=Service.bearer(key))).status_code == 200
+
+
+@dataclass
+class Raw:
+    name: str
+    request: bytes
+    expect: tuple[int, ...]
+
+
+async def raw_socket_cases(
+    service: Service, key: str, path: str, body: bytes, verdicts: Verdicts
+) -> None:
+    """What no HTTP client library will send: NUL and control bytes in the request line and
+    headers, overlong and countless headers, broken framing."""
+    host = urlsplit(service.url).netloc
+    auth = f"Authorization: Bearer {key}\r\n".encode()
+    start = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n".encode()
+    length = f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n".encode()
+    cases = [
+        Raw(
+            "NUL in a header value",
+            start + auth + b"X-Note: a\x00b\r\n" + length + b"\r\n" + body,
+            (400,),
+        ),
+        Raw(
+            "NUL in the key",
+            start + b"Authorization: Bearer tpk_\x00\r\n" + length + b"\r\n" + body,
+            (400, 401),
+        ),
+        Raw(
+            "NUL in the request target",
+            f"POST {path}\x00 HTTP/1.1\r\nHost: {host}\r\n".encode()
+            + auth
+            + length
+            + b"\r\n"
+            + body,
+            (400,),
+        ),
+        Raw(
+            "a 100 KB header",
+            start + auth + b"X-Big: " + b"b" * 100_000 + b"\r\n" + length + b"\r\n" + body,
+            (400, 413, 431),
+        ),
+        Raw(
+            "a 100 KB key",
+            start + b"Authorization: Bearer " + b"k" * 100_000 + b"\r\n" + length + b"\r\n" + body,
+            (400, 401, 431),
+        ),
+        Raw(
+            "5,000 headers",
+            start
+            + auth
+            + b"".join(f"X-H{i}: v\r\n".encode() for i in range(5_000))
+            + length
+            + b"\r\n"
+            + body,
+            (400, 413, 431, 201, 202),
+        ),
+        Raw(
+            "a lying Content-Length",
+            start
+            + auth
+            + b"Content-Length: 99999999999999999999\r\nContent-Type: application/json\r\n\r\n"
+            + body,
+            (400, 413),
+        ),
+        Raw(
+            "a negative Content-Length",
+            start + auth + b"Content-Length: -1\r\nContent-Type: application/json\r\n\r\n" + body,
+            (400,),
+        ),
+        Raw(
+            "two Content-Lengths",
+            start + auth + b"Content-Length: 2\r\n" + length + b"\r\n" + body,
+            (400,),
+        ),
+        Raw(
+            "broken chunking",
+            start
+            + auth
+            + b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+            + b"zz\r\n{}\r\n0\r\n\r\n",
+            (400,),
+        ),
+        Raw(
+            "control bytes in a header name",
+            start + auth + b"X-\x01: v\r\n" + length + b"\r\n" + body,
+            (400,),
+        ),
+        Raw(
+            "Latin-1 key",
+            start + b"Authorization: Bearer tpk_\xe9\xe9\r\n" + length + b"\r\n" + body,
+            (400, 401),
+        ),
+    ]
+    for case in cases:
+        status = await _raw_status(service.url, case.request)
+        verdicts.lines.append(f"raw {case.name}: {status}")
+        if status is not None and status >= 500:
+            verdicts.server_errors.append(f"raw {case.name}: {status}")
+        elif status is not None and status not in case.expect:
+            verdicts.wrong.append(f"raw {case.name}: {status}, expected {case.expect}")
+        assert await service.ready(), f"after raw {case.name!r} the service stopped serving"
+
+
+async def _raw_status(url: str, request: bytes) -> int | None:
+    """The status the server answers, or None if it closed the connection without one."""
+    parts = urlsplit(url)
+    async with _connection(parts.hostname or "", parts.port or 80) as (reader, writer):
+        try:
+            writer.write(request)
+            await writer.drain()
+            writer.write_eof()
+        except ConnectionError:
+            pass  # it stopped reading: its answer (if any) is still there to read
+        async with asyncio.timeout(30):
+            line = await reader.readline()
+    if not line:
+        return None
+    return int(line.split()[1])
+
+
+@asynccontextmanager
+async def _connection(
+    host: str, port: int
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
