@@ -1,21 +1,24 @@
-"""``make bench-scale``: scoring scaled out, one instance against two, on one pre-filled topic.
+"""``make bench-scale``: scoring scaled out, one instance against two, on 6 partitions.
 
 On one broker and one database server (started here, unless ``KAFKA_BOOTSTRAP_SERVERS`` /
-``TOUCHPULSE_DATABASE_URL`` name servers), the events topic (the production spec: 6
-partitions) is pre-filled with the scoring benchmark's corpus, records as ingest writes
-them. Then, alternating, on a fresh database and a new consumer group each time:
+``TOUCHPULSE_DATABASE_URL`` name servers), with the scoring benchmark's corpus on an events
+topic of the production spec (6 partitions), alternating, on a fresh database and a new
+consumer group each time:
 
 - one ``touchpulse-scoring`` process drains the topic;
 - two ``touchpulse-scoring`` processes (the same group, started side by side, 3 partitions
   each after the group settles) drain it.
 
-Each run is measured as the scoring benchmark measures one: from the first poll at which
-*every* process has committed a batch (start-up, group joins and the first rebalance left
-out) until every offset is committed in PostgreSQL; CPU of each scoring process, PostgreSQL
-(the postmaster and all its children) and the broker from /proc. Reported: events/s with
-one and with two instances beside Kafka's own ``ConsumerPerformance`` on the same topic
-(K_cons), the speed-up of two over one beside linear scaling (2.0), and the events per
-CPU-second of each process.
+Every run gets fresh topics: the processes start, their group settles (every one holds its
+partitions), and only then is the events topic filled (records as ingest writes them, about
+ten times faster than scoring applies them), so that all of them start on the whole backlog
+at once. Each run is measured as the scoring benchmark measures one: from the first poll at
+which *every* process has committed a batch until every offset is committed in PostgreSQL;
+CPU of each scoring process, PostgreSQL (the postmaster and all its children) and the broker
+from /proc (the broker's includes taking in the records). Reported: events/s with one and
+with two instances beside Kafka's own ``ConsumerPerformance`` on the same topic (K_cons),
+the speed-up of two over one beside linear scaling (2.0), and the events per CPU-second of
+each process.
 
 Run ``python -m tests.bench.scale [--quick]``; the result is printed and written to
 ``.touchpulse/bench/scale-<UTC time>.json``.
@@ -24,6 +27,7 @@ Run ``python -m tests.bench.scale [--quick]``; the result is printed and written
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import sys
@@ -51,7 +55,16 @@ from tests.bench.common import (
     sayer,
     table,
 )
-from tests.bench.scoring import CUSTOMERS, Bench, ScoringRun, prepare, scoring_versions
+from tests.bench.scoring import (
+    CUSTOMERS,
+    Bench,
+    ScoringRun,
+    Topics,
+    create_topics,
+    prefill,
+    prepare,
+    scoring_versions,
+)
 from tests.bench.scoring import Plan as ScoringPlan
 from touchpulse_shared.settings import Settings
 
@@ -98,8 +111,8 @@ class Plan:
         )
 
 
-FULL = Plan(name="full", pairs=2, events=60_000)
-QUICK = Plan(name="quick", pairs=1, events=8_000)
+FULL = Plan(name="full", pairs=2, events=50_000)
+QUICK = Plan(name="quick", pairs=1, events=5_000)
 
 say = sayer("bench-scale")
 
@@ -117,24 +130,46 @@ class Pair:
         return {"one": self.one.as_dict(), "two": self.two.as_dict(), "speedup": self.speedup}
 
 
+def drain(bench: Bench, index: int, instances: int) -> tuple[ScoringRun, Bench]:
+    """``instances`` scoring processes of a new group on a fresh database and fresh topics:
+    once the group is stable, the events topic is filled while they consume; measured until
+    every offset is committed. Returns the run and the bench on its topics."""
+    plan = bench.plan
+    suffix = f"{bench.suffix}-{index}-{instances}"
+    topics = Topics.named(suffix, prefix="bench-scale")
+    site = bench.site
+    site.runner.run(create_topics(bench.settings, bench.bootstrap, topics))
+    site.remove_topics_later(bench.exit_stack, topics.all(), say)
+    here = dataclasses.replace(bench, topics=topics, suffix=suffix.replace("-", "_"))
+
+    async def feed() -> object:
+        return await prefill(
+            bench.bootstrap,
+            topics.events,
+            bench.corpus.filled,
+            linger_ms=bench.settings.ingest_linger_ms,
+        )
+
+    say(
+        f"pair {index + 1}/{plan.pairs}: {instances} scoring instance(s), group stable, then "
+        f"{plan.events:,} events filled in"
+    )
+    run, _, _, _ = here.scoring(
+        index, keep=False, instances=instances, tag=f"scale-{instances}", feed=feed
+    )
+    return run, here
+
+
 def measure(bench: Bench) -> tuple[dict[str, Any], list[Pair]]:
     plan = bench.plan
-    say("K_cons (ConsumerPerformance) on the pre-filled topic")
-    kcons = bench.kcons(0)
     pairs = []
+    last = bench
     for index in range(plan.pairs):
-        runs = []
-        for instances in INSTANCES:
-            say(
-                f"pair {index + 1}/{plan.pairs}: {instances} scoring instance(s) drain "
-                f"{plan.events:,} events"
-            )
-            run, _, _, _ = bench.scoring(
-                index, keep=False, instances=instances, tag=f"scale-{instances}"
-            )
-            runs.append(run)
-        pairs.append(Pair(*runs))
-    return kcons, pairs
+        one, _ = drain(bench, index, 1)
+        two, last = drain(bench, index, 2)
+        pairs.append(Pair(one, two))
+    say("K_cons (ConsumerPerformance) on the last run's topic")
+    return last.kcons(0), pairs
 
 
 def figures(kcons: dict[str, Any], pairs: Sequence[Pair]) -> dict[str, Figure]:
@@ -226,7 +261,7 @@ def run(plan: Plan, settings: Settings, site: Site | None = None) -> dict[str, A
     with contextlib.ExitStack() as exit_stack:
         if site is None:
             site = exit_stack.enter_context(open_site(settings, say))
-        bench = prepare(plan.scoring(), settings, site, exit_stack, stage="scale")
+        bench = prepare(plan.scoring(), settings, site, exit_stack, stage="scale", fill=False)
         kcons, pairs = measure(bench)
         found = figures(kcons, pairs)
         rss: dict[str, int | None] = {}
@@ -278,9 +313,10 @@ def report(result: dict[str, Any]) -> str:
     settings = result["settings"]
     lines = [
         f"Touchpulse scoring scale-out benchmark ({result['mode']}), {result['started_at']}",
-        f"{settings['corpus']['events']:,} events pre-filled on {settings['partitions']} "
-        f"partitions, drained by 1 and by 2 scoring instances (one group) from a fresh "
-        f"database; {len(result['pairs'])} pair(s)",
+        f"{settings['corpus']['events']:,} events on {settings['partitions']} partitions, "
+        "drained by 1 and by 2 scoring instances (one group, stable before the topic is "
+        f"filled), each run on fresh topics and a fresh database; {len(result['pairs'])} "
+        "pair(s)",
         *result["notes"],
         "",
         figures_printed(result["figures"]),

@@ -42,7 +42,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +53,7 @@ import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bench.common import (
@@ -126,6 +127,7 @@ THROUGHPUT_POLL_S = 0.1
 LATENCY_POLL_S = 0.01
 # Bounds for a loaded machine; every wait ends as soon as its condition holds.
 SCORING_DRAIN_S = 300.0
+GROUP_SETTLE_S = 60.0
 QUIET_S = 60.0
 LATENCY_DRAIN_S = 30.0
 PACKAGES = ("aiokafka", "asyncpg", "pydantic", "orjson", "uvloop", "prometheus-client")
@@ -1063,11 +1065,22 @@ class Bench:
         )
 
     def scoring(
-        self, index: int, *, keep: bool, instances: int = 1, tag: str = "scoring"
+        self,
+        index: int,
+        *,
+        keep: bool,
+        instances: int = 1,
+        tag: str = "scoring",
+        feed: Callable[[], Awaitable[object]] | None = None,
     ) -> tuple[ScoringRun, list[Server], str, str]:
         """Consume the pre-filled topic from a fresh database with ``instances`` scoring
         processes of one group (started side by side); they are stopped unless ``keep``
-        (then the caller stops them, and drops the database)."""
+        (then the caller stops them, and drops the database).
+
+        With ``feed``, the topic is filled by ``feed`` instead, once the processes are ready
+        and their group is stable (every one holds its partitions): they all start on the
+        whole backlog at once.
+        """
         url = self.new_database(tag.replace("-", "_"))
         group = f"bench-{tag}-{self.suffix}-{index}"
         names = ["scoring"] if instances == 1 else [f"scoring-{i + 1}" for i in range(instances)]
@@ -1083,7 +1096,10 @@ class Bench:
                 server.launch()
             for server in servers:
                 server.wait_ready()
-            run = self.runner.run(self._consume(servers, url, group, started))
+            if feed is None:
+                run = self.runner.run(self._consume(servers, url, group, started))
+            else:
+                run = self.runner.run(self._fed(servers, url, group, feed))
         except BaseException:
             stop_all()
             self.drop(url)
@@ -1092,6 +1108,18 @@ class Bench:
             stop_all()
             self.drop(url)
         return run, servers, url, group
+
+    async def _fed(
+        self,
+        servers: Sequence[Server],
+        url: str,
+        group: str,
+        feed: Callable[[], Awaitable[object]],
+    ) -> ScoringRun:
+        await group_stable(self.bootstrap, group, len(servers))
+        started = clock()
+        run, _ = await asyncio.gather(self._consume(servers, url, group, started), feed())
+        return run
 
     async def _consume(
         self, servers: Sequence[Server], url: str, group: str, started: float
@@ -1362,6 +1390,29 @@ async def scrape_histogram(base_url: str) -> list[tuple[float, float]]:
     raise BenchError("scoring's /metrics has no event-to-health histogram")
 
 
+async def group_stable(bootstrap: str, group: str, members: int) -> None:
+    """Wait until the consumer group is stable with ``members`` members (each holding its
+    share of the partitions); :data:`GROUP_SETTLE_S` at most."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        deadline = clock() + GROUP_SETTLE_S
+        while True:
+            described = await admin.describe_consumer_groups([group])
+            # DescribeGroups v0+: (error, group, state, protocol type, protocol, members, ...)
+            found = [g for response in described for g in response.groups if g[1] == group]
+            if found and found[0][2] == "Stable" and len(found[0][5]) == members:
+                return
+            if clock() > deadline:
+                raise BenchError(
+                    f"consumer group {group} did not settle with {members} members in "
+                    f"{GROUP_SETTLE_S:.0f} s: {found}"
+                )
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 async def all_consuming(servers: Sequence[Server]) -> bool:
     """Whether every scoring process has handled a batch (one alone: it committed, enough)."""
     if len(servers) == 1:
@@ -1630,9 +1681,10 @@ def prepare(
     exit_stack: contextlib.ExitStack,
     *,
     stage: str = "scoring",
+    fill: bool = True,
 ) -> Bench:
     """Topics ``bench-<stage>-<id>.*`` on ``site``'s broker, the corpus, the events topic
-    pre-filled: a :class:`Bench` ready to measure."""
+    pre-filled (unless not ``fill``): a :class:`Bench` ready to measure."""
     kafka, runner = site.kafka, site.runner
     suffix = uuid.uuid4().hex[:10]
     topics = Topics.named(suffix, prefix=f"bench-{stage}")
@@ -1641,10 +1693,14 @@ def prepare(
     catalogue = load_catalogue_file(REPO / settings.promise_catalogue)
     say(f"building the corpus: {plan.events + plan.paced_events:,} events")
     corpus = build_corpus(plan, catalogue, datetime.now(UTC))
-    say(f"pre-filling {topics.events} with {plan.events:,} events")
-    positions = runner.run(
-        prefill(kafka.address, topics.events, corpus.filled, linger_ms=settings.ingest_linger_ms)
-    )
+    positions: list[tuple[int, int]] = []
+    if fill:
+        say(f"pre-filling {topics.events} with {plan.events:,} events")
+        positions = runner.run(
+            prefill(
+                kafka.address, topics.events, corpus.filled, linger_ms=settings.ingest_linger_ms
+            )
+        )
     return Bench(
         plan=plan,
         settings=settings,
