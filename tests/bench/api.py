@@ -65,6 +65,7 @@ from tests.bench.common import (
     bench_settings,
     check_other,
     clock,
+    close_report,
     closed_loop,
     cpu_cells,
     figure_table,
@@ -81,7 +82,6 @@ from tests.bench.common import (
     ratio,
     raw_calls,
     raw_request,
-    rss_line,
     sayer,
     serve_profiled,
     table,
@@ -1149,12 +1149,8 @@ def report(result: dict[str, Any]) -> str:
         "CPU microseconds per request served (cores busy), median over pairs; postgres = the "
         "postmaster and all its children; while ingesting, every process also works for the "
         "background; other = the rest of the machine:",
-        cpu_table(result["cpu"]),
-        "",
-        rss_line(result["peak_rss_bytes"]),
     ]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
+    return close_report(lines, cpu_table(result["cpu"]), result)
 
 
 # --- a profile of the api (--profile) ------------------------------------------------------

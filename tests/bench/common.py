@@ -896,6 +896,13 @@ def rss_line(rss: Mapping[str, int | None]) -> str:
     return "peak RSS: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rss.items() if v)
 
 
+def close_report(lines: Sequence[str], cpu: str, result: Mapping[str, Any]) -> str:
+    """A stage's report: ``lines``, then its CPU table, peak memory and warnings."""
+    tail = [cpu, "", rss_line(result["peak_rss_bytes"])]
+    tail += [f"warning: {w}" for w in result["warnings"]]
+    return "\n".join([*lines, *tail])
+
+
 # --- where a benchmark runs: one broker, one database server ---------------------------------
 
 Say = Callable[[str], None]

@@ -54,6 +54,7 @@ from tests.bench.common import (
     arguments,
     bench_settings,
     check_other,
+    close_report,
     closed_loop,
     cpu_cells,
     figure_table,
@@ -68,7 +69,6 @@ from tests.bench.common import (
     ratio,
     raw_calls,
     raw_request,
-    rss_line,
     run_kafka_tool,
     sayer,
     table,
@@ -815,12 +815,8 @@ def report(result: dict[str, Any]) -> str:
         "",
         "CPU microseconds per unit of work (cores busy), median over pairs; other = the rest "
         "of the machine (PostgreSQL, other tenants):",
-        cpu_table(result["cpu"]),
-        "",
-        rss_line(result["peak_rss_bytes"]),
     ]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
+    return close_report(lines, cpu_table(result["cpu"]), result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,7 @@ from tests.bench.common import (
     Spread,
     arguments,
     bench_settings,
+    close_report,
     cpu_cells,
     figure_table,
     guarded,
@@ -51,7 +52,6 @@ from tests.bench.common import (
     peak_rss_bytes,
     publish,
     ratio,
-    rss_line,
     sayer,
     table,
 )
@@ -323,12 +323,8 @@ def report(result: dict[str, Any]) -> str:
         "",
         "CPU microseconds per event or record (cores busy), median over pairs; postgres = the "
         "postmaster and all its children; other = the rest of the machine:",
-        cpu_table(result["cpu"]),
-        "",
-        rss_line(result["peak_rss_bytes"]),
     ]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
+    return close_report(lines, cpu_table(result["cpu"]), result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

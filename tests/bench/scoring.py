@@ -70,6 +70,7 @@ from tests.bench.common import (
     check_other,
     cleanup,
     clock,
+    close_report,
     cpu_cells,
     create_database,
     delete_topics,
@@ -86,7 +87,6 @@ from tests.bench.common import (
     postgres_version,
     publish,
     ratio,
-    rss_line,
     run_kafka_tool,
     sayer,
     table,
@@ -1844,12 +1844,8 @@ def report(result: dict[str, Any]) -> str:
         "",
         "CPU microseconds per event or record (cores busy), median over pairs; postgres = the "
         "postmaster and all its children; other = the rest of the machine:",
-        cpu_table(result["cpu"]),
-        "",
-        rss_line(result["peak_rss_bytes"]),
     ]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
+    return close_report(lines, cpu_table(result["cpu"]), result)
 
 
 # --- a profile of scoring (--profile) ------------------------------------------------------
