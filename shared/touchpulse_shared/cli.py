@@ -101,40 +101,112 @@ def simulate(
         str | None, typer.Option(help="events:write key (or TOUCHPULSE_SIMULATOR_API_KEY)")
     ] = None,
     rate: Annotated[float, typer.Option(min=0.1, help="events per second offered")] = 20.0,
-    seed: Annotated[int, typer.Option(help="same seed, same events")] = 1,
+    seed: Annotated[int, typer.Option(help="same seed and start, same events")] = 1,
     customers: Annotated[int, typer.Option(min=1)] = 200,
-    breach_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.15,
+    breach_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of events breaking their promise")
+    ] = 0.15,
+    touchpoint_breach_rate: Annotated[
+        list[str] | None,
+        typer.Option(help="TOUCHPOINT=RATE, overrides --breach-rate there (repeatable)"),
+    ] = None,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(help="TOUCHPOINT:START_S:DURATION_S[:RATE], e.g. delivery:60:3600"),
+    ] = None,
+    premium_share: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
+    bad_rate: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="share of malformed events (422)")
+    ] = 0.01,
+    duplicate_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of events sent twice")
+    ] = 0.01,
+    out_of_order_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of events sent after later ones")
+    ] = 0.02,
+    deadline_window: Annotated[
+        float, typer.Option(min=30.0, help="seconds from an order to its delivery deadline")
+    ] = 60.0,
+    format: Annotated[
+        str, typer.Option(help="native (JSON batches) or cloudevents (a CloudEvents batch)")
+    ] = "native",
+    source: Annotated[str, typer.Option(help="the source the key is bound to")] = "simulator",
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="events per request")] = 20,
     duration: Annotated[
         float | None, typer.Option(help="seconds to run; default: until Ctrl-C")
     ] = None,
+    total: Annotated[int | None, typer.Option(min=1, help="stop after this many events")] = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="the api's base URL: PUT the customers' profiles first")
+    ] = None,
+    admin_key: Annotated[str | None, typer.Option(help="admin key for --api-url")] = None,
 ) -> None:
-    """Post synthetic customer journeys through the real ingest API at a paced rate."""
+    """Post synthetic customer journeys through the real ingest API at a paced rate.
+
+    Prints what was sent (by touchpoint and type, malformed, duplicates, out of order) and
+    what ingest answered, also after Ctrl-C or SIGTERM; exits 1 when ingest refused the key
+    or accepted nothing.
+    """
     # Imported here: only this command needs the HTTP client and the generator.
-    from touchpulse_shared.simulator import (  # noqa: PLC0415
-        Simulator,
-        SimulatorConfig,
-        post_paced,
-    )
+    from touchpulse_shared import simulator  # noqa: PLC0415
 
     settings = _settings()
     key = api_key or settings.simulator_api_key
     if not key:
         typer.echo("touchpulse: give --api-key or set TOUCHPULSE_SIMULATOR_API_KEY", err=True)
         raise typer.Exit(2)
-    url = ingest_url or f"http://{settings.host}:{settings.ingest_port}"
-    config = SimulatorConfig(seed=seed, customers=customers, breach_rate=breach_rate)
-    simulator = Simulator(config, start=datetime.now(UTC))
-
-    async def _run() -> None:
-        headers = {"Authorization": f"Bearer {key}"}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
-            sent = await post_paced(client, simulator, rate=rate, duration_s=duration)
-        typer.echo(
-            f"posted {sent.posted}: accepted {sent.accepted}, rejected {sent.rejected}, "
-            f"unavailable {sent.unavailable}; answers {dict(sent.statuses)}"
+    if (api_url is None) != (admin_key is None):
+        typer.echo("touchpulse: --api-url and --admin-key go together", err=True)
+        raise typer.Exit(2)
+    if format not in ("native", "cloudevents"):
+        typer.echo(f"touchpulse: --format is native or cloudevents, not {format!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        config = simulator.SimulatorConfig(
+            seed=seed,
+            customers=customers,
+            breach_rate=breach_rate,
+            breach_rates=simulator.parse_breach_rates(touchpoint_breach_rate or []),
+            premium_share=premium_share,
+            bad_rate=bad_rate,
+            source=source,
+            rate=rate,
+            deadline_window_s=deadline_window,
+            incidents=tuple(simulator.Incident.parse(text) for text in incident or []),
+            duplicate_rate=duplicate_rate,
+            out_of_order_rate=out_of_order_rate,
+            format="cloudevents" if format == "cloudevents" else "native",
         )
-
-    asyncio.run(_run())
+    except ValueError as exc:
+        typer.echo(f"touchpulse: {exc}", err=True)
+        raise typer.Exit(2) from None
+    sent = simulator.Sent()
+    failed = None
+    try:
+        asyncio.run(
+            simulator.run(
+                config,
+                ingest_url=ingest_url or f"http://{settings.host}:{settings.ingest_port}",
+                api_key=key,
+                rate=rate,
+                duration_s=duration,
+                total=total,
+                batch=batch,
+                api_url=api_url,
+                admin_key=admin_key,
+                sent=sent,
+                echo=typer.echo,
+            )
+        )
+    except asyncio.CancelledError:
+        pass  # a second Ctrl-C: report what was sent so far
+    except httpx.HTTPError as exc:
+        failed = f"touchpulse: {exc}"
+    typer.echo(sent.summary())
+    if failed is not None:
+        typer.echo(failed, err=True)
+    if failed is not None or sent.stopped is not None or (sent.posted and not sent.accepted):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -48,12 +48,15 @@ says it happened. Journeys are compressed around deadlines instead of the clock:
   order's past. Everything else is stamped when it is due to be posted.
 
 So a few minutes of a run show orders, on-time and late deliveries, never-delivered ones,
-invoices, calls, complaints and surveys; the first ``deadline_window_s`` is a warm-up with
-orders but no deliveries yet. No event is dated more than about four days back, far inside
-ingest's 90 days, and none is in the future at its due time. Posting faster than the
-timeline (``post_paced`` with a higher rate) runs the clock faster: events get ahead of the
-wall clock, so :func:`post_paced` holds a batch whose newest event would be more than
-``max_lead_s`` (10 minutes, inside ingest's 15 minutes of allowed skew) ahead.
+invoices, calls, complaints and surveys. The run joins the world midway: journeys begun up
+to a few minutes before the start are simulated too, and only their events due after the
+start are sent (a delivery whose order was never sent fulfils nothing in scoring), so the
+rate and the mix are steady from the first second. No event is dated more than about six
+days back (a quote before a late order), far inside ingest's 90 days, and none is in the
+future at its due time. Posting faster than the timeline (``post_paced`` with a higher rate
+than ``SimulatorConfig.rate``) runs the clock faster: events get ahead of the wall clock, so
+:func:`post_paced` holds a batch whose newest event would be more than ``max_lead_s`` (10
+minutes, inside ingest's 15 minutes of allowed skew) ahead of it.
 
 **Sends.** A small share of events is posted out of order (after a later event of the same
 journey; never a deadline's opening or fulfilling event, which scoring would take for a
@@ -75,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -197,7 +201,8 @@ class SimulatorConfig:
     business_share: float = 0.1
     #: Share of customers who joined within the last 90 days (new customers).
     new_customer_share: float = 0.25
-    #: Events per second of the simulated timeline (post at this rate to stay in real time).
+    #: Good events per second of the simulated timeline (malformed ones come on top): post at
+    #: this rate to stay in real time.
     rate: float = 20.0
     #: Seconds between an order being posted and its delivery clock running out.
     deadline_window_s: float = 60.0
@@ -309,25 +314,36 @@ class _Journey:
         return at_s
 
     def commit(self) -> int:
+        """Schedule the journey's events, some out of order, some twice; from the last one
+        back, so an event held back lands after the final send of the one it falls behind."""
         sim, rng = self.sim, self.sim._send_rng
         items: list[Scheduled] = []
         steps = sorted(self.steps, key=lambda s: s.at_s)
-        for position, step in enumerate(steps):
+        sends: dict[int, float] = {}
+        following: dict[str, int] = {}  # journey id -> position of its next step
+        for position in reversed(range(len(steps))):
+            step = steps[position]
             at_s, late = step.at_s, False
             # Drawn for every step, so the rates never shift the other draws.
-            ooo, dup = rng.random(), rng.random()
-            later = steps[position + 1 :]
+            ooo, dup, delay = rng.random(), rng.random(), rng.random()
+            journey = step.event.get("journey_id")
+            after = following.get(journey) if journey is not None else None
             if (
                 ooo < sim.config.out_of_order_rate
-                and later
+                and after is not None
+                and sends[after] >= 0  # the event it falls behind is sent too
+                and steps[after].occurred_s >= step.occurred_s  # and happened later
                 and step.event["type"] not in DEADLINE_EVENTS
             ):
-                at_s, late = later[0].at_s + 0.5 + 4.0 * rng.random(), True
-            items.append(Scheduled(at_s, step.occurred_s, step.event, out_of_order=late))
-            if dup < sim.config.duplicate_rate:
-                again = at_s + 1.0 + 29.0 * rng.random()
+                at_s, late = sends[after] + 0.5 + 4.0 * delay, True
+            sends[position] = at_s
+            if journey is not None:
+                following[journey] = position
+            if dup < sim.config.duplicate_rate and at_s >= 0:  # a resend of a sent event
+                again = at_s + 1.0 + 29.0 * delay
                 items.append(Scheduled(again, step.occurred_s, step.event, duplicate=True))
-        for item in items:
+            items.append(Scheduled(at_s, step.occurred_s, step.event, out_of_order=late))
+        for item in reversed(items):
             sim._push(item)
         return len(items)
 
@@ -349,7 +365,10 @@ class Simulator:
         self._journeys = 0
         self._bad = 0
         self._pushed = 0
-        self._next_journey_s = 0.0
+        # Journeys begun before the start are simulated too (see the module docstring), up
+        # to some 10,000 events' worth so that a high rate does not take long to start.
+        self._preroll_s = min(3.2 * config.deadline_window_s + 150.0, 10_000 / config.rate)
+        self._next_journey_s = -self._preroll_s
 
     # --- customers ---------------------------------------------------------------------
 
@@ -414,8 +433,10 @@ class Simulator:
         return at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
     def _push(self, item: Scheduled) -> None:
-        self._seq += 1
         self._pushed += 1
+        if item.at_s < 0:
+            return  # due before the start: the run joins that journey midway
+        self._seq += 1
         heapq.heappush(self._heap, (item.at_s, self._seq, item))
 
     def _next(self) -> Scheduled:
@@ -426,11 +447,14 @@ class Simulator:
 
     def _fill(self) -> None:
         """Start journeys until nothing unstarted could come before the next item due."""
-        good_rate = self.config.rate * (1.0 - self.config.bad_rate)
+        # Malformed items come on top, so that the good events do not depend on bad_rate.
+        good_rate = self.config.rate
         while not self._heap or self._heap[0][0] >= self._next_journey_s:
             self._journey(self._next_journey_s)
             # The next journey starts when the timeline holds enough events for the rate.
-            self._next_journey_s = max(self._next_journey_s, self._pushed / good_rate)
+            self._next_journey_s = max(
+                self._next_journey_s, self._pushed / good_rate - self._preroll_s
+            )
 
     def _journey(self, at_s: float) -> None:
         rng = self._rng
@@ -1066,3 +1090,72 @@ async def post_profiles(client_api: httpx.AsyncClient, simulator: Simulator) -> 
         response.raise_for_status()
         written += 1
     return written
+
+
+def parse_breach_rates(items: list[str]) -> dict[str, float]:
+    """``TOUCHPOINT=RATE`` items (the CLI's ``--touchpoint-breach-rate``) as a mapping."""
+    rates: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name or number is None:
+            raise ValueError(f"breach rate {item!r}: expected TOUCHPOINT=RATE")
+        rates[name] = number
+    return rates
+
+
+async def run(
+    config: SimulatorConfig,
+    *,
+    ingest_url: str,
+    api_key: str,
+    rate: float,
+    duration_s: float | None = None,
+    total: int | None = None,
+    batch: int = 20,
+    api_url: str | None = None,
+    admin_key: str | None = None,
+    sent: Sent,
+    echo: Callable[[str], None],
+) -> None:
+    """What ``touchpulse simulate`` does: profiles first (with ``api_url``), then post until
+    done. SIGINT or SIGTERM stops after the batch in flight; a second one cancels at once.
+    ``sent`` is filled in place, so the caller can report it either way."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and task is not None:
+            task.cancel()
+        stop.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        if api_url is not None:
+            headers = {"Authorization": f"Bearer {admin_key}"}
+            async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=10) as api:
+                written = await post_profiles(api, Simulator(config, datetime.now(UTC)))
+            echo(f"profiles written: {written}")
+        # Started after the profiles, so the simulated clock starts when posting does.
+        simulator = Simulator(config, start=datetime.now(UTC))
+        headers = {"Authorization": f"Bearer {api_key}"}
+        async with httpx.AsyncClient(base_url=ingest_url, headers=headers, timeout=10) as client:
+            await post_paced(
+                client,
+                simulator,
+                rate=rate,
+                duration_s=duration_s,
+                total=total,
+                batch=batch,
+                stop=stop,
+                sent=sent,
+            )
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
