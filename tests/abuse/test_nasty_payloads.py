@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -725,3 +726,51 @@ async def _connection(
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+async def _open_intervention(database_url: str, intervention_id: str, state: str) -> None:
+    """An intervention as scoring would leave it, written straight to the table: the
+    workflow's text fields only reach the database when one exists."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO intervention (intervention_id, customer_id, state, triggers, gaps,
+                actions, priority, threshold, opened_at, acknowledged_at, assignee, updated_at)
+            VALUES ($1, $2, $3, '[]', '[]', '{}', 1, 50, now(),
+                CASE WHEN $3 = 'acknowledged' THEN now() END,
+                CASE WHEN $3 = 'acknowledged' THEN 'agent' END, now())
+            """,
+            intervention_id,
+            f"C-{intervention_id}",
+            state,
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "body", "pointer"),
+    [
+        ("acknowledge", "open", b'{"assignee":"a\\u0000b"}', "/assignee"),
+        ("acknowledge", "open", b'{"assignee":"\\ud800"}', "/assignee"),
+        ("resolve", "acknowledged", b'{"outcome_note":"done\\u0000"}', "/outcome_note"),
+        ("resolve", "acknowledged", b'{"outcome_note":"\\udfff done"}', "/outcome_note"),
+    ],
+)
+async def test_workflow_text_postgresql_cannot_store_is_a_422(
+    api: Service, action: str, state: str, body: bytes, pointer: str
+) -> None:
+    assert api.settings.database_url is not None
+    key = await api.keys.make("agent", [Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE])
+    await _open_intervention(api.settings.database_url, "iv-nasty", state)
+    response = await api.http.post(
+        f"/v1/interventions/iv-nasty/{action}",
+        content=body,
+        headers={**Service.bearer(key), "content-type": JSON},
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    pointers = {p.removeprefix("/body") for p in _pointers(response.json())}
+    assert pointer in pointers, response.text
+    assert await api.ready()
