@@ -7,13 +7,23 @@ written through them (no mass assignment).
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from touchpulse_shared.contract.events import SLUG_PATTERN
 
 Band = Literal["red", "amber", "green"]
+
+
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL: let through, it fails the write as a server error.
+    if "\x00" in text:
+        raise ValueError("may not contain NUL characters")
+    return text
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 class Expected(BaseModel):
@@ -178,13 +188,13 @@ class InterventionsPage(Page):
 class Acknowledge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    assignee: str = Field(min_length=1, max_length=200, examples=["agent-17"])
+    assignee: StorableText = Field(min_length=1, max_length=200, examples=["agent-17"])
 
 
 class Resolve(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    outcome_note: str = Field(
+    outcome_note: StorableText = Field(
         min_length=1, max_length=5000, examples=["Called, refunded the delivery fee"]
     )
 
