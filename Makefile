@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-scale bench-api fuzz
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-scale bench-api fuzz soak
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 
 fuzz: setup ## Long abuse runs: thousands of Schemathesis cases against ingest and the api
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse -p no:cacheprovider
+
+soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL, links, retention) under load, several rounds; 30 min at most
+	$(BIN)/python -m tests.faults --soak
 
 bench: setup ## Every benchmark on one broker and database: ingest, scoring, scale-out, api (about 11 min)
 	$(BIN)/python -m tests.bench

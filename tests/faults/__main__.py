@@ -1,0 +1,45 @@
+"""``python -m tests.faults --quick | --soak``: run faults under load and print the ledger
+check per fault; exit 1 unless every count is 0."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tests.faults.check import table
+from tests.faults.faults import all_faults, quick_faults, run_suite
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a few faults (the make test set)")
+    mode.add_argument("--soak", action="store_true", help="every fault, several rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every fault (soak)")
+    parser.add_argument("--minutes", type=float, default=28.0, help="global deadline (soak)")
+    parser.add_argument("--rate", type=float, default=150.0, help="events per second offered")
+    parser.add_argument("--members", type=int, default=2, help="scoring members (soak)")
+    parser.add_argument("--only", default="", help="comma-separated fault names (soak)")
+    args = parser.parse_args()
+    if args.soak:
+        only = {n for n in args.only.split(",") if n}
+        rounds = [
+            [f for f in all_faults(n) if not only or f.name in only]
+            for n in range(1, args.rounds + 1)
+        ]
+        suite = run_suite(
+            rounds, rate=args.rate, deadline_s=args.minutes * 60, scoring_members=args.members
+        )
+    else:
+        suite = run_suite([quick_faults()], rate=args.rate, deadline_s=240, scoring_members=1)
+    print()
+    print(table(suite.results))
+    print(f"overall (every phase together): {suite.overall}")
+    if suite.skipped:
+        print(f"skipped for the deadline: {', '.join(suite.skipped)}")
+    print(f"wall time {suite.seconds:.0f} s; {'ALL ZERO' if suite.ok else 'FAILED'}")
+    return 0 if suite.ok and not suite.skipped else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
