@@ -6,6 +6,7 @@ equals a recomputation from the stored outcomes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -43,6 +45,7 @@ class ScoringProcess:
             **settings_env(settings.model_copy(update={"scoring_metrics_port": port})),
         }
         env["TOUCHPULSE_LOG_LEVEL"] = "WARNING"
+        self.url = f"http://{settings.host}:{port}"
         self.log = open(log_dir / f"scoring-{port}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "touchpulse_scoring.main"],
@@ -50,6 +53,17 @@ class ScoringProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+
+    async def ready(self) -> None:
+        """Until the member has joined and consumes (its /readyz): only then can it leave."""
+        async with httpx.AsyncClient(timeout=2) as client:
+            for _ in range(int(DRAIN_S / 0.2)):
+                assert self.proc.poll() is None, "the scoring process exited during start-up"
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        pytest.fail("the scoring process never became ready")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -126,6 +140,8 @@ async def test_members_joining_and_leaving_mid_stream(
     processes.extend(ScoringProcess(pipeline.settings, log_dir) for _ in range(2))
     producing = asyncio.create_task(_stream(pipeline, stream, chunks=25))
     await asyncio.sleep(1.5)
+    # On a loaded machine 1.5 s may not cover the start; a leave needs a member that joined.
+    await processes[0].ready()
     assert processes[0].stop() == 0, "a graceful leave exits cleanly"
     processes.append(ScoringProcess(pipeline.settings, log_dir))  # a third joins
     await asyncio.sleep(1.5)
