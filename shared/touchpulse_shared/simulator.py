@@ -857,6 +857,7 @@ class Sent:
     unavailable: int = 0
     #: The HTTP status of every answer (a retried request counts each answer).
     statuses: Counter[int] = field(default_factory=Counter)
+    #: Requests made, retries and unanswered ones included.
     requests: int = 0
     #: Rejected items by the status they were refused with (422, 403, 429, …).
     item_statuses: Counter[int] = field(default_factory=Counter)
@@ -1015,13 +1016,16 @@ async def _post(
     path, body, content_type = request_body([i.event for i in items], fmt)
     unavailable_once = False
     for _attempt in range(6):
+        sent.requests += 1
         try:
             response = await client.post(path, content=body, headers={"Content-Type": content_type})
         except httpx.TransportError as exc:
             sent.errors[type(exc).__name__] += 1
             sent.unavailable += len(items)
             return
-        sent.requests += 1
+        except asyncio.CancelledError:
+            sent.unavailable += len(items)  # no answer: they may or may not have arrived
+            raise
         status = response.status_code
         sent.statuses[status] += 1
         if status in (503, 429):

@@ -3,13 +3,25 @@ what it sent even when nothing got through."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 from typer.testing import CliRunner
 
 from touchpulse_shared.cli import app
 from touchpulse_shared.stack.procs import free_port
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """The command points structlog at the runner's stderr, which closes after it: restore
+    the configuration so later tests do not log into a closed file."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.mark.parametrize(
