@@ -86,7 +86,9 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
             echo(f"  env        {env_file} (source it to reach this stack from another shell)")
             urls = {s.spec.name: s.url for s in services}
             if resolved.run_demo_rate > 0 and not stopping.is_set():
-                simulator = _start_simulator(resolved, stack.workdir, urls, simulator_key)
+                simulator = _start_simulator(
+                    resolved, stack.workdir, urls, key=simulator_key, admin_key=crm_key
+                )
                 echo(
                     f"  simulator  {resolved.run_demo_rate:g} events/s of demo journeys "
                     f"(pid {simulator.pid}, log {stack.workdir / 'simulator.log'})"
@@ -127,9 +129,10 @@ def _check_alive(kafka: Endpoint, postgres: Endpoint, services: list[RunningServ
 
 
 def _start_simulator(
-    settings: Settings, workdir: Path, urls: dict[str, str], key: str
+    settings: Settings, workdir: Path, urls: dict[str, str], *, key: str, admin_key: str
 ) -> subprocess.Popen[bytes]:
-    """The simulator as its own process, posting through ingest as any touchpoint would."""
+    """The simulator as its own process, posting through ingest as any touchpoint would,
+    after putting its customers' profiles (segments, value, reach) through the api."""
     argv = [
         sys.executable,
         "-m",
@@ -139,6 +142,10 @@ def _start_simulator(
         urls["ingest"],
         "--rate",
         str(settings.run_demo_rate),
+        "--api-url",
+        urls["api"],
+        "--admin-key",
+        admin_key,
     ]
     env = {**os.environ, **settings_env(settings), env_name("simulator_api_key"): key}
     return spawn(argv, log_path=workdir / "simulator.log", env=env)
