@@ -57,8 +57,10 @@ def test_make_run_shows_the_demo_live_and_ctrl_c_stops_it(live_runner: Runner) -
     assert re.search(r"ingest\s+http://\S+\s+\(docs http://\S+/docs, metrics", printed)
     pids = runner.server_pids()
 
-    flowing = _wait_for_pattern(runner, r"events/s\s+(\d+\.\d) accepted\s+(\d+\.\d) scored", 60)
-    assert float(flowing[1]) > 0, flowing[0]
+    # The simulator puts its customers' profiles first; then events flow and are scored.
+    _wait_for_pattern(
+        runner, r"events/s\s+[1-9][\d.]* accepted\s+[1-9][\d.]* scored", LIVE_WITHIN_S
+    )
     assert time.monotonic() - started < LIVE_WITHIN_S
     _wait_for_pattern(runner, r"health\s+red \d+ \(\d+%\)\s+amber", INTERVENTION_WITHIN_S)
     _wait_for_pattern(runner, r"weakest\s+\w+ \d+% broken of", INTERVENTION_WITHIN_S)
