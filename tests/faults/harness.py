@@ -334,9 +334,14 @@ class Harness:
                 self.loop.call(conn.close(timeout=5), timeout=10)
 
     def sql(self, query: str, *args: object) -> Any:
+        """Rows of one query, or (without arguments) a script of several statements."""
+
         async def run() -> Any:
             conn = await asyncpg.connect(self.direct_db, timeout=10)
             try:
+                if not args and ";" in query.strip().rstrip(";"):
+                    # The simple protocol: several statements, no rows (a DDL script).
+                    return await conn.execute(query)
                 return await conn.fetch(query, *args)
             finally:
                 await conn.close()
