@@ -36,6 +36,7 @@ from touchpulse_scoring.outbox import publish_once
 from touchpulse_scoring.state_figures import read_state_figures
 from touchpulse_shared.db import Conn
 from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.kafka.topics import DEAD_LETTER_MAX_MESSAGE_BYTES
 from touchpulse_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -107,6 +108,9 @@ class ScoringService:
             enable_idempotence=True,
             linger_ms=5,
             request_timeout_ms=10_000,
+            # Dead letters carry whole records of up to the events topic's limit plus their
+            # reason headers; the dead-letter topic takes up to twice that.
+            max_request_size=DEAD_LETTER_MAX_MESSAGE_BYTES,
         )
         await consumer.start()
         await producer.start()
