@@ -164,6 +164,8 @@ async def test_a_batch_with_only_bad_items_reports_each(
     assert [item["index"] for item in body["items"]] == [0, 1]
     assert body["items"][0]["errors"][0]["pointer"] == "/events/0/customer_id"
     assert body["items"][1]["errors"][0]["pointer"] == "/events/1/touchpoint"
+    # The same item shape as in a partly accepted 202: one parser for both answers.
+    assert [(i["status"], i["http_status"]) for i in body["items"]] == [("rejected", 422)] * 2
 
 
 @pytest.mark.parametrize(

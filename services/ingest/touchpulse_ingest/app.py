@@ -269,24 +269,29 @@ async def _batch(
 ) -> Response:
     ingest.metrics.batch_events.observe(len(items))
     judged = _judge(ingest, principal, items, prefix, time_field)
+    # Rejected items read the same in a 202 and in a 422: "rejected" with the item's own
+    # HTTP status beside it, so a client needs one parser for both answers.
+    verdicts = {
+        r["index"]: {**r, "status": "rejected", "http_status": r["status"]} for r in judged.rejected
+    }
     if not judged.accepted:
         raise Problem(
             422 if items else 400,
             "invalid-batch",
             "No Event Accepted",
             "No event in the batch was acceptable" if items else "The batch is empty",
-            extra={"accepted": 0, "rejected": len(judged.rejected), "items": judged.rejected},
+            extra={
+                "accepted": 0,
+                "rejected": len(judged.rejected),
+                "items": [verdicts[i] for i in sorted(verdicts)],
+            },
         )
     await _produce(ingest, principal, judged.accepted)
-    rejected_at = {r["index"] for r in judged.rejected}
     results = iter(judged.accepted)
-    verdicts = {r["index"]: r for r in judged.rejected}
     body_items = []
     for index in range(len(items)):
-        if index in rejected_at:
-            body_items.append(
-                {**verdicts[index], "status": "rejected", "http_status": verdicts[index]["status"]}
-            )
+        if index in verdicts:
+            body_items.append(verdicts[index])
         else:
             event = next(results)
             body_items.append({"index": index, "status": "accepted", "event_id": event.event_id})
