@@ -113,8 +113,9 @@ class ServerMemory:
 
     The broker is one process (VmHWM would be its peak since it started, across stages, so
     its current RSS is sampled). PostgreSQL is the postmaster and its children: reported are
-    the largest one process reached and the largest sum over all of them (shared buffers
-    count once per process that touched them, so the sum is an upper bound).
+    the largest RSS one process reached and the largest total of their proportional set
+    sizes (PSS: each shared page divided among the processes that map it, so shared buffers
+    count once: what PostgreSQL as a whole takes).
     """
 
     def __init__(self, kafka_pid: int | None, postgres_pid: int | None) -> None:
@@ -134,14 +135,16 @@ class ServerMemory:
         if self._postgres is not None:
             with contextlib.suppress(psutil.Error, OSError):
                 root = psutil.Process(self._postgres)
-                sizes = []
+                sizes, shares = [], []
                 for proc in [root, *root.children(recursive=True)]:
                     try:
-                        sizes.append(proc.memory_info().rss)
+                        memory = proc.memory_full_info()
                     except with_errors:
                         continue
+                    sizes.append(memory.rss)
+                    shares.append(memory.pss)
                 found["postgres (largest process)"] = max(sizes)
-                found["postgres (all processes)"] = sum(sizes)
+                found["postgres (all, PSS)"] = sum(shares)
         with self._lock:
             for name, value in found.items():
                 self._peaks[name] = max(self._peaks.get(name, 0), value)

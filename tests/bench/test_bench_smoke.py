@@ -76,7 +76,7 @@ def test_every_figure_is_printed_with_its_ceiling_and_ratio(
             assert NUMBER.match(cell), row
     assert "shares the machine's" in stdout  # the load generator's share is stated
     assert "linear scaling" in stdout  # and the speed-up's ceiling, with why
-    for what in ("peak RSS", "scoring-2", "postgres (all)", "load generator", "kafka broker"):
+    for what in ("peak RSS", "scoring-2", "postgres (all", "load generator", "kafka broker"):
         assert what in stdout, what
 
 
@@ -160,6 +160,7 @@ def test_every_process_has_its_cpu_and_memory(suite: tuple[str, dict[str, Any]])
         for stage in expected:
             assert found[stage]["kafka"]["peak_rss_bytes"] > 0, stage
             assert found[stage]["postgres (largest process)"]["peak_rss_bytes"] > 0, stage
+            assert found[stage]["postgres (all, PSS)"]["peak_rss_bytes"] > 0, stage
 
 
 def test_the_stages_did_their_work(suite: tuple[str, dict[str, Any]]) -> None:
