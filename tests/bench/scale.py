@@ -111,7 +111,7 @@ class Plan:
         )
 
 
-FULL = Plan(name="full", pairs=2, events=50_000)
+FULL = Plan(name="full", pairs=2, events=40_000)
 QUICK = Plan(name="quick", pairs=1, events=5_000)
 
 say = sayer("bench-scale")
