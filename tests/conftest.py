@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.settings import Settings, load_settings
 from touchpulse_shared.stack.local import LocalStack
 
@@ -39,6 +41,26 @@ def kafka_bootstrap(local_stack: LocalStack) -> str:
 @pytest.fixture(scope="session")
 def database_url(local_stack: LocalStack) -> str:
     return local_stack.postgres().address
+
+
+async def writer_and_crm_keys(database_url: str, *, source: str, name: str) -> tuple[str, str]:
+    """An events:write key for ``source`` and a CRM key (health:read, interventions:write,
+    admin): what a touchpoint system and a CRM integration each hold."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        now = datetime.now(UTC)
+        events, _ = await create_key(
+            conn, name=f"{name} events", scopes=[Scope.EVENTS_WRITE], source=source, now=now
+        )
+        crm, _ = await create_key(
+            conn,
+            name=f"{name} crm",
+            scopes=[Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN],
+            now=now,
+        )
+        return events, crm
+    finally:
+        await conn.close()
 
 
 def unique(prefix: str) -> str:

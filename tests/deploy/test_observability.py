@@ -27,8 +27,8 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
+from tests.conftest import writer_and_crm_keys
 from tests.deploy.grafana import PanelQuery, panel_queries, variable_queries
-from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
 from touchpulse_shared.settings import Settings
@@ -79,25 +79,7 @@ def _value(prometheus: str, promql: str) -> float:
 
 async def _prepare(database_url: str) -> tuple[str, str]:
     await migrate_url(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
-        now = datetime.now(UTC)
-        events, _ = await create_key(
-            conn,
-            name="observability events",
-            scopes=[Scope.EVENTS_WRITE],
-            source=SIM.source,
-            now=now,
-        )
-        crm, _ = await create_key(
-            conn,
-            name="observability crm",
-            scopes=[Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN],
-            now=now,
-        )
-        return events, crm
-    finally:
-        await conn.close()
+    return await writer_and_crm_keys(database_url, source=SIM.source, name="observability")
 
 
 async def _create_database(server_url: str) -> str:

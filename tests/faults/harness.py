@@ -23,15 +23,14 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 
+from tests.conftest import writer_and_crm_keys
 from tests.faults.proxy import FaultProxy
-from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import Settings, load_settings
 from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
@@ -307,21 +306,7 @@ class Harness:
         return self.kafka.bootstrap_servers
 
     async def _keys(self) -> tuple[str, str]:
-        conn = await asyncpg.connect(self.direct_db)
-        try:
-            now = datetime.now(UTC)
-            events, _ = await create_key(
-                conn, name="faults events", scopes=[Scope.EVENTS_WRITE], source=SOURCE, now=now
-            )
-            crm, _ = await create_key(
-                conn,
-                name="faults crm",
-                scopes=[Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN],
-                now=now,
-            )
-            return events, crm
-        finally:
-            await conn.close()
+        return await writer_and_crm_keys(self.direct_db, source=SOURCE, name="faults")
 
     @contextlib.contextmanager
     def db(self) -> Iterator[asyncpg.Connection]:

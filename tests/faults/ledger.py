@@ -22,11 +22,12 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.scoring.pipeline.ledger import KINDS, event_shape
+
 # Indeterminate answers are retried this long after the load stops; a fault is healed
 # by then, so only a real bug leaves an event without a definitive answer.
 SETTLE_S = 120.0
 REQUEST_TIMEOUT_S = 10.0
-KINDS = ("call", "invoice", "survey", "delivery")
 
 
 @dataclass
@@ -53,35 +54,7 @@ class Ledger:
 
 def _event(event_id: str, customer: str, rng: random.Random, source: str) -> dict[str, Any]:
     kind = rng.choice(KINDS)
-    shapes: dict[str, tuple[str, str, dict[str, Any]]] = {
-        "call": (
-            "call_centre",
-            "call.answered",
-            {
-                "wait_seconds": rng.choice([20, 45, 90, 300, 700]),
-                "first_contact_resolution": rng.random() < 0.7,
-            },
-        ),
-        "invoice": (
-            "billing",
-            "invoice.issued",
-            {
-                "invoice_correct": rng.random() < 0.8,
-                "days_after_delivery": rng.choice([1, 2, 5, 20]),
-            },
-        ),
-        "survey": (
-            "survey",
-            "survey.answered",
-            {"csat": rng.choice([1, 3, 4, 5]), "nps": rng.choice([2, 6, 8, 10])},
-        ),
-        "delivery": (
-            "delivery",
-            "delivery.completed",
-            {"damaged": rng.random() < 0.1, "all_items_delivered": rng.random() < 0.9},
-        ),
-    }
-    touchpoint, event_type, measures = shapes[kind]
+    touchpoint, event_type, measures = event_shape(kind, rng)
     at = datetime.now(UTC) - timedelta(seconds=rng.uniform(0, 6 * 3600))
     return {
         "event_id": event_id,

@@ -14,11 +14,11 @@ from touchpulse_shared.contract import EVENT_ADAPTER, ExperienceEventV1
 
 CATALOGUE = load_catalogue_file("deploy/promises.yaml")
 START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+KINDS = ("call", "invoice", "survey", "delivery")
 
 
-def make_event(
-    n: int, customer: str, at: datetime, kind: str, rng: random.Random, **extra: Any
-) -> ExperienceEventV1:
+def event_shape(kind: str, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+    """Touchpoint, type and measures of a ``kind`` of event, kept or broken at random."""
     shapes: dict[str, tuple[str, str, dict[str, Any]]] = {
         "call": (
             "call_centre",
@@ -47,7 +47,13 @@ def make_event(
             {"damaged": rng.random() < 0.1, "all_items_delivered": rng.random() < 0.9},
         ),
     }
-    touchpoint, event_type, measures = shapes[kind]
+    return shapes[kind]
+
+
+def make_event(
+    n: int, customer: str, at: datetime, kind: str, rng: random.Random, **extra: Any
+) -> ExperienceEventV1:
+    touchpoint, event_type, measures = event_shape(kind, rng)
     return EVENT_ADAPTER.validate_python(
         {
             "event_id": f"e-{n}",
