@@ -31,7 +31,7 @@ test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 	$(BIN)/python -m pytest
 
 fuzz: setup ## Long abuse runs: thousands of Schemathesis cases against ingest and the api
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse -p no:cacheprovider
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse tests/api/test_fuzz.py -p no:cacheprovider
 
 soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL, links, retention) under load, several rounds; 30 min at most
 	$(BIN)/python -m tests.faults --soak

@@ -34,10 +34,6 @@ def fuzz_examples() -> int:
     return int(os.environ.get("FUZZ_EXAMPLES", DEFAULT_FUZZ_EXAMPLES))
 
 
-def long_fuzz() -> bool:
-    return "FUZZ_EXAMPLES" in os.environ
-
-
 @dataclass
 class Keys:
     """Plaintext keys of every kind, made straight in the database as the CLI would."""

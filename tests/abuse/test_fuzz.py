@@ -1,7 +1,7 @@
-"""Schemathesis against the real ingest process (and, in the long form, the api too): no
+"""Schemathesis against the real ingest process (the api's run is tests/api/test_fuzz.py): no
 server error other than ingest's documented 503, and every response as its OpenAPI
 document says. `make test` runs a bounded number of examples per operation; `make fuzz`
-sets FUZZ_EXAMPLES=1000 for thousands of cases."""
+sets FUZZ_EXAMPLES=1000 for thousands of cases, for both services."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.abuse.conftest import SOURCE, Service, fuzz_examples, long_fuzz
+from tests.abuse.conftest import SOURCE, Service, fuzz_examples
 from touchpulse_shared.auth import Scope
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -92,19 +92,3 @@ async def test_the_ingest_openapi_document_holds_under_fuzzing(
     print(f"ingest fuzz: {_cases(summary, output)}")
     assert code == 0, output
     assert await ingest.ready(), "ingest stopped serving after the fuzzing"
-
-
-@pytest.mark.skipif(
-    not long_fuzz(),
-    reason="the bounded api run is tests/api/test_fuzz.py; FUZZ_EXAMPLES runs this long form",
-)
-async def test_the_api_openapi_document_holds_under_long_fuzzing(
-    api: Service, tmp_path: Path
-) -> None:
-    key = await api.keys.make("fuzz", [Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN])
-    code, output, summary = await asyncio.to_thread(
-        schemathesis, api.url, key, fuzz_examples(), tmp_path
-    )
-    print(f"api fuzz: {_cases(summary, output)}")
-    assert code == 0, output
-    assert await api.ready(), "the api stopped serving after the fuzzing"

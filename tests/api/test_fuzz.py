@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.abuse.conftest import fuzz_examples
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.settings import Settings
@@ -20,8 +21,9 @@ from touchpulse_shared.stack.local import new_run_dir
 from touchpulse_shared.stack.procs import free_port
 from touchpulse_shared.stack.services import SERVICES, RunningService
 
-# Examples per operation: enough to hit every parameter's edges, bounded for `make test`.
-EXAMPLES = 30
+# Examples per operation: enough to hit every parameter's edges, bounded for `make test`;
+# `make fuzz` raises it (FUZZ_EXAMPLES=1000).
+EXAMPLES = fuzz_examples()
 
 
 async def _prepare(url: str) -> str:
@@ -81,7 +83,7 @@ def test_the_openapi_document_holds_under_fuzzing(api: tuple[str, str]) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=max(600, EXAMPLES * 10),
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
