@@ -82,6 +82,9 @@ def _cases(summary: dict[str, Any], output: str) -> str:
     return " | ".join(tail[-3:])
 
 
+# The suite-wide 300 s bound fits make test's examples; make fuzz's thousands need the
+# same bound the Schemathesis subprocess itself gets.
+@pytest.mark.timeout(max(300, fuzz_examples() * 10 + 60))
 async def test_the_ingest_openapi_document_holds_under_fuzzing(
     ingest: Service, tmp_path: Path
 ) -> None:
