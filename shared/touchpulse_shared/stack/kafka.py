@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from touchpulse_shared.stack.procs import (
+    COMPLETE_MARKER,
     StackError,
+    fetch_once,
     free_port,
     port_open,
     run_async,
@@ -28,7 +29,6 @@ from touchpulse_shared.stack.procs import (
 )
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
-_COMPLETE = ".complete"
 
 # Start-up on 2 busy cores takes several seconds; a minute means something is wrong.
 READY_TIMEOUT_S = 90.0
@@ -61,15 +61,7 @@ logger.cleaner.level = WARN
 def kafka_libs(cache_dir: Path, version: str) -> Path:
     """The folder holding every runtime jar of Kafka ``version``, fetched on first use."""
     libs = cache_dir.resolve() / "kafka" / version / "libs"
-    if (libs / _COMPLETE).exists():
-        return libs
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    # Two processes (make run and make test) may fetch at once; one does, the other waits.
-    with open(libs.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (libs / _COMPLETE).exists():
-            _fetch(libs, version)
-    return libs
+    return fetch_once(libs, lambda: _fetch(libs, version))
 
 
 def _fetch(libs: Path, version: str) -> None:
@@ -96,7 +88,7 @@ def _fetch(libs: Path, version: str) -> None:
             + (result.stdout + result.stderr)[-3000:]
         )
     _check_jars(staging, version)
-    (staging / _COMPLETE).write_text(version)
+    (staging / COMPLETE_MARKER).write_text(version)
     if libs.exists():
         shutil.rmtree(libs)
     staging.rename(libs)

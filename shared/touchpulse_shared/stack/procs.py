@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -144,3 +145,24 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(factory())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, factory()).result()
+
+
+#: Written into a cached folder as its last step: without it the folder is incomplete.
+COMPLETE_MARKER = ".complete"
+
+
+def fetch_once(folder: Path, fetch: Callable[[], None]) -> Path:
+    """``folder``, filled by ``fetch`` (which writes :data:`COMPLETE_MARKER` in it last)
+    unless an earlier run already did.
+
+    make test and make run (or two test workers) may ask at once: a file lock beside the
+    folder lets one fetch while the others wait, then find the marker.
+    """
+    if (folder / COMPLETE_MARKER).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / COMPLETE_MARKER).exists():
+            fetch()
+    return folder

@@ -9,7 +9,6 @@ Debian version in a git-ignored folder, like the Kafka jars, and serve the rule 
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +21,15 @@ from types import TracebackType
 
 import yaml
 
-from touchpulse_shared.stack.procs import StackError, free_port, spawn, stop, wait_until
+from touchpulse_shared.stack.procs import (
+    COMPLETE_MARKER,
+    StackError,
+    fetch_once,
+    free_port,
+    spawn,
+    stop,
+    wait_until,
+)
 
 # The version the rules and tests were written against (Debian bookworm). When Debian
 # replaces it with a point release the old .deb leaves the mirror and the download fails
@@ -30,7 +37,6 @@ from touchpulse_shared.stack.procs import StackError, free_port, spawn, stop, wa
 DEBIAN_VERSION = "2.42.0+ds-5+deb12u1"
 _PACKAGE = "prometheus"
 _BINARIES = ("prometheus", "promtool")
-_COMPLETE = ".complete"
 
 # A fresh TSDB on 2 busy cores is ready in about a second; half a minute means trouble.
 READY_TIMEOUT_S = 30.0
@@ -49,13 +55,7 @@ class PrometheusTools:
 def prometheus_tools(cache_dir: Path, version: str = DEBIAN_VERSION) -> PrometheusTools:
     """The ``prometheus`` and ``promtool`` binaries of Debian ``version``, fetched on first use."""
     bin_dir = cache_dir.resolve() / _PACKAGE / version / "bin"
-    if not (bin_dir / _COMPLETE).exists():
-        bin_dir.parent.mkdir(parents=True, exist_ok=True)
-        # make test and make run (or two pytest workers) may fetch at once; one does.
-        with open(bin_dir.parent / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (bin_dir / _COMPLETE).exists():
-                _fetch(bin_dir, version)
+    fetch_once(bin_dir, lambda: _fetch(bin_dir, version))
     return PrometheusTools(
         prometheus=bin_dir / "prometheus", promtool=bin_dir / "promtool", version=version
     )
@@ -80,7 +80,7 @@ def _fetch(bin_dir: Path, version: str) -> None:
             # A binary that cannot run here (wrong architecture, missing loader) should fail
             # the fetch, not the first check that happens to use it.
             _run([str(out / name), "--version"], what=f"running {name} --version")
-        (out / _COMPLETE).write_text(version)
+        (out / COMPLETE_MARKER).write_text(version)
         if bin_dir.exists():
             shutil.rmtree(bin_dir)
         out.rename(bin_dir)
