@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     dead_letter_topic: str = Field("touchpoint.events.dlq.v1", min_length=1, max_length=249)
     health_topic: str = Field("journey.health.v1", min_length=1, max_length=249)
     interventions_topic: str = Field("interventions.v1", min_length=1, max_length=249)
+    profiles_topic: str = Field("customer.profiles.v1", min_length=1, max_length=249)
     events_partitions: int = Field(
         6, ge=1, le=1000, description="partitions of the events topic (the unit of scale)"
     )

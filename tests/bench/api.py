@@ -892,6 +892,7 @@ def service_settings(
             "events_topic": f"{base}.events",
             "health_topic": f"{base}.health",
             "interventions_topic": f"{base}.interventions",
+            "profiles_topic": f"{base}.profiles",
             "dead_letter_topic": f"{base}.dlq",
             "scoring_group_id": base,
             "ingest_port": free_port(),

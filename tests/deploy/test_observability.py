@@ -154,6 +154,7 @@ def observed(local_stack: LocalStack, base_settings: Settings) -> Iterator[Obser
             "dead_letter_topic": f"obs-dlq-{suffix}",
             "health_topic": f"obs-health-{suffix}",
             "interventions_topic": f"obs-interventions-{suffix}",
+            "profiles_topic": f"obs-profiles-{suffix}",
             "events_partitions": 3,
             "scoring_group_id": f"obs-scoring-{suffix}",
             "scoring_state_metrics_interval_s": 1.0,

@@ -23,6 +23,7 @@ def _settings(partitions: int = 6) -> Settings:
         dead_letter_topic=f"{run}.dlq",
         health_topic=f"{run}.health",
         interventions_topic=f"{run}.interventions",
+        profiles_topic=f"{run}.profiles",
         events_partitions=partitions,
     )
 
@@ -47,6 +48,8 @@ async def test_creates_every_topic_with_its_partitions_and_configs(
         assert configs[settings.dead_letter_topic]["cleanup.policy"] == "delete"
         assert configs[settings.health_topic]["cleanup.policy"] == "compact"
         assert configs[settings.interventions_topic]["cleanup.policy"] == "compact"
+        assert configs[settings.profiles_topic]["cleanup.policy"] == "compact"
+        assert partitions[settings.profiles_topic] == 4, "profiles co-partitioned with events"
         assert configs[settings.health_topic]["min.insync.replicas"] == "1"
 
         assert await ensure_topics(kafka_admin, specs) == [], "a second run creates nothing"

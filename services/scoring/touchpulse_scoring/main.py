@@ -13,7 +13,7 @@ import asyncpg
 import typer
 
 from touchpulse_scoring.domain import CatalogueError, load_catalogue_file
-from touchpulse_scoring.replay import ReplayReport, replay
+from touchpulse_scoring.replay import ReplayError, ReplayReport, replay
 from touchpulse_scoring.service import main_async
 from touchpulse_shared.logs import configure_logging
 from touchpulse_shared.settings import ConfigError, Settings, load_settings
@@ -63,8 +63,8 @@ def replay_command(
     ] = None,
     keep: Annotated[bool, typer.Option(help="keep the scratch database afterwards")] = False,
 ) -> None:
-    """Rebuild state from the topic's beginning (interventions muted) and compare it with
-    the live state; exit 0 when they agree, 1 when they do not."""
+    """Rebuild state from the profiles topic and the events topic's beginning (interventions
+    muted) and compare it with the live state; exit 0 when they agree, 1 when they do not."""
     settings = _settings()
     live_url = settings.database_url or ""
     catalogue = load_catalogue_file(settings.promise_catalogue)
@@ -79,9 +79,13 @@ def replay_command(
                 scratch_url=scratch,
                 bootstrap_servers=settings.kafka_bootstrap_servers or "",
                 topic=settings.events_topic,
+                profiles_topic=settings.profiles_topic,
                 catalogue=catalogue,
             )
         )
+    except ReplayError as exc:
+        typer.echo(f"touchpulse-scoring replay: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         if created and not keep:
             asyncio.run(_drop_database(live_url, scratch))
@@ -90,6 +94,7 @@ def replay_command(
 
 
 def _print(report: ReplayReport) -> None:
+    typer.echo(f"profiles loaded:           {report.profiles}")
     typer.echo(f"records replayed:          {report.records}")
     typer.echo(f"customers compared:        {report.customers_compared}")
     typer.echo(f"equal:                     {report.equal}")
@@ -97,6 +102,18 @@ def _print(report: ReplayReport) -> None:
     typer.echo(f"only in live state:        {len(report.only_live)} {report.only_live[:10]}")
     typer.echo(f"only in replay:            {len(report.only_replay)} {report.only_replay[:10]}")
     typer.echo(f"changed since snapshot:    {report.changed_since_snapshot} (not compared)")
+    typer.echo(
+        f"profile not yet on topic:  {len(report.profile_pending)} "
+        f"{report.profile_pending[:10]} (not compared)"
+    )
+    typer.echo(
+        f"differ, profile changed:   {len(report.profile_changed)} "
+        f"{report.profile_changed[:10]} (changed after their events were scored)"
+    )
+    typer.echo(
+        f"unreadable profiles:       {len(report.unreadable_profiles)} "
+        f"{report.unreadable_profiles[:10]}"
+    )
     typer.echo("replay equals live state" if report.matches else "replay DIFFERS from live state")
 
 

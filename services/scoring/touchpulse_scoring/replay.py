@@ -6,6 +6,16 @@ customer as the live pipeline did, whatever crashes, retries and rebalances happ
 Interventions and webhooks are muted in the replay (nothing reaches a CRM), and its outbox
 is never published. Customers whose live state moved past the replay's snapshot of the
 topic are left out of the comparison and counted separately.
+
+Profiles (segment, tenure, value, reach) change how events are judged, so before any event
+the replay reads the compacted profiles topic to its end offsets into the scratch
+``customer_profile``: the latest profile per customer, tombstones honoured, and a profile
+older than the customer's erasure dropped (its tombstone may still be in the outbox). The
+topic keeps only the latest profile, so a customer whose profile changed after some of
+their events were scored live is replayed with the latest one: such a customer is still
+compared, and when the health differs it is reported apart (``profile_changed``) rather
+than as an unexplained difference. A customer whose live profile is newer than the topic's
+(not yet published, or written after the snapshot) is counted, not compared.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from touchpulse_scoring import profiles
 from touchpulse_scoring.consumer import claim_batch, mark_caught_up, store_offsets
 from touchpulse_scoring.domain import Catalogue
 from touchpulse_scoring.engine import Engine, Source, Topics
@@ -38,10 +49,26 @@ class ReplayReport:
     only_live: list[str] = field(default_factory=list)
     only_replay: list[str] = field(default_factory=list)
     changed_since_snapshot: int = 0
+    #: Profiles read from the profiles topic into the rebuild (after tombstones, erasures).
+    profiles: int = 0
+    #: Customers whose latest record on the profiles topic could not be read.
+    unreadable_profiles: list[str] = field(default_factory=list)
+    #: Health differs, and the profile replayed was written after some of the customer's
+    #: events were scored live (with an older profile, or none): explained, not a fault.
+    profile_changed: list[str] = field(default_factory=list)
+    #: Live profile newer than the topic's (in the outbox still, or written after the
+    #: snapshot): not compared.
+    profile_pending: list[str] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
-        return not (self.different or self.only_live or self.only_replay)
+        return not (
+            self.different or self.only_live or self.only_replay or self.unreadable_profiles
+        )
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot be done as asked (e.g. the profiles topic does not exist)."""
 
 
 async def replay(
@@ -50,12 +77,16 @@ async def replay(
     scratch_url: str,
     bootstrap_servers: str,
     topic: str,
+    profiles_topic: str,
     catalogue: Catalogue,
     now: datetime | None = None,
 ) -> ReplayReport:
-    """Replay ``topic`` from its beginning into ``scratch_url`` and compare with ``live_url``."""
+    """Load ``profiles_topic`` into ``scratch_url``, replay ``topic`` from its beginning
+    there, and compare with ``live_url``."""
     await migrate_url(scratch_url)
     await _copy_erasures(live_url, scratch_url)
+    report = ReplayReport()
+    await _load_profiles(bootstrap_servers, profiles_topic, scratch_url, report)
     partition_count = 0
     engine = Engine(
         catalogue=lambda: catalogue,
@@ -67,7 +98,6 @@ async def replay(
         clock=lambda: now or datetime.now(UTC),
         mute_interventions=True,
     )
-    report = ReplayReport()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
@@ -78,14 +108,7 @@ async def replay(
     await consumer.start()
     scratch = await asyncpg.connect(scratch_url)
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-            ]
+        partitions = await _partitions(consumer, topic)
         consumer.assign(partitions)
         partition_count = len(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -135,6 +158,97 @@ async def _copy_erasures(live_url: str, scratch_url: str) -> None:
         await scratch.close()
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(found or [])]
+
+
+def _decode_profile(key: bytes, value: bytes) -> profiles.ProfileRecord | str:
+    """The record's profile, or why it cannot be read."""
+    try:
+        return profiles.decode(key, value)
+    except profiles.ProfileRecordError as exc:
+        return str(exc)
+
+
+async def _load_profiles(
+    bootstrap_servers: str, topic: str, scratch_url: str, report: ReplayReport
+) -> None:
+    """The profiles topic up to its end offsets at start into the scratch database."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=_BATCH,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    latest: dict[str, profiles.ProfileRecord | str | None] = {}
+    try:
+        partitions = await _partitions(consumer, topic)
+        if not partitions:
+            raise ReplayError(
+                f"the profiles topic {topic} does not exist: create it (touchpulse topics) "
+                "and re-send the profiles, or every profiled customer would differ"
+            )
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=_BATCH)
+            for tp, part in batches.items():
+                for record in part:
+                    if record.offset >= ends[tp] or record.key is None:
+                        continue
+                    customer = record.key.decode("utf-8", "replace")
+                    if record.value is None:
+                        latest[customer] = None  # a tombstone: erased
+                        continue
+                    latest[customer] = _decode_profile(record.key, record.value)
+                    if isinstance(latest[customer], str):
+                        log.error(
+                            "replay.profile_unreadable",
+                            customer_id=customer,
+                            partition=tp.partition,
+                            offset=record.offset,
+                            error=latest[customer],
+                        )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    report.unreadable_profiles = sorted(c for c, p in latest.items() if isinstance(p, str))
+    scratch = await asyncpg.connect(scratch_url)
+    try:
+        erased = {
+            r["customer_id"]: r["erased_at"]
+            for r in await scratch.fetch("SELECT customer_id, erased_at FROM erased_customer")
+        }
+        rows = [
+            (p.customer_id, p.segment, p.customer_since, p.value, p.reach, p.updated_at)
+            for p in latest.values()
+            if isinstance(p, profiles.ProfileRecord)
+            # Erased after this profile was written: its tombstone is still on its way.
+            and not (p.customer_id in erased and p.updated_at <= erased[p.customer_id])
+        ]
+        await scratch.executemany(
+            """
+            INSERT INTO customer_profile
+                (customer_id, segment, customer_since, value, reach, created_at, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $6)
+            """,
+            rows,
+        )
+    finally:
+        await scratch.close()
+    report.profiles = len(rows)
+
+
 async def _compare(
     live_url: str, scratch_url: str, snapshot: dict[TopicPartition, int], report: ReplayReport
 ) -> None:
@@ -162,11 +276,37 @@ async def _compare(
             r["customer_id"]: r["score"]
             for r in await scratch.fetch("SELECT customer_id, score FROM journey_health")
         }
+        replayed_profiles = {
+            r["customer_id"]: r["updated_at"]
+            for r in await scratch.fetch("SELECT customer_id, updated_at FROM customer_profile")
+        }
+        live_profiles = {
+            r["customer_id"]: r["updated_at"]
+            for r in await live.fetch("SELECT customer_id, updated_at FROM customer_profile")
+        }
+        pending = {
+            c
+            for c, at in live_profiles.items()
+            if c not in replayed_profiles or at > replayed_profiles[c]
+        }
+        # When each customer's first event still on record was scored live: a profile
+        # written after it was not the one that event was judged with.
+        first_scored = {
+            r["customer_id"]: r["first"]
+            for r in await live.fetch(
+                """
+                SELECT customer_id, min(processed_at) AS first FROM processed_event
+                WHERE customer_id = ANY($1::text[]) GROUP BY customer_id
+                """,
+                sorted(replayed_profiles),
+            )
+        }
     finally:
         await live.close()
         await scratch.close()
     report.changed_since_snapshot = len(moved)
-    for customer in sorted((set(live_scores) | set(replay_scores)) - moved):
+    report.profile_pending = sorted(pending - moved)
+    for customer in sorted((set(live_scores) | set(replay_scores)) - moved - pending):
         if customer not in replay_scores:
             report.only_live.append(customer)
         elif customer not in live_scores:
@@ -179,6 +319,11 @@ async def _compare(
                 and b is not None
                 and not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
             ):
-                report.different.append(customer)
+                written = replayed_profiles.get(customer)
+                first = first_scored.get(customer)
+                if written is not None and first is not None and written > first:
+                    report.profile_changed.append(customer)
+                else:
+                    report.different.append(customer)
             else:
                 report.equal += 1

@@ -5,9 +5,13 @@
 - ``journey.health.v1`` (key: customer id; compacted): the latest health per customer;
   erasure writes a tombstone.
 - ``interventions.v1`` (key: intervention; compacted): the latest state of each one.
+- ``customer.profiles.v1`` (key: customer id; compacted): the latest CRM profile per
+  customer, written by the api with the profile (outbox) so replays can rebuild with it;
+  erasure writes a tombstone.
 
-The health topic has as many partitions as the events topic so a customer's health lands
-on the partition number its events came from (co-partitioned for stream joins).
+The health and profiles topics have as many partitions as the events topic so a customer's
+health and profile land on the partition number its events came from (co-partitioned for
+stream joins).
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(settings.health_topic, settings.events_partitions, rf, compacted),
         TopicSpec(settings.interventions_topic, settings.events_partitions, rf, compacted),
+        TopicSpec(settings.profiles_topic, settings.events_partitions, rf, compacted),
     ]
 
 

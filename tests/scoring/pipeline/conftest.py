@@ -99,6 +99,7 @@ async def pipeline_settings(kafka_bootstrap: str, fresh_database: str) -> AsyncI
         dead_letter_topic=f"{run}.dlq",
         health_topic=f"{run}.health",
         interventions_topic=f"{run}.interventions",
+        profiles_topic=f"{run}.profiles",
         events_partitions=3,
         scoring_group_id=f"{run}-group",
         scoring_sweep_interval_s=0.2,

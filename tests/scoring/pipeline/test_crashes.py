@@ -178,6 +178,7 @@ async def test_postgres_restarted_mid_stream(
         dead_letter_topic=f"{run}.dlq",
         health_topic=f"{run}.health",
         interventions_topic=f"{run}.interventions",
+        profiles_topic=f"{run}.profiles",
         events_partitions=3,
         scoring_group_id=f"{run}-group",
     )

@@ -25,7 +25,10 @@ from touchpulse_api.models import (
     TrendPoint,
 )
 from touchpulse_scoring.domain import TouchpointHealth, journey_health, replace_outcome
-from touchpulse_scoring.store import outcome_from_row
+from touchpulse_scoring.outbox import insert_outbox
+from touchpulse_scoring.profiles import from_row as profile_from_row
+from touchpulse_scoring.profiles import profile_outbox_row
+from touchpulse_scoring.store import lock_customers, outcome_from_row
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -306,17 +309,34 @@ async def get_profile(customer_id: str, context: ContextDep, _: HealthReader) ->
 async def put_profile(
     customer_id: str, profile: ProfileIn, context: ContextDep, _: Admin, response: Response
 ) -> ProfileOut:
-    """Create or replace what the CRM knows: segment, tenure, value and reach."""
+    """Create or replace what the CRM knows: segment, tenure, value and reach.
+
+    The profile also goes to the compacted profiles topic (key: customer id) through the
+    outbox, in the same transaction, so ``touchpulse-scoring replay`` rebuilds with it.
+    """
     if not 1 <= len(customer_id) <= 128:
         raise Problem(422, "invalid-request", "Invalid Request", "customer_id is 1-128 characters")
-    async with context.pool.acquire() as conn:
+    async with context.pool.acquire() as conn, conn.transaction():
+        # Scoring's lock: a batch of this customer's events sees the profile before or
+        # after this write, never beside it, and updated_at (the clock after the lock)
+        # tells replay which of the customer's events were scored with it.
+        await lock_customers(conn, [customer_id])
         row = await conn.fetchrow(
             """
-            INSERT INTO customer_profile (customer_id, segment, customer_since, value, reach)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO customer_profile
+                (customer_id, segment, customer_since, value, reach, updated_at)
+            VALUES ($1, $2, $3, $4, $5, clock_timestamp())
             ON CONFLICT (customer_id) DO UPDATE SET
                 segment = EXCLUDED.segment, customer_since = EXCLUDED.customer_since,
-                value = EXCLUDED.value, reach = EXCLUDED.reach, updated_at = now()
+                value = EXCLUDED.value, reach = EXCLUDED.reach,
+                updated_at = EXCLUDED.updated_at
+            -- The same profile again (a CRM re-sending it) changes nothing, not even
+            -- updated_at; its record goes out again all the same (the same value: a
+            -- full re-sync puts profiles from before the topic existed on it).
+            WHERE (customer_profile.segment, customer_profile.customer_since,
+                   customer_profile.value, customer_profile.reach)
+                  IS DISTINCT FROM
+                  (EXCLUDED.segment, EXCLUDED.customer_since, EXCLUDED.value, EXCLUDED.reach)
             RETURNING *, (xmax = 0) AS created
             """,
             customer_id,
@@ -325,6 +345,14 @@ async def put_profile(
             profile.value,
             profile.reach,
         )
-    assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
+        if row is None:
+            row = await conn.fetchrow(
+                "SELECT *, false AS created FROM customer_profile WHERE customer_id = $1",
+                customer_id,
+            )
+        assert row is not None  # noqa: S101 - inserted, updated, or there unchanged
+        await insert_outbox(
+            conn, [profile_outbox_row(context.settings.profiles_topic, profile_from_row(row))]
+        )
     response.status_code = 201 if row["created"] else 200
     return ProfileOut.model_validate(dict(row))

@@ -1,4 +1,5 @@
-"""Erasure: a customer's data removed, tombstones on the compacted topics, and kept erased.
+"""Erasure: a customer's data removed, tombstones on the compacted topics (health,
+profiles, interventions), and kept erased.
 
 One transaction, under the customer's lock (the one scoring takes), so no batch can write
 the customer back between the deletes. The erasure is recorded in ``erased_customer``:
@@ -12,6 +13,7 @@ from fastapi import APIRouter
 from touchpulse_api.context import Admin, ContextDep
 from touchpulse_api.models import Erased
 from touchpulse_scoring.outbox import insert_outbox, outbox_row
+from touchpulse_scoring.profiles import tombstone_outbox_row
 from touchpulse_scoring.store import lock_customers
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -64,16 +66,20 @@ async def erase_customer(customer_id: str, context: ContextDep, _: Admin) -> Era
         await conn.execute(
             """
             DELETE FROM kafka_outbox
-            WHERE (topic = $1 AND key = $2) OR (topic = $3 AND key = ANY($4::bytea[]))
+            WHERE (topic = ANY($1::text[]) AND key = $2)
+               OR (topic = $3 AND key = ANY($4::bytea[]))
             """,
-            settings.health_topic,
+            [settings.health_topic, settings.profiles_topic],
             customer_id.encode(),
             settings.interventions_topic,
             [i.encode() for i in interventions],
         )
         await insert_outbox(
             conn,
-            [outbox_row(settings.health_topic, customer_id.encode(), None)]
+            [
+                outbox_row(settings.health_topic, customer_id.encode(), None),
+                tombstone_outbox_row(settings.profiles_topic, customer_id),
+            ]
             + [outbox_row(settings.interventions_topic, i.encode(), None) for i in interventions],
         )
     return Erased(customer_id=customer_id, erased_at=now, removed=removed)
