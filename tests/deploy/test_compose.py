@@ -342,7 +342,7 @@ def test_every_bind_mount_exists_and_is_read_only(services: dict[str, dict[str, 
 def test_the_promise_catalogue_is_mounted_where_the_setting_points(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    for name in ("scoring", "api"):
+    for name in ("ingest", "scoring", "api"):
         catalogue = environment(services[name])[env_name("promise_catalogue")]
         sources = {m.target: m.source for m in mounts({name: services[name]})}
         assert sources.get(catalogue) == "./deploy/promises.yaml", name

@@ -389,7 +389,7 @@ def test_the_embedded_catalogue_is_deploy_promises_yaml() -> None:
     assert data["promises.yaml"].encode("utf-8") == CATALOGUE.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["touchpulse-scoring", "touchpulse-api"])
+@pytest.mark.parametrize("name", ["touchpulse-ingest", "touchpulse-scoring", "touchpulse-api"])
 def test_the_catalogue_is_mounted_where_the_setting_points(name: str) -> None:
     deployment = one("Deployment", name)
     (container,) = pod_spec(deployment)["containers"]

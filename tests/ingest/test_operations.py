@@ -31,7 +31,18 @@ async def test_metrics_count_requests_events_latency_and_sizes(
     await client.http.post("/v1/events", json=make_event(source="other"), headers=client.auth())
     await client.http.post(
         "/v1/events/batch",
-        content=orjson.dumps({"events": [make_event(touchpoint="delivery") for _ in range(3)]}),
+        content=orjson.dumps(
+            {
+                "events": [
+                    make_event(
+                        touchpoint="delivery",
+                        type="delivery.completed",
+                        measures={"damaged": False},
+                    )
+                    for _ in range(3)
+                ]
+            }
+        ),
         headers={**client.auth(), "content-type": "application/json"},
     )
     await client.http.post("/v1/events", json=make_event())  # no key

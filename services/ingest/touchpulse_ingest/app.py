@@ -3,9 +3,14 @@
 The request path, in order, with the status each step can give:
 auth (401/403) → content type (415) → body within the size limit (413, checked before
 parsing) → parse and validate (422, every bad field named by a JSON Pointer) → the key may
-write this source and touchpoint (403) → occurred_at plausible (422) → rate limit (429 +
-Retry-After) → Kafka acknowledged every record within the bound (202), or not (503 +
-Retry-After). Nothing a client sends can produce a 5xx; only Kafka can.
+write this source and touchpoint (403) → the promise catalogue accepts it and occurred_at is
+plausible (422, each problem named by its pointer) → rate limit (429 + Retry-After) → Kafka
+acknowledged every record within the bound (202), or not (503 + Retry-After). Nothing a
+client sends can produce a 5xx; only Kafka can.
+
+The catalogue check is scoring's own (:func:`event_problems`, the pure domain function
+scoring dead-letters by), on the same file re-read when it changes, so what ingest accepts
+scoring can judge.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from starlette.responses import JSONResponse, Response
 from touchpulse_ingest.metrics import IngestMetrics
 from touchpulse_ingest.openapi import install_openapi
 from touchpulse_ingest.producer import EventProducer, ProduceUnavailable
+from touchpulse_scoring.catalogue_source import CatalogueSource
+from touchpulse_scoring.domain.catalogue import Catalogue, EventProblem, event_problems
+from touchpulse_scoring.domain.errors import CatalogueError, UnscorableReason
 from touchpulse_shared.auth import KeyVerifier, Principal
 from touchpulse_shared.auth import Scope as KeyScope
 from touchpulse_shared.contract import (
@@ -79,8 +87,16 @@ class Ingest:
     verifier: KeyVerifier
     limiter: RateLimiter
     metrics: IngestMetrics
+    #: The promise catalogue: the tracking plan events are checked against.
+    catalogue: CatalogueSource
     clock: Clock = utc_now
     monotonic: Callable[[], float] = time.monotonic
+
+    def current_catalogue(self) -> Catalogue:
+        """The catalogue in effect: one stat() per request, a re-read when the file changed
+        (an invalid edit is logged and the last good catalogue stays, as in scoring)."""
+        self.catalogue.refresh()
+        return self.catalogue()
 
 
 async def _ingest(request: Request) -> Ingest:
@@ -141,12 +157,34 @@ def _invalid(detail: str, errors: list[dict[str, Any]]) -> Problem:
     return Problem(422, "invalid-event", "Invalid Event", detail, errors=errors)
 
 
+@dataclass(frozen=True)
+class Format:
+    """Where the fields the catalogue and the clock judge sit in one item of a format."""
+
+    #: What the client called occurred_at.
+    time_field: str
+    #: Where the measures are.
+    measures: tuple[str, ...]
+
+    def locate(self, problem: EventProblem) -> tuple[str, ...]:
+        """The catalogue problem's field as this format names it."""
+        if problem.field[0] == "measures":
+            return (*self.measures, *problem.field[1:])
+        return problem.field  # touchpoint and type are named alike in both formats
+
+
+NATIVE = Format("occurred_at", ("measures",))
+#: Binary mode reports its header attributes and body by the same names (see from_binary).
+CLOUDEVENT = Format("time", ("data", "measures"))
+
+
 @dataclass
 class _Judged:
-    """One event's verdict after validation, authorization and the time window."""
+    """One event's verdict after validation, authorization, the catalogue and the clock."""
 
     accepted: list[ExperienceEventV1]
     rejected: list[dict[str, Any]]
+    catalogue: Catalogue
 
 
 def _judge(
@@ -154,18 +192,19 @@ def _judge(
     principal: Principal,
     items: Sequence[ExperienceEventV1 | ItemError],
     prefix: Sequence[str | int] | None,
-    time_field: str,
+    form: Format,
 ) -> _Judged:
     """Sort events into accepted and rejected.
 
-    ``prefix`` locates batch items in the body (None for a single event); ``time_field`` is
-    what the client called occurred_at (``time`` in a CloudEvent).
+    ``prefix`` locates batch items in the body (None for a single event); ``form`` says how
+    the client's format names the fields judged here.
     """
     settings = ingest.settings
+    catalogue = ingest.current_catalogue()
     now = ingest.clock()
     max_future = timedelta(seconds=settings.ingest_max_clock_skew_s)
     max_past = timedelta(hours=settings.ingest_max_event_age_hours)
-    judged = _Judged([], [])
+    judged = _Judged([], [], catalogue)
     for index, item in enumerate(items):
         where = () if prefix is None else (*prefix, index)
         if isinstance(item, ItemError):
@@ -181,31 +220,45 @@ def _judge(
             )
             ingest.metrics.rejected("forbidden", item.touchpoint)
             continue
+        problems = event_problems(item, catalogue)
+        errors = [
+            {
+                "pointer": pointer((*where, *form.locate(problem))),
+                "detail": problem.message,
+                "code": problem.reason.value,
+            }
+            for problem in problems
+        ]
         late = check_time_window(item, now=now, max_future=max_future, max_past=max_past)
         if late is not None:
-            judged.rejected.append(
+            errors.append(
                 {
-                    "index": index,
-                    "status": 422,
-                    "event_id": item.event_id,
-                    "errors": [
-                        {
-                            "pointer": pointer((*where, time_field)),
-                            "detail": late,
-                            "code": "time_window",
-                        }
-                    ],
+                    "pointer": pointer((*where, form.time_field)),
+                    "detail": late,
+                    "code": "time_window",
                 }
             )
-            too_new = item.occurred_at > now
-            ingest.metrics.rejected("too_new" if too_new else "too_old", item.touchpoint)
+        if errors:
+            judged.rejected.append(
+                {"index": index, "status": 422, "event_id": item.event_id, "errors": errors}
+            )
+            if problems:
+                reason = problems[0].reason
+                known = reason is not UnscorableReason.UNKNOWN_TOUCHPOINT
+                ingest.metrics.rejected(reason.value, item.touchpoint if known else None)
+            else:
+                too_new = item.occurred_at > now
+                ingest.metrics.rejected("too_new" if too_new else "too_old", item.touchpoint)
             continue
         judged.accepted.append(item)
     return judged
 
 
 async def _produce(
-    ingest: Ingest, principal: Principal, events: Sequence[ExperienceEventV1]
+    ingest: Ingest,
+    principal: Principal,
+    events: Sequence[ExperienceEventV1],
+    catalogue: Catalogue,
 ) -> None:
     """Rate-limit, then hand every event to Kafka and wait for all acknowledgements."""
     wait = ingest.limiter.take(principal.key_id, len(events), ingest.monotonic())
@@ -242,18 +295,23 @@ async def _produce(
     # One counter update per touchpoint, not per event: batches are the hot path.
     for touchpoint, count in Counter(e.touchpoint for e in events).items():
         ingest.metrics.events_accepted.labels(ingest.metrics.touchpoint(touchpoint)).inc(count)
+    unmatched = Counter(
+        (e.source, e.type) for e in events if not catalogue.matches_a_promise(e.touchpoint, e.type)
+    )
+    for (source, event_type), count in unmatched.items():
+        ingest.metrics.unmatched(source, event_type, count)
 
 
 async def _single(
-    ingest: Ingest, principal: Principal, event: ExperienceEventV1, time_field: str = "occurred_at"
+    ingest: Ingest, principal: Principal, event: ExperienceEventV1, form: Format = NATIVE
 ) -> Response:
-    judged = _judge(ingest, principal, [event], None, time_field)
+    judged = _judge(ingest, principal, [event], None, form)
     if judged.rejected:
         verdict = judged.rejected[0]
         if verdict["status"] == 403:
             raise Problem(403, "forbidden", "Forbidden", verdict["detail"])
         raise _invalid("The event is not acceptable", verdict["errors"])
-    await _produce(ingest, principal, judged.accepted)
+    await _produce(ingest, principal, judged.accepted, judged.catalogue)
     return JSONResponse(
         {"status": "accepted", "source": event.source, "event_id": event.event_id},
         status_code=202,
@@ -265,10 +323,10 @@ async def _batch(
     principal: Principal,
     items: Sequence[ExperienceEventV1 | ItemError],
     prefix: Sequence[str | int],
-    time_field: str = "occurred_at",
+    form: Format = NATIVE,
 ) -> Response:
     ingest.metrics.batch_events.observe(len(items))
-    judged = _judge(ingest, principal, items, prefix, time_field)
+    judged = _judge(ingest, principal, items, prefix, form)
     # Rejected items read the same in a 202 and in a 422: "rejected" with the item's own
     # HTTP status beside it, so a client needs one parser for both answers.
     verdicts = {
@@ -286,7 +344,7 @@ async def _batch(
                 "items": [verdicts[i] for i in sorted(verdicts)],
             },
         )
-    await _produce(ingest, principal, judged.accepted)
+    await _produce(ingest, principal, judged.accepted, judged.catalogue)
     results = iter(judged.accepted)
     body_items = []
     for index in range(len(items)):
@@ -386,14 +444,14 @@ def create_app(
         ingest.metrics.body_bytes.labels("/v1/events").observe(len(body))
         if kind == CONTENT_TYPE_CLOUDEVENT_BATCH:
             items = _batch_or_problem(lambda: from_batch(body, max_items=max_items))
-            return await _batch(ingest, principal, items, (), "time")
+            return await _batch(ingest, principal, items, (), CLOUDEVENT)
         if kind == CONTENT_TYPE_CLOUDEVENT:
             event = _parse_one(ingest, lambda: parse_structured(body))
-            return await _single(ingest, principal, event, "time")
+            return await _single(ingest, principal, event, CLOUDEVENT)
         if "ce-specversion" in request.headers:
             headers = {k: v for k, v in request.headers.items() if k.startswith("ce-")}
             event = _parse_one(ingest, lambda: from_binary(headers, body))
-            return await _single(ingest, principal, event, "time")
+            return await _single(ingest, principal, event, CLOUDEVENT)
         return await _single(ingest, principal, _parse_one(ingest, lambda: parse_event_json(body)))
 
     @app.post("/v1/events/batch", status_code=202, tags=["events"])
@@ -404,7 +462,7 @@ def create_app(
         ingest.metrics.body_bytes.labels("/v1/events/batch").observe(len(body))
         if kind == CONTENT_TYPE_CLOUDEVENT_BATCH:
             items = _batch_or_problem(lambda: from_batch(body, max_items=max_items))
-            return await _batch(ingest, principal, items, (), "time")
+            return await _batch(ingest, principal, items, (), CLOUDEVENT)
         return await _batch(ingest, principal, _native_batch(body, max_items), ("events",))
 
     @app.get("/healthz", tags=["operations"])
@@ -417,7 +475,11 @@ def create_app(
         """Ready when a Kafka producer is connected: a load balancer may send traffic."""
         ready = ingest.producer.ready
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "kafka_producer": ready},
+            {
+                "status": "ready" if ready else "not ready",
+                "kafka_producer": ready,
+                "catalogue_version": ingest.current_catalogue().version,
+            },
             status_code=200 if ready else 503,
         )
 
@@ -425,6 +487,7 @@ def create_app(
     async def prometheus(ingest: IngestDep) -> Response:
         ingest.metrics.producer_ready.set(1 if ingest.producer.ready else 0)
         ingest.metrics.producer_replaced(ingest.producer.replacements)
+        ingest.metrics.catalogue_version(ingest.current_catalogue().version)
         return Response(generate_latest(ingest.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     install_problem_handlers(app)
@@ -439,12 +502,30 @@ def _media_type(request: Request, allowed: Sequence[str]) -> str:
     return kind
 
 
+def load_catalogue(settings: Settings) -> CatalogueSource:
+    """The promise catalogue ingest checks events against; without a valid one ingest does not
+    start (:class:`CatalogueError`, one line per problem), as scoring does not."""
+    path = settings.promise_catalogue
+    try:
+        return CatalogueSource(path)
+    except OSError as exc:
+        problems = [f"cannot be read: {exc.strerror or exc}"]
+    except CatalogueError as exc:
+        problems = list(exc.problems)
+    raise CatalogueError(
+        [f"the promise catalogue {path} (TOUCHPULSE_PROMISE_CATALOGUE) is unusable:", *problems]
+    )
+
+
 def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
-    """The production wiring: a PostgreSQL pool for keys and a supervised Kafka producer."""
+    """The production wiring: a PostgreSQL pool for keys, a supervised Kafka producer and the
+    promise catalogue (read here, so that a missing or invalid one stops the start)."""
     if settings.database_url is None or settings.kafka_bootstrap_servers is None:
         raise ValueError("ingest needs TOUCHPULSE_DATABASE_URL and Kafka bootstrap servers")
     database_url, bootstrap = settings.database_url, settings.kafka_bootstrap_servers
+    catalogue = load_catalogue(settings)
     metrics = IngestMetrics(CollectorRegistry())
+    metrics.catalogue_version(catalogue().version)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -462,6 +543,7 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
             verifier=KeyVerifier(pool, cache_ttl_s=settings.auth_cache_s),
             limiter=RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst),
             metrics=metrics,
+            catalogue=catalogue,
             clock=clock,
         )
         try:

@@ -1,7 +1,9 @@
 """Every metric ingest exports, in one place, on an injected registry.
 
 Labels are bounded: routes are templates, statuses are codes, reasons come from a fixed
-set, and touchpoints — which clients choose — are capped (see :class:`BoundedLabel`).
+set, and touchpoints, sources and event types — which clients choose — are capped (see
+:class:`BoundedLabel`). A touchpoint the catalogue does not know is labelled ``unknown``, so
+made-up touchpoints never take one of the capped places.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.touchpoint = BoundedLabel()
+        self.source = BoundedLabel()
+        self.event_type = BoundedLabel()
         self.requests = Counter(
             "touchpulse_ingest_requests_total",
             "HTTP requests by route template and status code",
@@ -43,11 +47,25 @@ class IngestMetrics:
         )
         self.events_rejected = Counter(
             "touchpulse_ingest_events_rejected_total",
-            "Events refused, by reason (invalid, forbidden, too_old, too_new, rate_limited, "
-            "unavailable)",
+            "Events refused, by reason (invalid, forbidden, unknown_touchpoint, "
+            "unknown_event_type, wrong_measure_kind, missing_measure, too_old, too_new, "
+            "rate_limited, unavailable)",
             ["reason", "touchpoint"],
             registry=registry,
         )
+        self.events_unmatched = Counter(
+            "touchpulse_ingest_events_unmatched_total",
+            "Events accepted that no promise judges, opens or fulfils, by source and type",
+            ["source", "type"],
+            registry=registry,
+        )
+        self.catalogue_info = Gauge(
+            "touchpulse_ingest_catalogue_info",
+            "The promise catalogue ingest checks events against (value 1, version as a label)",
+            ["version"],
+            registry=registry,
+        )
+        self._catalogue_version: str | None = None
         self.produce_duration = Histogram(
             "touchpulse_ingest_produce_duration_seconds",
             "Time from handing a request's records to the producer to Kafka's acknowledgement",
@@ -84,6 +102,16 @@ class IngestMetrics:
         if total > self._replacements_seen:
             self.producer_replacements.inc(total - self._replacements_seen)
             self._replacements_seen = total
+
+    def catalogue_version(self, version: str) -> None:
+        """Show the catalogue in effect (one series: the old version's is removed)."""
+        if version != self._catalogue_version:
+            self.catalogue_info.clear()
+            self.catalogue_info.labels(version).set(1)
+            self._catalogue_version = version
+
+    def unmatched(self, source: str, event_type: str, count: int) -> None:
+        self.events_unmatched.labels(self.source(source), self.event_type(event_type)).inc(count)
 
     def rejected(self, reason: str, touchpoint: str | None) -> None:
         label = self.touchpoint(touchpoint) if touchpoint else "unknown"

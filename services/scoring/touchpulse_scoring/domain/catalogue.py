@@ -4,15 +4,20 @@
 raises, keep the old catalogue". Every problem found is reported at once, one line each,
 naming the promise (or section) and the field path, e.g.
 ``promise 'call-answer-time': expect.op: Input should be '<=', '>=' or '=='``.
+
+The catalogue is also the tracking plan: :func:`event_problems` says what in one event the
+catalogue refuses (an unknown touchpoint, an event type its touchpoint does not declare, a
+measure of the wrong kind, a required measure missing). Ingest answers those with a 422 and
+scoring dead-letters them (:func:`check_event`), so the two never disagree.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
@@ -26,12 +31,19 @@ from touchpulse_scoring.domain.promises import (
     MeasurePromise,
     Promise,
     Slug,
+    Text,
 )
-from touchpulse_shared.contract.events import ExperienceEventV1
+from touchpulse_shared.contract.events import MAX_MEASURES, EventType, ExperienceEventV1
 
 #: Far more than any real catalogue; a bound so a runaway generator cannot stall a reload.
 MAX_PROMISES = 2000
 MAX_TOUCHPOINTS = 200
+MAX_EVENT_TYPES_PER_TOUCHPOINT = 200
+#: A problem message lists the known touchpoints or types only up to this many.
+_LIST_AT_MOST = 20
+
+#: What a measure promise needs of its measure: a JSON boolean, or a finite number.
+MeasureKind = Literal["boolean", "number"]
 
 
 def _version(value: str) -> str:
@@ -40,6 +52,26 @@ def _version(value: str) -> str:
             "catalogue_version", "Input should be 1 to 64 characters without whitespace"
         )
     return value
+
+
+class EventDeclaration(BaseModel):
+    """One event type of one touchpoint as the catalogue's ``events`` section declares it.
+
+    A touchpoint listed in ``events`` has exactly the event types listed under it; a
+    touchpoint left out accepts any type (what every catalogue did before the section).
+    """
+
+    model_config = MODEL_CONFIG
+
+    description: Text | None = None
+    #: Measures every event of this type must carry (ingest refuses it without them).
+    required: Annotated[list[Slug], Field(max_length=MAX_MEASURES)] = Field(default_factory=list)
+
+
+_TouchpointEvents = Annotated[
+    dict[EventType, EventDeclaration],
+    Field(min_length=1, max_length=MAX_EVENT_TYPES_PER_TOUCHPOINT),
+]
 
 
 class _Document(BaseModel):
@@ -52,8 +84,28 @@ class _Document(BaseModel):
         Field(min_length=1, max_length=MAX_TOUCHPOINTS),
     ]
     policy: Policy = Field(default_factory=Policy)
+    #: The tracking plan: touchpoint -> event type -> declaration (optional, per touchpoint).
+    events: Annotated[dict[Slug, _TouchpointEvents], Field(max_length=MAX_TOUCHPOINTS)] = Field(
+        default_factory=dict
+    )
     # Validated one by one below, so that each error can name its promise.
     promises: Annotated[list[Any], Field(max_length=MAX_PROMISES)]
+
+
+class EventProblem(NamedTuple):
+    """One thing the catalogue refuses in an event, located in the native event's fields."""
+
+    #: The field in the native event: ``("touchpoint",)``, ``("type",)`` or
+    #: ``("measures", name)``; a CloudEvent names the same fields ``touchpoint``, ``type`` and
+    #: ``data/measures/<name>``.
+    field: tuple[str, ...]
+    message: str
+    reason: UnscorableReason
+
+    @property
+    def pointer(self) -> str:
+        """The JSON Pointer of :attr:`field` in a native event, e.g. ``/measures/csat``."""
+        return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in self.field)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -65,7 +117,13 @@ class Catalogue:
     touchpoints: Mapping[str, float]
     policy: Policy
     promises: tuple[Promise, ...]
+    #: Touchpoint -> event type -> declaration, for the touchpoints that declare their types.
+    events: Mapping[str, Mapping[str, EventDeclaration]] = field(default_factory=dict)
     _by_event: Mapping[tuple[str, str], tuple[MeasurePromise, ...]] = field(init=False, repr=False)
+    #: (touchpoint, type) -> measure -> (kind, the first promise that sets it).
+    _kinds: Mapping[tuple[str, str], Mapping[str, tuple[MeasureKind, str]]] = field(
+        init=False, repr=False
+    )
     _opened_by: Mapping[str, tuple[DeadlinePromise, ...]] = field(init=False, repr=False)
     _fulfilled_by: Mapping[str, tuple[DeadlinePromise, ...]] = field(init=False, repr=False)
     _by_id: Mapping[str, Promise] = field(init=False, repr=False)
@@ -85,9 +143,19 @@ class Catalogue:
                     *fulfilled_by.get(spec.fulfilled_by, ()),
                     promise,
                 )
+        kinds: dict[tuple[str, str], dict[str, tuple[MeasureKind, str]]] = {}
+        for key, measured in by_event.items():
+            for promise in measured:
+                kinds.setdefault(key, {}).setdefault(promise.measure, (_kind(promise), promise.id))
         set_ = object.__setattr__  # frozen: the indexes are derived once, here
         set_(self, "touchpoints", MappingProxyType(dict(self.touchpoints)))
+        set_(
+            self,
+            "events",
+            MappingProxyType({t: MappingProxyType(dict(d)) for t, d in self.events.items()}),
+        )
         set_(self, "_by_event", MappingProxyType(by_event))
+        set_(self, "_kinds", MappingProxyType({k: MappingProxyType(v) for k, v in kinds.items()}))
         set_(self, "_opened_by", MappingProxyType(opened_by))
         set_(self, "_fulfilled_by", MappingProxyType(fulfilled_by))
         set_(self, "_by_id", MappingProxyType({p.id: p for p in self.promises}))
@@ -108,18 +176,110 @@ class Catalogue:
     def promise(self, promise_id: str) -> Promise | None:
         return self._by_id.get(promise_id)
 
+    def declared_types(self, touchpoint: str) -> Mapping[str, EventDeclaration] | None:
+        """The event types a touchpoint declares, or None when it accepts any type."""
+        return self.events.get(touchpoint)
+
+    def measure_kind(
+        self, touchpoint: str, event_type: str, measure: str
+    ) -> tuple[MeasureKind, str] | None:
+        """The kind a measure promise needs of this measure, and that promise's id."""
+        kinds = self._kinds.get((touchpoint, event_type))
+        return kinds.get(measure) if kinds is not None else None
+
+    def matches_a_promise(self, touchpoint: str, event_type: str) -> bool:
+        """Whether any promise judges, opens or fulfils on an event of this kind."""
+        return (
+            (touchpoint, event_type) in self._by_event
+            or event_type in self._opened_by
+            or event_type in self._fulfilled_by
+        )
+
+
+def _kind(promise: MeasurePromise) -> MeasureKind:
+    return "boolean" if promise.is_boolean else "number"
+
+
+def _listed(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    if len(ordered) > _LIST_AT_MOST:
+        return ", ".join(ordered[:_LIST_AT_MOST]) + f", … ({len(ordered)} in all)"
+    return ", ".join(ordered)
+
+
+def event_problems(event: ExperienceEventV1, catalogue: Catalogue) -> list[EventProblem]:
+    """What the catalogue refuses in this event; empty when it can be judged.
+
+    Pure, and the one rule both sides apply: ingest answers each problem with a 422 naming
+    the field, scoring dead-letters a record with any (:func:`check_event`), so a record from
+    another producer or from before a catalogue change is never judged on what ingest would
+    refuse today. Measures no promise names are not refused: sources may send more than is
+    promised. Values beyond kinds (a negative wait) are not refused either: a promise judges
+    them.
+    """
+    touchpoint, event_type = event.touchpoint, event.type
+    if not catalogue.knows_touchpoint(touchpoint):
+        return [
+            EventProblem(
+                ("touchpoint",),
+                f"touchpoint {touchpoint!r} is not in promise catalogue {catalogue.version};"
+                f" it has {_listed(catalogue.touchpoints)}",
+                UnscorableReason.UNKNOWN_TOUCHPOINT,
+            )
+        ]
+    declared = catalogue.declared_types(touchpoint)
+    declaration = declared.get(event_type) if declared is not None else None
+    if declared is not None and declaration is None:
+        return [
+            EventProblem(
+                ("type",),
+                f"touchpoint {touchpoint!r} has no event type {event_type!r} in promise"
+                f" catalogue {catalogue.version}; it has {_listed(declared)}",
+                UnscorableReason.UNKNOWN_EVENT_TYPE,
+            )
+        ]
+    problems: list[EventProblem] = []
+    for name, value in event.measures.items():
+        wanted = catalogue.measure_kind(touchpoint, event_type, name)
+        if wanted is None:
+            continue
+        kind, promise_id = wanted
+        if (kind == "boolean") != isinstance(value, bool):
+            problems.append(
+                EventProblem(
+                    ("measures", name),
+                    f"measure {name!r} should be {'a boolean' if kind == 'boolean' else 'a number'}"
+                    f" (promise {promise_id!r} judges it), not"
+                    f" {'a boolean' if isinstance(value, bool) else 'a number'}",
+                    UnscorableReason.WRONG_MEASURE_KIND,
+                )
+            )
+    if declaration is not None:
+        problems.extend(
+            EventProblem(
+                ("measures", name),
+                f"measure {name!r} is required for {event_type} at {touchpoint} by promise"
+                f" catalogue {catalogue.version}",
+                UnscorableReason.MISSING_MEASURE,
+            )
+            for name in declaration.required
+            if name not in event.measures
+        )
+    return problems
+
 
 def check_event(event: ExperienceEventV1, catalogue: Catalogue) -> None:
-    """Raise :class:`UnscorableEvent` when the catalogue cannot judge this event at all.
+    """Raise :class:`UnscorableEvent` when the catalogue refuses this event.
 
-    A touchpoint missing from the catalogue is a dead letter rather than a silent no-op: it
-    usually means a source was wired before its touchpoint was configured, and the events
-    can be replayed from the dead-letter topic once it is.
+    The reason is the first problem's (:func:`event_problems`); the detail names every one by
+    its field. A touchpoint missing from the catalogue is a dead letter rather than a silent
+    no-op: it usually means a source was wired before its touchpoint was configured, and the
+    events can be replayed from the dead-letter topic once it is.
     """
-    if not catalogue.knows_touchpoint(event.touchpoint):
+    problems = event_problems(event, catalogue)
+    if problems:
         raise UnscorableEvent(
-            UnscorableReason.UNKNOWN_TOUCHPOINT,
-            f"touchpoint {event.touchpoint!r} is not in promise catalogue {catalogue.version}",
+            problems[0].reason, "; ".join(f"{p.pointer}: {p.message}" for p in problems)
         )
 
 
@@ -162,6 +322,8 @@ def catalogue_from_mapping(data: object) -> Catalogue:
         raise CatalogueError(problems) from None
     promises, problems = _validate_promises(document.promises)
     problems += _cross_check(promises, document.touchpoints)
+    problems += _check_kinds(promises)
+    problems += _check_events(document.events, promises, document.touchpoints)
     if problems:
         raise CatalogueError(problems)
     return Catalogue(
@@ -169,6 +331,7 @@ def catalogue_from_mapping(data: object) -> Catalogue:
         touchpoints=document.touchpoints,
         policy=document.policy,
         promises=tuple(promises),
+        events=document.events,
     )
 
 
@@ -211,6 +374,75 @@ def _cross_check(promises: Sequence[Promise], touchpoints: Mapping[str, float]) 
     return problems
 
 
+def _check_kinds(promises: Sequence[Promise]) -> list[str]:
+    """Two promises judging one measure of one event as a boolean and as a number: no event
+    could satisfy both, and ingest would refuse every event carrying it."""
+    problems: list[str] = []
+    first: dict[tuple[str, str, str], MeasurePromise] = {}
+    for promise in promises:
+        if not isinstance(promise, MeasurePromise):
+            continue
+        other = first.setdefault((promise.touchpoint, promise.event_type, promise.measure), promise)
+        if _kind(other) != _kind(promise):
+            problems.append(
+                f"promise {promise.id!r}: expect.target: judges measure {promise.measure!r} of"
+                f" {promise.event_type} at {promise.touchpoint} as a {_kind(promise)}, but"
+                f" promise {other.id!r} judges it as a {_kind(other)}; an event cannot be both"
+            )
+    return problems
+
+
+def _event_path(touchpoint: str, event_type: str | None = None) -> str:
+    return f"events.{touchpoint}" + (f"[{event_type!r}]" if event_type is not None else "")
+
+
+def _check_events(
+    events: Mapping[str, Mapping[str, EventDeclaration]],
+    promises: Sequence[Promise],
+    touchpoints: Mapping[str, float],
+) -> list[str]:
+    """The tracking plan agrees with the touchpoints and with the promises."""
+    problems: list[str] = []
+    for touchpoint, declared in events.items():
+        if touchpoint not in touchpoints:
+            problems.append(
+                f"{_event_path(touchpoint)}: {touchpoint!r} is not one of the catalogue's"
+                f" touchpoints ({_listed(touchpoints)})"
+            )
+        for event_type, declaration in declared.items():
+            seen: set[str] = set()
+            for index, name in enumerate(declaration.required):
+                if name in seen:
+                    problems.append(
+                        f"{_event_path(touchpoint, event_type)}.required[{index}]:"
+                        f" {name!r} is listed twice"
+                    )
+                seen.add(name)
+    for promise in promises:
+        name = f"promise {promise.id!r}"
+        if isinstance(promise, MeasurePromise):
+            types = events.get(promise.touchpoint)
+            if types is not None and promise.event_type not in types:
+                problems.append(
+                    f"{name}: event_type: {promise.event_type!r} is not among the event types"
+                    f" {_event_path(promise.touchpoint)} declares ({_listed(types)});"
+                    " no event could ever be judged by this promise"
+                )
+            continue
+        if not set(touchpoints) <= set(events):
+            continue  # some touchpoint accepts any type, so any event type can arrive
+        anywhere = {t for types in events.values() for t in types}
+        for role in ("opened_by", "fulfilled_by"):
+            event_type = getattr(promise.deadline, role)
+            if event_type not in anywhere:
+                problems.append(
+                    f"{name}: deadline.{role}: {event_type!r} is declared at no touchpoint in"
+                    " events, and every touchpoint declares its event types; no such event"
+                    " could ever arrive"
+                )
+    return problems
+
+
 def _promise_name(index: int, item: object) -> str:
     if isinstance(item, Mapping):
         promise_id = item.get("id")
@@ -223,6 +455,14 @@ def _describe_document_error(error: ErrorDetails) -> str:
     loc = error["loc"]
     if loc and loc[0] == "policy" and len(loc) > 1:
         return f"policy: {_describe({**error, 'loc': loc[1:]})}"
+    if loc and loc[0] == "events" and len(loc) > 2 and loc[2] != "[key]":
+        # Event types hold dots: events.call_centre['call.answered'].required[0], not a path
+        # that reads as five keys.
+        where = _event_path(str(loc[1]), str(loc[2]))
+        rest = _path(loc[3:])
+        if rest:
+            where += rest if rest[0] in "[ " else f".{rest}"
+        return f"{where}: {error['msg']}"
     return _describe(error)
 
 

@@ -30,7 +30,11 @@ class UnscorableReason(StrEnum):
     """Why an event cannot be scored: the dead-letter reason, a bounded label for metrics."""
 
     UNKNOWN_TOUCHPOINT = "unknown_touchpoint"
+    #: The touchpoint declares its event types (the catalogue's ``events``) and not this one.
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
     WRONG_MEASURE_KIND = "wrong_measure_kind"
+    #: The catalogue declares this measure required for the event type, and it is absent.
+    MISSING_MEASURE = "missing_measure"
     BAD_DUE_AT = "bad_due_at"
 
 
