@@ -139,6 +139,39 @@ DEADLINE_EVENTS: Final = frozenset(
     }
 )
 
+#: Every promise-breaking decision the simulator draws: its touchpoint and its default
+#: probability of breaking the promise. Approximate industry figures; the sources are in the
+#: module docstring and docs/simulator.md. ``breach_rates`` (per touchpoint) and
+#: ``breach_rate`` (everywhere) override them.
+DECISIONS: Final[dict[str, tuple[str, float]]] = {
+    # Late (half), never delivered (a fifth), damaged (a fifth) or incomplete: 92 % perfect.
+    "delivery": ("delivery", 0.08),
+    "quote": ("sales", 0.10),  # a quote slower than a working day
+    "price": ("sales", 0.02),  # the order's price differs from the quote
+    # A wrong invoice (some of them also late); a fifth of this rate of payments is a
+    # double charge (critical): 0.6 %.
+    "invoice": ("billing", 0.03),
+    "call_wait": ("call_centre", 0.08),  # over a minute on hold (premium: 30 s)
+    "call_resolution": ("call_centre", 0.28),  # not resolved in the first call: FCR 72 %
+    "switchboard": ("switchboard", 0.05),  # slow and passed around
+    "complaint_ack": ("customer_service", 0.10),  # acknowledged late or never
+    "case_resolution": ("customer_service", 0.15),  # open longer than two days (premium: 1)
+    "message": ("communication", 0.10),  # an e-mail answered after more than a day
+    "change_notice": ("communication", 0.05),  # a price or terms change at short notice
+    "survey": ("survey", 0.06),  # unhappy (CSAT 1-3) whatever happened
+    "page_load": ("web", 0.08),  # a page over 3.5 s
+    "checkout": ("web", 0.03),  # a checkout that fails
+    "screen_load": ("app", 0.05),  # an app screen over 2 s
+    "app_crash": ("app", 0.005),  # crash-free sessions 99.5 %
+}
+
+#: Promises whose clocks the simulator's events open: the event type that stops each.
+DEADLINE_FULFILMENTS: Final[dict[str, str]] = {
+    "delivery-within-48h": "delivery.completed",
+    "delivery-as-promised": "delivery.completed",
+    "complaint-acknowledged": "complaint.acknowledged",
+}
+
 # Journey kinds and how often each starts.
 _KINDS: Final = ("order", "web", "app", "call", "message", "quote", "change", "survey")
 _KIND_WEIGHTS: Final = (28, 30, 22, 8, 5, 3, 1, 3)
@@ -191,8 +224,10 @@ class Incident:
 class SimulatorConfig:
     seed: int = 1
     customers: int = 200
-    #: Probability that a measured event breaks its promise (per touchpoint overrides below).
-    breach_rate: float = 0.15
+    #: Probability that a measured decision breaks its promise, the same everywhere; None
+    #: (the default) takes the realistic per-decision rates of :data:`DECISIONS`.
+    breach_rate: float | None = None
+    #: Per-touchpoint overrides of either: every decision at that touchpoint takes this rate.
     breach_rates: dict[str, float] = field(default_factory=dict)
     premium_share: float = 0.2
     #: Share of the posted items that are malformed on purpose.
@@ -218,7 +253,7 @@ class SimulatorConfig:
         if self.customers < 1:
             raise ValueError("customers must be at least 1")
         rates = {
-            "breach_rate": self.breach_rate,
+            **({} if self.breach_rate is None else {"breach_rate": self.breach_rate}),
             "premium_share": self.premium_share,
             "business_share": self.business_share,
             "new_customer_share": self.new_customer_share,
@@ -242,6 +277,27 @@ class SimulatorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Breach:
+    """A promise the simulator broke with one event, as the catalogue judges it."""
+
+    promise: str
+    touchpoint: str
+    #: A critical breach: a survey answered 2 or less, a double charge.
+    critical: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """A deadline an event opens: broken unless ``fulfilled_by`` on the same journey
+    happened by ``due_s`` (seconds from the start) — and sent, for it to count."""
+
+    promise: str
+    touchpoint: str
+    fulfilled_by: str
+    due_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Scheduled:
     """One item to post: the event and when, on the simulated clock, it is due."""
 
@@ -253,6 +309,10 @@ class Scheduled:
     bad: str | None = None
     duplicate: bool = False
     out_of_order: bool = False
+    #: The measure promises this event breaks (its ground truth; deadlines are in ``clock``).
+    breaches: tuple[Breach, ...] = ()
+    #: The deadline this event opens, if any.
+    clock: Clock | None = None
 
 
 @dataclass
@@ -260,6 +320,136 @@ class _Step:
     at_s: float
     occurred_s: float
     event: Event
+    breaches: tuple[Breach, ...] = ()
+    clock: Clock | None = None
+
+
+# --- ground truth ------------------------------------------------------------------------
+
+
+@dataclass
+class Treatment:
+    """What the simulator did to one customer with the events it sent (ground truth)."""
+
+    customer_id: str
+    #: Distinct good events of this customer that were sent.
+    events: int = 0
+    #: Promises broken, with how often (measure promises by event, deadlines by clock).
+    broken: Counter[str] = field(default_factory=Counter)
+    #: Breaches per touchpoint.
+    touchpoints: Counter[str] = field(default_factory=Counter)
+    #: Critical breaches: a survey answered 2 or less, a double charge.
+    critical: int = 0
+
+    @property
+    def breaches(self) -> int:
+        return sum(self.broken.values())
+
+    @property
+    def badly_treated(self) -> bool:
+        """Promises broken on two or more distinct touchpoints, or a critical breach."""
+        return self.critical > 0 or len(self.touchpoints) >= 2
+
+    @property
+    def single_breach(self) -> bool:
+        """Exactly one broken promise, not a critical one: no reason for a call."""
+        return self.breaches == 1 and self.critical == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "events": self.events,
+            "broken": dict(sorted(self.broken.items())),
+            "touchpoints": dict(sorted(self.touchpoints.items())),
+            "critical": self.critical,
+            "badly_treated": self.badly_treated,
+        }
+
+
+class Truth:
+    """Ground truth of a run: per customer, what the events that were sent did to them.
+
+    :meth:`record` takes each good event sent (first sends and duplicates alike; an event id
+    counts once). Measure breaches come with the event; a deadline clock is broken when no
+    sent event of its fulfilling type on the same journey happened by its due time — so a
+    journey begun before the start whose opening event was not sent opens no clock, and an
+    order whose delivery was never sent (never delivered, or the run ended first) is a
+    breach by absence, as scoring will judge it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._events: Counter[str] = Counter()
+        self._breaches: list[tuple[str, Breach]] = []
+        #: (customer, journey, promise) -> the clock (the first opening event sent).
+        self._clocks: dict[tuple[str, str, str], Clock] = {}
+        #: (customer, journey, event type) -> when the earliest such event happened.
+        self._fulfilled: dict[tuple[str, str, str], float] = {}
+
+    def record(self, item: Scheduled) -> bool:
+        """Count a sent good event; False when it was not one (malformed, or already
+        counted)."""
+        event = item.event
+        if item.bad is not None or event["event_id"] in self._seen:
+            return False
+        self._seen.add(event["event_id"])
+        customer = event["customer_id"]
+        self._events[customer] += 1
+        self._breaches.extend((customer, breach) for breach in item.breaches)
+        journey = event.get("journey_id")
+        if journey is not None:
+            if item.clock is not None:
+                self._clocks.setdefault((customer, journey, item.clock.promise), item.clock)
+            key = (customer, journey, event["type"])
+            self._fulfilled[key] = min(self._fulfilled.get(key, item.occurred_s), item.occurred_s)
+        return True
+
+    def awaits(self, item: Scheduled) -> bool:
+        """Whether ``item`` would fulfil a clock a recorded event opened and nothing
+        recorded has fulfilled yet."""
+        journey = item.event.get("journey_id")
+        if journey is None or item.bad is not None:
+            return False
+        customer, kind = item.event["customer_id"], item.event["type"]
+        if (customer, journey, kind) in self._fulfilled:
+            return False
+        return any(
+            (customer, journey, promise) in self._clocks
+            for promise, fulfilled_by in DEADLINE_FULFILMENTS.items()
+            if fulfilled_by == kind
+        )
+
+    def _clock_broken(self, customer: str, journey: str, clock: Clock) -> bool:
+        done = self._fulfilled.get((customer, journey, clock.fulfilled_by))
+        return done is None or done > clock.due_s
+
+    def customers(self) -> dict[str, Treatment]:
+        """Every customer a sent event was about, with what was done to them."""
+        found = {c: Treatment(c, events=n) for c, n in self._events.items()}
+        breaches = list(self._breaches)
+        for (customer, journey, _), clock in self._clocks.items():
+            if self._clock_broken(customer, journey, clock):
+                breaches.append((customer, Breach(clock.promise, clock.touchpoint)))
+        for customer, breach in breaches:
+            treatment = found[customer]
+            treatment.broken[breach.promise] += 1
+            treatment.touchpoints[breach.touchpoint] += 1
+            treatment.critical += breach.critical
+        return found
+
+    def unfulfilled_clocks(self) -> list[Clock]:
+        """Clocks no sent event stops at all: only scoring's deadline sweep can record
+        their breach, once its clock passes ``due_s``."""
+        return [
+            clock
+            for (customer, journey, _), clock in self._clocks.items()
+            if (customer, journey, clock.fulfilled_by) not in self._fulfilled
+        ]
+
+    def settles_s(self) -> float:
+        """When, in seconds from the start, the last unfulfilled clock runs out (0 when
+        none does): before it, scoring cannot have judged every breach."""
+        return max((c.due_s for c in self.unfulfilled_clocks()), default=0.0)
 
 
 class _Journey:
@@ -281,8 +471,9 @@ class _Journey:
     def premium(self) -> bool:
         return self.segment == "premium"
 
-    def breaks(self, touchpoint: str, at_s: float) -> bool:
-        broken = self.sim._rng.random() < self.sim.breach_probability(touchpoint, at_s)
+    def breaks(self, decision: str, at_s: float) -> bool:
+        """Draw one decision (a key of :data:`DECISIONS`): True when it breaks its promise."""
+        broken = self.sim._rng.random() < self.sim.breach_probability(decision, at_s)
         self.breaches += broken
         return broken
 
@@ -295,7 +486,13 @@ class _Journey:
         journey: str | None = None,
         measures: dict[str, Any] | None = None,
         attributes: dict[str, Any] | None = None,
+        broken: tuple[str, ...] = (),
+        critical: tuple[str, ...] = (),
+        clock: tuple[str, float] | None = None,
     ) -> float:
+        """Add an event; ``broken`` names the measure promises it breaks (``critical`` those
+        of them that are critical breaches), ``clock`` the deadline it opens and when that
+        runs out (seconds from the start)."""
         sim = self.sim
         occurred = at_s if occurred_s is None else occurred_s
         event: Event = {
@@ -310,7 +507,13 @@ class _Journey:
             event["journey_id"] = journey
         event["measures"] = measures or {}
         event["attributes"] = attributes or {}
-        self.steps.append(_Step(at_s, occurred, event))
+        touchpoint = TOUCHPOINTS[kind]
+        breaches = tuple(Breach(p, touchpoint, p in critical) for p in broken)
+        opens = None
+        if clock is not None:
+            promise, due_s = clock
+            opens = Clock(promise, touchpoint, DEADLINE_FULFILMENTS[promise], due_s)
+        self.steps.append(_Step(at_s, occurred, event, breaches, opens))
         return at_s
 
     def commit(self) -> int:
@@ -341,8 +544,26 @@ class _Journey:
                 following[journey] = position
             if dup < sim.config.duplicate_rate and at_s >= 0:  # a resend of a sent event
                 again = at_s + 1.0 + 29.0 * delay
-                items.append(Scheduled(again, step.occurred_s, step.event, duplicate=True))
-            items.append(Scheduled(at_s, step.occurred_s, step.event, out_of_order=late))
+                items.append(
+                    Scheduled(
+                        again,
+                        step.occurred_s,
+                        step.event,
+                        duplicate=True,
+                        breaches=step.breaches,
+                        clock=step.clock,
+                    )
+                )
+            items.append(
+                Scheduled(
+                    at_s,
+                    step.occurred_s,
+                    step.event,
+                    out_of_order=late,
+                    breaches=step.breaches,
+                    clock=step.clock,
+                )
+            )
         for item in reversed(items):
             sim._push(item)
         return len(items)
@@ -365,6 +586,8 @@ class Simulator:
         self._journeys = 0
         self._bad = 0
         self._pushed = 0
+        self._truth = Truth()
+        self._draining = False
         # Journeys begun before the start are simulated too (see the module docstring), up
         # to some 10,000 events' worth so that a high rate does not take long to start.
         self._preroll_s = min(3.2 * config.deadline_window_s + 150.0, 10_000 / config.rate)
@@ -417,11 +640,40 @@ class Simulator:
         return [item.event for item in self.schedule(count)]
 
     def schedule(self, count: int) -> list[Scheduled]:
-        """The next ``count`` items to post, each with its due time and what it is."""
-        return [self._next() for _ in range(count)]
+        """The next ``count`` items to post, each with its due time and what it is (fewer
+        once :meth:`drain` has been called and the journeys begun are used up)."""
+        items = []
+        for _ in range(count):
+            item = self._next()
+            if item is None:
+                break
+            self._truth.record(item)
+            items.append(item)
+        return items
 
-    def breach_probability(self, touchpoint: str, at_s: float) -> float:
-        rate = self.config.breach_rates.get(touchpoint, self.config.breach_rate)
+    def drain(self) -> None:
+        """Start no more journeys, nor malformed items: what follows are the rest of the
+        journeys already begun (see :func:`post_paced`'s ``drain``)."""
+        self._draining = True
+
+    def pending(self) -> list[Scheduled]:
+        """Items generated but not handed out yet, in no particular order."""
+        return [entry[2] for entry in self._heap]
+
+    def truth(self) -> dict[str, Treatment]:
+        """Per customer, what the items handed out so far (by :meth:`schedule` or
+        :meth:`events`) did to them, as if every one was sent. What a run actually got
+        accepted is in :attr:`Sent.truth`."""
+        return self._truth.customers()
+
+    def breach_probability(self, decision: str, at_s: float) -> float:
+        """The probability that ``decision`` (a key of :data:`DECISIONS`) breaks its promise
+        at ``at_s``: the touchpoint's override, else the flat rate, else the default; an
+        active incident at the touchpoint raises it."""
+        touchpoint, default = DECISIONS[decision]
+        rate = self.config.breach_rates.get(
+            touchpoint, default if self.config.breach_rate is None else self.config.breach_rate
+        )
         for incident in self.config.incidents:
             if incident.touchpoint == touchpoint and incident.active(at_s):
                 rate = max(rate, incident.breach_rate)
@@ -439,7 +691,9 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self._heap, (item.at_s, self._seq, item))
 
-    def _next(self) -> Scheduled:
+    def _next(self) -> Scheduled | None:
+        if self._draining:
+            return heapq.heappop(self._heap)[2] if self._heap else None
         self._fill()
         if self._bad_rng.random() < self.config.bad_rate:
             return self._malformed(self._heap[0][0])
@@ -519,7 +773,7 @@ def _order(j: _Journey, rng: random.Random) -> None:
     channel = rng.choice(("web", "app", "phone", "store"))
 
     if rng.random() < 0.3:
-        slow = j.breaks("sales", t)
+        slow = j.breaks("quote", t)
         limit = 7.0 if j.premium else 20.0
         turnaround = _uniform(rng, 30, 90) if slow else _uniform(rng, 0.5, limit)
         j.add(
@@ -529,9 +783,10 @@ def _order(j: _Journey, rng: random.Random) -> None:
             journey=journey,
             measures={"turnaround_hours": turnaround},
             attributes={"channel": channel},
+            broken=("sales-quote-turnaround",) if slow else (),
         )
         t += _uniform(rng, 1, 5)
-    price_changed = j.breaks("sales", t)
+    price_changed = j.breaks("price", t)
     j.add(
         "order.placed",
         at_s=t,
@@ -539,6 +794,8 @@ def _order(j: _Journey, rng: random.Random) -> None:
         journey=journey,
         measures={"price_matches_quote": not price_changed},
         attributes={"channel": channel, "items": rng.randint(1, 6)},
+        broken=("sales-price-as-quoted",) if price_changed else (),
+        clock=("delivery-within-48h", placed_s + allowed_h * HOUR),
     )
     depot = rng.choice(("north", "south", "east", "west"))
     slot_s = due_s - lateness_s - 0.1 * window
@@ -549,6 +806,7 @@ def _order(j: _Journey, rng: random.Random) -> None:
         occurred_s=placed_s + _uniform(rng, 0.2, 3) * HOUR,
         journey=journey,
         attributes={"due_at": sim.timestamp(slot_s), "depot": depot},
+        clock=("delivery-as-promised", slot_s),
     )
     if outcome == "never":
         j.never_delivered = True
@@ -567,6 +825,13 @@ def _order(j: _Journey, rng: random.Random) -> None:
                 "all_items_delivered": outcome != "incomplete",
             },
             attributes={"depot": depot},
+            broken=(
+                ("delivery-undamaged",)
+                if outcome == "damaged"
+                else ("delivery-complete",)
+                if outcome == "incomplete"
+                else ()
+            ),
         )
     t = _bill(j, rng, after_s + _uniform(rng, 3, 15), journey)
     trouble = j.breaches > 0 or outcome != "on_time"
@@ -582,21 +847,24 @@ def _order(j: _Journey, rng: random.Random) -> None:
 
 def _bill(j: _Journey, rng: random.Random, t: float, journey: str) -> float:
     """The invoice (correct or not, on time or not) and sometimes the payment."""
-    wrong = j.breaks("billing", t)
+    wrong = j.breaks("invoice", t)
     late_invoice = wrong and rng.random() < 0.4
+    correct = not wrong or (late_invoice and rng.random() < 0.5)
     j.add(
         "invoice.issued",
         at_s=t,
         journey=journey,
         measures={
-            "invoice_correct": not wrong or (late_invoice and rng.random() < 0.5),
+            "invoice_correct": correct,
             "days_after_delivery": float(rng.randint(6, 25) if late_invoice else rng.randint(0, 3)),
         },
+        broken=(() if correct else ("invoice-correct",))
+        + (("invoice-on-time",) if late_invoice else ()),
     )
     if rng.random() < 0.4:
         t += _uniform(rng, 2, 10)
         # Double charges are rarer than other billing failures, and critical.
-        double = rng.random() < 0.2 * j.sim.breach_probability("billing", t)
+        double = rng.random() < 0.2 * j.sim.breach_probability("invoice", t)
         j.breaches += double
         j.add(
             "payment.captured",
@@ -604,6 +872,8 @@ def _bill(j: _Journey, rng: random.Random, t: float, journey: str) -> float:
             journey=journey,
             measures={"double_charged": double},
             attributes={"method": rng.choice(("card", "invoice", "wallet"))},
+            broken=("payment-charged-once",) if double else (),
+            critical=("payment-charged-once",),
         )
     return t
 
@@ -621,12 +891,15 @@ def _call(j: _Journey, rng: random.Random, t: float, *, queue: str) -> float:
                 "transfers": float(rng.randint(2, 5) if misrouted else 1),
             },
             attributes={"queue": queue},
+            broken=("switchboard-transfer-time", "switchboard-right-first-time")
+            if misrouted
+            else (),
         )
         t += _uniform(rng, 1, 4)
-    broken = j.breaks("call_centre", t)
+    # Two decisions: the wait (a service level) and the resolution (first-contact resolution).
+    long_wait = j.breaks("call_wait", t)
+    unresolved = j.breaks("call_resolution", t)
     limit = 28.0 if j.premium else 55.0
-    long_wait = broken and rng.random() < 0.6
-    unresolved = broken and (not long_wait or rng.random() < 0.5)
     j.add(
         "call.answered",
         at_s=t,
@@ -636,6 +909,8 @@ def _call(j: _Journey, rng: random.Random, t: float, *, queue: str) -> float:
             "first_contact_resolution": not unresolved,
         },
         attributes={"queue": queue, "callback_offered": long_wait},
+        broken=(("call-answer-time",) if long_wait else ())
+        + (("call-first-contact-resolution",) if unresolved else ()),
     )
     return t
 
@@ -645,7 +920,7 @@ def _complaint(j: _Journey, rng: random.Random, t: float, journey: str) -> float
     allowed_h = 4.0 if j.premium else 24.0
     due_s = t + window
     outcome = "in_time"
-    if j.breaks("customer_service", due_s):
+    if j.breaks("complaint_ack", due_s):
         outcome = rng.choice(("late", "late", "never"))
     lateness_s = _uniform(rng, 2, 30) * HOUR if outcome == "late" else 0.0
     j.add(
@@ -654,6 +929,7 @@ def _complaint(j: _Journey, rng: random.Random, t: float, journey: str) -> float
         occurred_s=due_s - allowed_h * HOUR - lateness_s,
         journey=journey,
         attributes={"channel": rng.choice(("phone", "email", "chat"))},
+        clock=("complaint-acknowledged", due_s - lateness_s),
     )
     if outcome == "never":
         return t
@@ -663,19 +939,20 @@ def _complaint(j: _Journey, rng: random.Random, t: float, journey: str) -> float
         t += window * _uniform(rng, 0.2, 0.85, 3)
     j.add("complaint.acknowledged", at_s=t, journey=journey)
     t += _uniform(rng, 5, 20)
-    slow = j.breaks("customer_service", t)
+    slow = j.breaks("case_resolution", t)
     limit = 20.0 if j.premium else 40.0
     j.add(
         "case.resolved",
         at_s=t,
         journey=journey,
         measures={"resolution_hours": _uniform(rng, 60, 240) if slow else _uniform(rng, 1, limit)},
+        broken=("case-resolution-time",) if slow else (),
     )
     return t
 
 
 def _message(j: _Journey, rng: random.Random, t: float, journey: str | None) -> float:
-    slow = j.breaks("communication", t)
+    slow = j.breaks("message", t)
     limit = 7.0 if j.premium else 20.0
     j.add(
         "message.answered",
@@ -683,6 +960,7 @@ def _message(j: _Journey, rng: random.Random, t: float, journey: str | None) -> 
         journey=journey,
         measures={"response_hours": _uniform(rng, 30, 120) if slow else _uniform(rng, 0.2, limit)},
         attributes={"channel": rng.choice(("email", "chat", "sms"))},
+        broken=("message-response-time",) if slow else (),
     )
     return t
 
@@ -704,6 +982,9 @@ def _survey(j: _Journey, rng: random.Random, t: float, journey: str | None) -> N
         journey=journey,
         measures={"csat": float(csat), "nps": float(nps)},
         attributes={"channel": rng.choice(("email", "sms", "app"))},
+        # The catalogue's survey-csat expects 4 or more and is critical at 2 or less.
+        broken=(("survey-csat",) if csat < 4 else ()) + (("survey-nps",) if nps < 7 else ()),
+        critical=("survey-csat",) if csat <= 2 else (),
     )
 
 
@@ -717,7 +998,7 @@ def _web(j: _Journey, rng: random.Random) -> None:
     t = j.at_s
     device = rng.choice(("desktop", "mobile", "tablet"))
     for _ in range(rng.randint(1, 4)):
-        slow = j.breaks("web", t)
+        slow = j.breaks("page_load", t)
         j.add(
             "page.viewed",
             at_s=t,
@@ -729,11 +1010,18 @@ def _web(j: _Journey, rng: random.Random) -> None:
                 "page": rng.choice(("/", "/products", "/cart", "/account", "/help")),
                 "device": device,
             },
+            broken=("web-page-load",) if slow else (),
         )
         t += _uniform(rng, 3, 20)
     if rng.random() < 0.25:
-        failed = j.breaks("web", t)
-        j.add("checkout.submitted", at_s=t, journey=session, measures={"succeeded": not failed})
+        failed = j.breaks("checkout", t)
+        j.add(
+            "checkout.submitted",
+            at_s=t,
+            journey=session,
+            measures={"succeeded": not failed},
+            broken=("web-checkout-succeeds",) if failed else (),
+        )
 
 
 def _app(j: _Journey, rng: random.Random) -> None:
@@ -741,7 +1029,7 @@ def _app(j: _Journey, rng: random.Random) -> None:
     t = j.at_s
     platform = rng.choice(("ios", "android"))
     for _ in range(rng.randint(1, 4)):
-        slow = j.breaks("app", t)
+        slow = j.breaks("screen_load", t)
         j.add(
             "screen.loaded",
             at_s=t,
@@ -753,15 +1041,17 @@ def _app(j: _Journey, rng: random.Random) -> None:
                 "screen": rng.choice(("home", "orders", "tracking", "profile")),
                 "platform": platform,
             },
+            broken=("app-screen-load",) if slow else (),
         )
         t += _uniform(rng, 2, 15)
-    crashed = j.breaks("app", t)
+    crashed = j.breaks("app_crash", t)
     j.add(
         "session.ended",
         at_s=t,
         journey=session,
         measures={"crashed": crashed},
         attributes={"platform": platform},
+        broken=("app-no-crash",) if crashed else (),
     )
 
 
@@ -774,23 +1064,25 @@ def _standalone_message(j: _Journey, rng: random.Random) -> None:
 
 
 def _quote(j: _Journey, rng: random.Random) -> None:
-    slow = j.breaks("sales", j.at_s)
+    slow = j.breaks("quote", j.at_s)
     limit = 7.0 if j.premium else 20.0
     j.add(
         "quote.sent",
         at_s=j.at_s,
         journey=f"quote-{j.sim._prefix}-{j.number}",
         measures={"turnaround_hours": _uniform(rng, 30, 90) if slow else _uniform(rng, 0.5, limit)},
+        broken=("sales-quote-turnaround",) if slow else (),
     )
 
 
 def _change(j: _Journey, rng: random.Random) -> None:
-    short = j.breaks("communication", j.at_s)
+    short = j.breaks("change_notice", j.at_s)
     j.add(
         "change.notified",
         at_s=j.at_s,
         measures={"notice_days": float(rng.randint(0, 20) if short else rng.randint(30, 60))},
         attributes={"change": rng.choice(("price", "terms"))},
+        broken=("change-notice-period",) if short else (),
     )
 
 
@@ -876,6 +1168,8 @@ class Sent:
     #: Why the run stopped early (ingest refused the key), if it did.
     stopped: str | None = None
     elapsed_s: float = 0.0
+    #: Ground truth of the events ingest accepted: what the run did to each customer.
+    truth: Truth = field(default_factory=Truth)
 
     def summary(self) -> str:
         rate = self.posted / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -921,9 +1215,16 @@ async def post_paced(
     stop: asyncio.Event | None = None,
     sent: Sent | None = None,
     max_lead_s: float = 600.0,
+    drain: bool = False,
 ) -> Sent:
     """Post the simulator's stream at ``rate`` events per second until ``duration_s``,
     ``total`` items, or ``stop``.
+
+    With ``drain``, reaching ``duration_s`` or ``total`` starts no new journey but goes on
+    posting the journeys already begun, on their schedule, until no deadline clock that a
+    sent event opened still waits for its fulfilling event (at most about 1.6
+    ``deadline_window_s``): a measured run then ends without breaches by absence that only
+    the end of the run caused. ``stop`` ends a drain too.
 
     Each item is posted when it falls due on the simulated clock, run at
     ``rate / config.rate`` times real time, in batches of up to ``batch`` (a batch waits at
@@ -936,45 +1237,81 @@ async def post_paced(
     if rate <= 0 or batch < 1:
         raise ValueError("rate must be above 0 and batch at least 1")
     sent = Sent() if sent is None else sent
-    speed = rate / simulator.config.rate
-    origin = time.monotonic()
-    pending: deque[Scheduled] = deque()
-
-    def fill(size: int) -> None:
-        if len(pending) < size:
-            pending.extend(simulator.schedule(size - len(pending)))
-
-    fill(1)
-    base_s = pending[0].at_s
-
-    def due(item: Scheduled) -> float:
-        return origin + (item.at_s - base_s) / speed
-
-    horizon = None if duration_s is None else origin + duration_s
+    pacer = _Pacer(simulator, rate / simulator.config.rate, duration_s)
     try:
         while sent.stopped is None and (stop is None or not stop.is_set()):
-            size = batch if total is None else min(batch, total - sent.posted)
-            if size <= 0:
+            size = pacer.size(batch, total, sent, drain)
+            if size == 0:
                 break
-            fill(size)
-            if horizon is not None and due(pending[0]) >= horizon:
-                break
-            fire = min(due(pending[size - 1]), due(pending[0]) + MAX_HOLD_S)
-            if horizon is not None:
-                fire = min(fire, horizon)
+            fire = pacer.fire_at(size)
             if await _sleep(fire - time.monotonic(), stop):
                 break
-            items = [pending.popleft()]
-            while len(items) < size and pending and due(pending[0]) <= fire:
-                items.append(pending.popleft())
+            items = pacer.take(size, fire)
             lead = max(i.occurred_s for i in items) - _wall_s(simulator)
             if lead > max_lead_s and await _sleep(lead - max_lead_s, stop):
-                pending.extendleft(reversed(items))
+                pacer.pending.extendleft(reversed(items))
                 break
             await _post(client, simulator.config.format, items, sent, stop)
     finally:
-        sent.elapsed_s = time.monotonic() - origin
+        sent.elapsed_s = time.monotonic() - pacer.origin
     return sent
+
+
+class _Pacer:
+    """The items of :func:`post_paced` waiting to be posted, and when each falls due."""
+
+    def __init__(self, simulator: Simulator, speed: float, duration_s: float | None) -> None:
+        self.simulator = simulator
+        self.speed = speed
+        self.origin = time.monotonic()
+        self.pending: deque[Scheduled] = deque()
+        self.fill(1)
+        self.base_s = self.pending[0].at_s
+        self.horizon = None if duration_s is None else self.origin + duration_s
+        self.draining = False
+
+    def fill(self, size: int) -> None:
+        if len(self.pending) < size:
+            self.pending.extend(self.simulator.schedule(size - len(self.pending)))
+
+    def due(self, item: Scheduled) -> float:
+        return self.origin + (item.at_s - self.base_s) / self.speed
+
+    def size(self, batch: int, total: int | None, sent: Sent, drain: bool) -> int:
+        """How many items the next batch may hold; 0 when the run is over."""
+        if not self.draining:
+            size = batch if total is None else min(batch, total - sent.posted)
+            if size > 0:
+                self.fill(size)
+                if self.horizon is None or self.due(self.pending[0]) < self.horizon:
+                    return size
+            if not drain:
+                return 0
+            # The journeys begun are in ``pending`` and the simulator; none starts now.
+            self.draining, self.horizon = True, None
+            self.simulator.drain()
+            kept = [i for i in self.pending if i.bad is None]
+            self.pending.clear()
+            self.pending.extend(kept)
+        if not _awaited([*self.pending, *self.simulator.pending()], sent.truth):
+            return 0
+        self.fill(batch)
+        return min(batch, len(self.pending))
+
+    def fire_at(self, size: int) -> float:
+        fire = min(self.due(self.pending[size - 1]), self.due(self.pending[0]) + MAX_HOLD_S)
+        return fire if self.horizon is None else min(fire, self.horizon)
+
+    def take(self, size: int, fire: float) -> list[Scheduled]:
+        items = [self.pending.popleft()]
+        while len(items) < size and self.pending and self.due(self.pending[0]) <= fire:
+            items.append(self.pending.popleft())
+        return items
+
+
+def _awaited(items: list[Scheduled], truth: Truth) -> bool:
+    """Whether any of ``items`` is the fulfilling event of a clock a sent event opened."""
+    return any(truth.awaits(item) for item in items)
 
 
 def _wall_s(simulator: Simulator) -> float:
@@ -1076,6 +1413,7 @@ def _tally(response: httpx.Response, items: list[Scheduled], sent: Sent) -> None
         if index in accepted:
             sent.accepted += 1
             sent.bad_accepted += item.bad is not None
+            sent.truth.record(item)
         else:
             sent.rejected += 1
             sent.good_rejected += item.bad is None
