@@ -103,8 +103,11 @@ def _print(report: ReplayReport) -> None:
     typer.echo(f"only in replay:            {len(report.only_replay)} {report.only_replay[:10]}")
     typer.echo(f"changed since snapshot:    {report.changed_since_snapshot} (not compared)")
     typer.echo(
-        f"profile not yet on topic:  {len(report.profile_pending)} "
-        f"{report.profile_pending[:10]} (not compared)"
+        f"profile changed meanwhile: {len(report.profile_pending)} "
+        f"{report.profile_pending[:10]} (written after the replay began; not compared)"
+    )
+    typer.echo(
+        f"profile missing on topic:  {len(report.profile_missing)} {report.profile_missing[:10]}"
     )
     typer.echo(
         f"differ, profile changed:   {len(report.profile_changed)} "

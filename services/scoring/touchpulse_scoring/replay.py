@@ -14,12 +14,14 @@ older than the customer's erasure dropped (its tombstone may still be in the out
 topic keeps only the latest profile, so a customer whose profile changed after some of
 their events were scored live is replayed with the latest one: such a customer is still
 compared, and when the health differs it is reported apart (``profile_changed``) rather
-than as an unexplained difference. A customer whose live profile is newer than the topic's
-(not yet published, or written after the snapshot) is counted, not compared.
+than as an unexplained difference. The replay first waits for the live outbox to publish
+the profiles written before it began; a customer whose profile was written later is counted,
+not compared, and one whose earlier profile the topic lacks is a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 _GROUP = "touchpulse-replay"
 _BATCH = 2000
+#: How long the replay waits for the live outbox to publish the profiles written before it.
+OUTBOX_WAIT_S = 60.0
 
 
 @dataclass
@@ -56,14 +60,21 @@ class ReplayReport:
     #: Health differs, and the profile replayed was written after some of the customer's
     #: events were scored live (with an older profile, or none): explained, not a fault.
     profile_changed: list[str] = field(default_factory=list)
-    #: Live profile newer than the topic's (in the outbox still, or written after the
-    #: snapshot): not compared.
+    #: Live profile written after the replay began (its record may not be in the snapshot
+    #: of the profiles topic): not compared.
     profile_pending: list[str] = field(default_factory=list)
+    #: Live profile written before the replay began that the topic does not hold (or holds
+    #: an older version of): the topic is missing state. A failure.
+    profile_missing: list[str] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
         return not (
-            self.different or self.only_live or self.only_replay or self.unreadable_profiles
+            self.different
+            or self.only_live
+            or self.only_replay
+            or self.unreadable_profiles
+            or self.profile_missing
         )
 
 
@@ -80,12 +91,14 @@ async def replay(
     profiles_topic: str,
     catalogue: Catalogue,
     now: datetime | None = None,
+    outbox_wait_s: float = OUTBOX_WAIT_S,
 ) -> ReplayReport:
     """Load ``profiles_topic`` into ``scratch_url``, replay ``topic`` from its beginning
     there, and compare with ``live_url``."""
     await migrate_url(scratch_url)
     await _copy_erasures(live_url, scratch_url)
     report = ReplayReport()
+    cutoff = await _await_profile_outbox(live_url, profiles_topic, outbox_wait_s)
     await _load_profiles(bootstrap_servers, profiles_topic, scratch_url, report)
     partition_count = 0
     engine = Engine(
@@ -137,8 +150,47 @@ async def replay(
     finally:
         await consumer.stop()
         await scratch.close()
-    await _compare(live_url, scratch_url, snapshot, report)
+    await _compare(live_url, scratch_url, snapshot, cutoff, report)
     return report
+
+
+async def _await_profile_outbox(live_url: str, topic: str, within_s: float) -> datetime:
+    """Wait until every profile written before now (the database's clock) is on the topic;
+    return that moment.
+
+    First every transaction of the live database that began before it has ended (a profile
+    write in flight commits or rolls back), then the outbox holds none of their profile
+    records. Profiles written after it may or may not be in the snapshot the replay is
+    about to take: their customers are not compared. Profiles written before it must be.
+    """
+    live = await asyncpg.connect(live_url)
+    try:
+        cutoff: datetime = await live.fetchval("SELECT now()")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        for what, query in (
+            (
+                "transactions that began before the replay have not ended",
+                """
+                SELECT count(*) FROM pg_stat_activity
+                WHERE datname = current_database() AND backend_type = 'client backend'
+                  AND pid <> pg_backend_pid()
+                  AND xact_start < $2 AND $1::text IS NOT NULL
+                """,
+            ),
+            (
+                "profiles written before the replay are still in the outbox: is scoring "
+                "(which publishes the outbox) running?",
+                "SELECT count(*) FROM kafka_outbox WHERE topic = $1 AND created_at < $2",
+            ),
+        ):
+            while await live.fetchval(query, topic, cutoff):
+                if loop.time() > deadline:
+                    raise ReplayError(f"after {within_s:g} s, {what}")
+                await asyncio.sleep(0.2)  # other sessions' progress, polled
+        return cutoff
+    finally:
+        await live.close()
 
 
 async def _copy_erasures(live_url: str, scratch_url: str) -> None:
@@ -250,7 +302,11 @@ async def _load_profiles(
 
 
 async def _compare(
-    live_url: str, scratch_url: str, snapshot: dict[TopicPartition, int], report: ReplayReport
+    live_url: str,
+    scratch_url: str,
+    snapshot: dict[TopicPartition, int],
+    cutoff: datetime,
+    report: ReplayReport,
 ) -> None:
     live = await asyncpg.connect(live_url)
     scratch = await asyncpg.connect(scratch_url)
@@ -284,10 +340,9 @@ async def _compare(
             r["customer_id"]: r["updated_at"]
             for r in await live.fetch("SELECT customer_id, updated_at FROM customer_profile")
         }
-        pending = {
-            c
-            for c, at in live_profiles.items()
-            if c not in replayed_profiles or at > replayed_profiles[c]
+        pending = {c for c, at in live_profiles.items() if at > cutoff}
+        missing = {
+            c for c, at in live_profiles.items() if at <= cutoff and replayed_profiles.get(c) != at
         }
         # When each customer's first event still on record was scored live: a profile
         # written after it was not the one that event was judged with.
@@ -306,7 +361,8 @@ async def _compare(
         await scratch.close()
     report.changed_since_snapshot = len(moved)
     report.profile_pending = sorted(pending - moved)
-    for customer in sorted((set(live_scores) | set(replay_scores)) - moved - pending):
+    report.profile_missing = sorted(missing)
+    for customer in sorted((set(live_scores) | set(replay_scores)) - moved - pending - missing):
         if customer not in replay_scores:
             report.only_live.append(customer)
         elif customer not in live_scores:
