@@ -342,3 +342,46 @@ async def test_replay_equals_live_after_a_simulator_run_with_profiles_and_an_era
         )
     ]
     assert rebuilt_profiles == live_profiles
+
+
+async def test_a_profile_changed_after_scoring_is_reported_apart_and_one_the_topic_lacks_fails(
+    world: World,  # noqa: F811
+    scratch: Pipeline,
+) -> None:
+    """The documented limit: the topic keeps the latest profile, so a customer whose profile
+    changed after their events were scored is rebuilt with the latest one; the replay names
+    them apart from unexplained differences. A profile that never reached the topic is a
+    failure."""
+    admin = world.as_("admin")
+    put = await world.api.put(
+        "/v1/customers/C-grew/profile", json={"segment": "standard"}, headers=admin
+    )
+    assert put.status_code == 201, put.text
+    await world.post(
+        [
+            event(1, "C-grew", "call", 50, wait_seconds=45),
+            event(2, "C-grew", "call", 40, wait_seconds=20),
+        ]
+    )
+    await world.pipeline.wait_for("SELECT count(*) FROM processed_event", 2)
+    # Scored as standard (45 s kept the 60 s promise); now the CRM says premium.
+    put = await world.api.put(
+        "/v1/customers/C-grew/profile", json={"segment": "premium"}, headers=admin
+    )
+    assert put.status_code == 200, put.text
+    await _settled(world.pipeline)
+    result = await _replay(world, scratch)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _line(result.stdout, "differ, profile changed:").startswith("1 ['C-grew']")
+    assert _line(result.stdout, "different:").startswith("0 ")
+
+    # A profile written behind the api's back (or before the topic existed) is not on it.
+    await world.pipeline.fetchval(
+        "INSERT INTO customer_profile (customer_id, segment) VALUES ('C-bypass', 'premium')"
+    )
+    await world.pipeline.fetchval(f'DROP DATABASE "{scratch.database_url.rsplit("/", 1)[1]}"')
+    await world.pipeline.fetchval(f'CREATE DATABASE "{scratch.database_url.rsplit("/", 1)[1]}"')
+    result = await _replay(world, scratch)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _line(result.stdout, "profile missing on topic:").startswith("1 ['C-bypass']")
+    assert "replay DIFFERS from live state" in result.stdout
