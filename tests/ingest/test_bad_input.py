@@ -243,3 +243,210 @@ async def test_unknown_routes_and_methods_are_problems_not_html(client: IngestCl
     assert missing.headers["content-type"] == PROBLEM
     wrong = await client.http.get("/v1/events")
     assert wrong.status_code == 405
+
+
+# --- the promise catalogue: the tracking plan, enforced at the edge ---------------------------
+# deploy/promises.yaml, which scoring judges by: billing declares invoice.issued (a boolean
+# invoice_correct, a number days_after_delivery) and payment.captured; call.answered at
+# call_centre requires wait_seconds and judges first_contact_resolution as a boolean.
+
+
+def _call(**overrides: Any) -> dict[str, Any]:
+    return {
+        "touchpoint": "call_centre",
+        "type": "call.answered",
+        "measures": {"wait_seconds": 30, "first_contact_resolution": True},
+        **overrides,
+    }
+
+
+CATALOGUE_REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("unknown touchpoint", {"touchpoint": "teleporter"}, "/touchpoint", "unknown_touchpoint"),
+    (
+        "a type the touchpoint does not declare",
+        {"type": "invoice.paid"},
+        "/type",
+        "unknown_event_type",
+    ),
+    (
+        "a number where a boolean is promised",
+        _call(measures={"wait_seconds": 30, "first_contact_resolution": 1}),
+        "/measures/first_contact_resolution",
+        "wrong_measure_kind",
+    ),
+    (
+        "a boolean where a number is promised",
+        {"measures": {"invoice_correct": True, "days_after_delivery": False}},
+        "/measures/days_after_delivery",
+        "wrong_measure_kind",
+    ),
+    (
+        "a required measure missing",
+        _call(measures={"first_contact_resolution": True}),
+        "/measures/wait_seconds",
+        "missing_measure",
+    ),
+]
+_REFUSAL_IDS = [c[0] for c in CATALOGUE_REFUSALS]
+
+
+@pytest.mark.parametrize(
+    ("change", "pointer", "code"), [c[1:] for c in CATALOGUE_REFUSALS], ids=_REFUSAL_IDS
+)
+async def test_what_the_catalogue_refuses_is_a_422_naming_the_field(
+    client: IngestClient, make_event: EventFactory, change: dict[str, Any], pointer: str, code: str
+) -> None:
+    response = await client.http.post(
+        "/v1/events", json=make_event(**change), headers=client.auth()
+    )
+    body = _problem(response, 422)
+    assert [(e["pointer"], e["code"]) for e in body["errors"]] == [(pointer, code)]
+    assert "2026." in body["errors"][0]["detail"] or code == "wrong_measure_kind", body
+    metrics = (await client.http.get("/metrics")).text
+    touchpoint = "unknown" if code == "unknown_touchpoint" else change.get("touchpoint", "billing")
+    assert (
+        f'touchpulse_ingest_events_rejected_total{{reason="{code}",touchpoint="{touchpoint}"}} 1.0'
+        in metrics
+    )
+
+
+async def test_an_unknown_touchpoint_is_refused_at_the_edge_not_dead_lettered_later(
+    client: IngestClient, make_event: EventFactory, kafka_bootstrap: str
+) -> None:
+    """The regression of issue 12: this answered 202 and scoring dead-lettered it."""
+    response = await client.http.post(
+        "/v1/events", json=make_event(touchpoint="teleporter"), headers=client.auth()
+    )
+    body = _problem(response, 422)
+    assert body["errors"][0]["pointer"] == "/touchpoint"
+    assert "'teleporter'" in body["errors"][0]["detail"]
+    marker = make_event(customer_id="marker")
+    assert (
+        await client.http.post("/v1/events", json=marker, headers=client.auth())
+    ).status_code == 202
+    records = await read_topic(kafka_bootstrap, client.settings.events_topic, 1)
+    assert [r.key for r in records] == [b"marker"]
+
+
+async def test_every_problem_of_one_event_is_reported_together(
+    client: IngestClient, make_event: EventFactory
+) -> None:
+    late = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+    event = make_event(**_call(measures={"first_contact_resolution": 1}), occurred_at=late)
+    body = _problem(await client.http.post("/v1/events", json=event, headers=client.auth()), 422)
+    assert [(e["pointer"], e["code"]) for e in body["errors"]] == [
+        ("/measures/first_contact_resolution", "wrong_measure_kind"),
+        ("/measures/wait_seconds", "missing_measure"),
+        ("/occurred_at", "time_window"),
+    ]
+
+
+async def test_a_batch_accepts_the_good_event_beside_every_catalogue_refusal(
+    client: IngestClient, make_event: EventFactory, kafka_bootstrap: str
+) -> None:
+    bad = [make_event(customer_id="bad", **c[1]) for c in CATALOGUE_REFUSALS]
+    good = make_event(customer_id="good")
+    response = await client.http.post(
+        "/v1/events/batch", json={"events": [*bad, good]}, headers=client.auth()
+    )
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert (result["accepted"], result["rejected"]) == (1, len(bad))
+    items = result["items"]
+    for index, (_, _, pointer, code) in enumerate(CATALOGUE_REFUSALS):
+        assert (items[index]["status"], items[index]["http_status"]) == ("rejected", 422)
+        assert items[index]["event_id"] == bad[index]["event_id"]
+        assert [(e["pointer"], e["code"]) for e in items[index]["errors"]] == [
+            (f"/events/{index}{pointer}", code)
+        ]
+    assert items[-1] == {"index": len(bad), "status": "accepted", "event_id": good["event_id"]}
+    records = await read_topic(kafka_bootstrap, client.settings.events_topic, 1)
+    assert [r.key for r in records] == [b"good"]
+
+
+def _cloudevent(native: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": native["event_id"],
+        "source": native["source"],
+        "type": native["type"],
+        "time": native["occurred_at"],
+        "customerid": native["customer_id"],
+        "touchpoint": native["touchpoint"],
+        "data": {"measures": native["measures"]},
+    }
+
+
+def _cloudevent_pointer(native_pointer: str) -> str:
+    # The CloudEvents mapping: measures travel in data; touchpoint and type keep their names.
+    if native_pointer.startswith("/measures/"):
+        return "/data" + native_pointer
+    return native_pointer
+
+
+@pytest.mark.parametrize(
+    ("change", "pointer", "code"), [c[1:] for c in CATALOGUE_REFUSALS], ids=_REFUSAL_IDS
+)
+async def test_a_structured_cloudevent_gets_the_same_refusals(
+    client: IngestClient, make_event: EventFactory, change: dict[str, Any], pointer: str, code: str
+) -> None:
+    response = await client.http.post(
+        "/v1/events",
+        content=orjson.dumps(_cloudevent(make_event(**change))),
+        headers={**client.auth(), "content-type": "application/cloudevents+json"},
+    )
+    body = _problem(response, 422)
+    assert [(e["pointer"], e["code"]) for e in body["errors"]] == [
+        (_cloudevent_pointer(pointer), code)
+    ]
+
+
+async def test_a_cloudevents_batch_accepts_the_good_event_beside_the_refused_ones(
+    client: IngestClient, make_event: EventFactory, kafka_bootstrap: str
+) -> None:
+    bad = [_cloudevent(make_event(customer_id="bad", **c[1])) for c in CATALOGUE_REFUSALS]
+    good = _cloudevent(make_event(customer_id="good"))
+    response = await client.http.post(
+        "/v1/events/batch",
+        content=orjson.dumps([good, *bad]),
+        headers={**client.auth(), "content-type": "application/cloudevents-batch+json"},
+    )
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert (result["accepted"], result["rejected"]) == (1, len(bad))
+    for index, (_, _, pointer, code) in enumerate(CATALOGUE_REFUSALS, start=1):
+        assert [(e["pointer"], e["code"]) for e in result["items"][index]["errors"]] == [
+            (f"/{index}{_cloudevent_pointer(pointer)}", code)
+        ]
+    records = await read_topic(kafka_bootstrap, client.settings.events_topic, 1)
+    assert [r.key for r in records] == [b"good"]
+
+
+async def test_a_binary_cloudevent_gets_the_same_refusals(client: IngestClient) -> None:
+    headers = {
+        **client.auth(),
+        "content-type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": "binary-1",
+        "ce-source": "billing-prod",
+        "ce-type": "call.answered",
+        "ce-time": datetime.now(UTC).isoformat(),
+        "ce-customerid": "c",
+        "ce-touchpoint": "call_centre",
+    }
+    missing = await client.http.post(
+        "/v1/events",
+        content=b'{"measures": {"first_contact_resolution": true}}',
+        headers=headers,
+    )
+    assert [(e["pointer"], e["code"]) for e in _problem(missing, 422)["errors"]] == [
+        ("/data/measures/wait_seconds", "missing_measure")
+    ]
+    unknown = await client.http.post(
+        "/v1/events",
+        content=b'{"measures": {"wait_seconds": 3}}',
+        headers={**headers, "ce-touchpoint": "teleporter"},
+    )
+    assert [(e["pointer"], e["code"]) for e in _problem(unknown, 422)["errors"]] == [
+        ("/touchpoint", "unknown_touchpoint")
+    ]

@@ -21,6 +21,7 @@ from touchpulse_scoring.domain import (
     load_catalogue_file,
     parse_catalogue,
 )
+from touchpulse_scoring.domain.catalogue import EventProblem, event_problems
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -358,3 +359,218 @@ def test_an_unreadable_file_is_a_catalogue_error(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(CatalogueError, match="cannot be read"):
         load_catalogue_file(binary)
+
+
+# --- the tracking plan: the events section and the checks ingest and scoring share ----------
+
+
+def _with_events(events: Any, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = doc if doc is not None else document()
+    doc["events"] = events
+    return doc
+
+
+def _planned() -> dict[str, Any]:
+    """The small catalogue with call_centre and billing declaring their event types."""
+    return _with_events(
+        {
+            "call_centre": {
+                "call.answered": {"description": "Answered", "required": ["wait_seconds"]},
+                "call.missed": {},
+            },
+            "billing": {"invoice.issued": {"required": ["invoice_correct"]}},
+        }
+    )
+
+
+EVENT_CASES: list[tuple[str, Any, str]] = [
+    (
+        "a touchpoint the catalogue does not have",
+        {"teleporter": {"beam.up": {}}},
+        "events.teleporter: 'teleporter' is not one of the catalogue's touchpoints",
+    ),
+    (
+        "a touchpoint that declares no type",
+        {"billing": {}},
+        "events.billing: Dictionary should have at least 1 item",
+    ),
+    (
+        "an event type that is not dotted",
+        {"billing": {"Invoice": {}}},
+        "events.billing['Invoice'] (the name): Input should be a dotted lowercase event type",
+    ),
+    (
+        "a required measure that is not a measure name",
+        {"billing": {"invoice.issued": {"required": ["Invoice Correct"]}}},
+        "events.billing['invoice.issued'].required[0]: Input should be a lowercase letter",
+    ),
+    (
+        "a required measure listed twice",
+        {"billing": {"invoice.issued": {"required": ["invoice_correct", "invoice_correct"]}}},
+        "events.billing['invoice.issued'].required[1]: 'invoice_correct' is listed twice",
+    ),
+    (
+        "an unknown field in a declaration",
+        {"billing": {"invoice.issued": {"requires": ["invoice_correct"]}}},
+        "events.billing['invoice.issued'].requires: Extra inputs are not permitted",
+    ),
+    (
+        "a promise judging a type its touchpoint does not declare",
+        {"billing": {"invoice.paid": {}}},
+        "promise 'invoice-correct': event_type: 'invoice.issued' is not among the event types"
+        " events.billing declares (invoice.paid)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "message"), [c[1:] for c in EVENT_CASES], ids=[c[0] for c in EVENT_CASES]
+)
+def test_an_invalid_events_section_is_named_by_its_path(events: Any, message: str) -> None:
+    with pytest.raises(CatalogueError) as caught:
+        catalogue_from_mapping(_with_events(events))
+    assert any(p.startswith(message) for p in caught.value.problems), caught.value.problems
+
+
+def test_two_promises_judging_one_measure_as_a_boolean_and_a_number_conflict() -> None:
+    doc = document()
+    doc["promises"].append(
+        {
+            **promise_doc(doc, "call-answer-time"),
+            "id": "call-answered-at-all",
+            "expect": {"op": "==", "target": True},
+            "tolerance": None,
+            "segments": {},
+        }
+    )
+    del doc["promises"][-1]["tolerance"]
+    with pytest.raises(CatalogueError) as caught:
+        catalogue_from_mapping(doc)
+    assert caught.value.problems == (
+        "promise 'call-answered-at-all': expect.target: judges measure 'wait_seconds' of"
+        " call.answered at call_centre as a boolean, but promise 'call-answer-time' judges it"
+        " as a number; an event cannot be both",
+    )
+
+
+def test_a_deadline_no_declared_event_could_open_is_an_error() -> None:
+    every_touchpoint = {
+        t: {"x.y": {}} for t in ("call_centre", "billing", "survey", "sales", "delivery")
+    }
+    every_touchpoint["call_centre"] = {"call.answered": {}}
+    every_touchpoint["billing"] = {"invoice.issued": {}}
+    every_touchpoint["survey"] = {"survey.answered": {}}
+    every_touchpoint["delivery"] = {"delivery.completed": {}, "delivery.promised": {}}
+    with pytest.raises(CatalogueError) as caught:
+        catalogue_from_mapping(_with_events(every_touchpoint))
+    assert caught.value.problems == (
+        "promise 'delivery-within-48h': deadline.opened_by: 'order.placed' is declared at no"
+        " touchpoint in events, and every touchpoint declares its event types; no such event"
+        " could ever arrive",
+    )
+    # Declared at any touchpoint (an order placed in sales) is enough: deadlines are judged
+    # by type, wherever the event comes from.
+    every_touchpoint["sales"] = {"order.placed": {}}
+    catalogue_from_mapping(_with_events(every_touchpoint))
+
+
+def test_the_events_section_is_optional_and_parsed_from_yaml() -> None:
+    assert dict(catalogue_from_mapping(document()).events) == {}
+    text = yaml.safe_dump(_planned(), sort_keys=False)
+    cat = parse_catalogue(text)
+    declared = cat.declared_types("call_centre")
+    assert declared is not None
+    assert list(declared) == ["call.answered", "call.missed"]
+    assert declared["call.answered"].required == ["wait_seconds"]
+    assert declared["call.answered"].description == "Answered"
+    assert cat.declared_types("survey") is None  # not listed: any type
+
+
+def _problems(ev: Any, doc: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    cat = catalogue_from_mapping(doc if doc is not None else _planned())
+    return [(p.pointer, p.reason.value) for p in event_problems(ev, cat)]
+
+
+def test_an_event_the_plan_accepts_has_no_problems() -> None:
+    assert _problems(event("call.answered", "call_centre", {"wait_seconds": 30})) == []
+    # Measures no promise names are the source's business; kinds are only the promises'.
+    ok = event("call.answered", "call_centre", {"wait_seconds": 3, "note_taken": True})
+    assert _problems(ok) == []
+    # A touchpoint that declares nothing accepts any type, and a declared type any extras.
+    assert _problems(event("survey.reminded", "survey")) == []
+    assert _problems(event("call.missed", "call_centre")) == []
+
+
+@pytest.mark.parametrize(
+    ("ev", "expected"),
+    [
+        pytest.param(
+            event("beam.up", "teleporter", {"wait_seconds": True}),
+            [("/touchpoint", "unknown_touchpoint")],
+            id="unknown touchpoint (nothing else is judged)",
+        ),
+        pytest.param(
+            event("call.dropped", "call_centre", {"wait_seconds": 3}),
+            [("/type", "unknown_event_type")],
+            id="a type the touchpoint does not declare",
+        ),
+        pytest.param(
+            event("call.answered", "call_centre", {"wait_seconds": True}),
+            [("/measures/wait_seconds", "wrong_measure_kind")],
+            id="a boolean where a number is promised",
+        ),
+        pytest.param(
+            event("invoice.issued", "billing", {"invoice_correct": 1}),
+            [("/measures/invoice_correct", "wrong_measure_kind")],
+            id="a number where a boolean is promised",
+        ),
+        pytest.param(
+            event("call.answered", "call_centre", {"first_contact_resolution": True}),
+            [("/measures/wait_seconds", "missing_measure")],
+            id="a required measure missing",
+        ),
+        pytest.param(
+            event("survey.answered", "survey", {"csat": False}),
+            [("/measures/csat", "wrong_measure_kind")],
+            id="kinds are checked where the touchpoint declares no types",
+        ),
+    ],
+)
+def test_each_refusal_names_its_field_and_reason(ev: Any, expected: list[tuple[str, str]]) -> None:
+    assert _problems(ev) == expected
+
+
+def test_every_problem_of_an_event_is_reported_and_check_event_dead_letters_it() -> None:
+    doc = _planned()
+    doc["events"]["call_centre"]["call.answered"]["required"] = ["wait_seconds", "queue_size"]
+    bad = event("call.answered", "call_centre", {"wait_seconds": False})
+    assert _problems(bad, doc) == [
+        ("/measures/wait_seconds", "wrong_measure_kind"),
+        ("/measures/queue_size", "missing_measure"),
+    ]
+    with pytest.raises(UnscorableEvent) as caught:
+        check_event(bad, catalogue_from_mapping(doc))
+    # The first problem is the dead letter's reason; the detail names them all.
+    assert caught.value.reason is UnscorableReason.WRONG_MEASURE_KIND
+    assert "/measures/wait_seconds: measure 'wait_seconds' should be a number" in str(caught.value)
+    assert "/measures/queue_size: measure 'queue_size' is required" in str(caught.value)
+
+
+def test_a_missing_required_measure_is_a_dead_letter_in_scoring() -> None:
+    with pytest.raises(UnscorableEvent) as caught:
+        check_event(event("invoice.issued", "billing"), catalogue_from_mapping(_planned()))
+    assert caught.value.reason is UnscorableReason.MISSING_MEASURE
+
+
+def test_a_pointer_escapes_a_measure_name_as_rfc_6901_says() -> None:
+    problem = EventProblem(("measures", "a/b~c"), "m", UnscorableReason.MISSING_MEASURE)
+    assert problem.pointer == "/measures/a~1b~0c"
+
+
+def test_matching_a_promise_covers_measures_and_both_ends_of_deadlines() -> None:
+    cat = catalogue_from_mapping(_planned())
+    assert cat.matches_a_promise("call_centre", "call.answered")
+    assert cat.matches_a_promise("sales", "order.placed")  # opens a deadline
+    assert cat.matches_a_promise("delivery", "delivery.completed")  # fulfils one (and measures)
+    assert not cat.matches_a_promise("call_centre", "call.missed")
+    assert not cat.matches_a_promise("billing", "call.answered")  # judged at call_centre only
