@@ -104,8 +104,14 @@ def simulate(
     seed: Annotated[int, typer.Option(help="same seed and start, same events")] = 1,
     customers: Annotated[int, typer.Option(min=1)] = 200,
     breach_rate: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="share of events breaking their promise")
-    ] = 0.15,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="one share of decisions breaking their promise everywhere; default: the "
+            "realistic per-decision rates of docs/simulator.md",
+        ),
+    ] = None,
     touchpoint_breach_rate: Annotated[
         list[str] | None,
         typer.Option(help="TOUCHPOINT=RATE, overrides --breach-rate there (repeatable)"),
@@ -139,13 +145,30 @@ def simulate(
     api_url: Annotated[
         str | None, typer.Option(help="the api's base URL: PUT the customers' profiles first")
     ] = None,
-    admin_key: Annotated[str | None, typer.Option(help="admin key for --api-url")] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(help="admin key for --api-url (and health:read to measure)")
+    ] = None,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            help="with --api-url and --duration or --total: finish the journeys begun, wait "
+            "for scoring, and score the intervention queue against the ground truth"
+        ),
+    ] = True,
+    scoring_metrics_url: Annotated[
+        list[str] | None,
+        typer.Option(help="scoring's /metrics base URL, one per instance (repeatable)"),
+    ] = None,
+    measure_timeout: Annotated[
+        float, typer.Option(min=1.0, help="seconds to wait for scoring before scoring anyway")
+    ] = 300.0,
 ) -> None:
     """Post synthetic customer journeys through the real ingest API at a paced rate.
 
     Prints what was sent (by touchpoint and type, malformed, duplicates, out of order) and
     what ingest answered, also after Ctrl-C or SIGTERM; exits 1 when ingest refused the key
-    or accepted nothing.
+    or accepted nothing. A measured run (see --measure) also prints the queue's recall and
+    precision against what the simulator did to each customer (docs/simulator.md).
     """
     # Imported here: only this command needs the HTTP client and the generator.
     from touchpulse_shared import simulator  # noqa: PLC0415
@@ -182,8 +205,12 @@ def simulate(
         raise typer.Exit(2) from None
     sent = simulator.Sent()
     failed = None
+    score = None
+    scoring_urls = tuple(
+        scoring_metrics_url or [f"http://{settings.host}:{settings.scoring_metrics_port}"]
+    )
     try:
-        asyncio.run(
+        score = asyncio.run(
             simulator.run(
                 config,
                 ingest_url=ingest_url or f"http://{settings.host}:{settings.ingest_port}",
@@ -196,6 +223,9 @@ def simulate(
                 admin_key=admin_key,
                 sent=sent,
                 echo=typer.echo,
+                measure_queue=measure and (duration is not None or total is not None),
+                scoring_urls=scoring_urls,
+                measure_timeout_s=measure_timeout,
             )
         )
     except asyncio.CancelledError:
@@ -203,6 +233,8 @@ def simulate(
     except httpx.HTTPError as exc:
         failed = f"touchpulse: {exc}"
     typer.echo(sent.summary())
+    if score is not None:
+        typer.echo(score.summary())
     if failed is not None:
         typer.echo(failed, err=True)
     if failed is not None or sent.stopped is not None or (sent.posted and not sent.accepted):

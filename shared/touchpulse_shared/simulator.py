@@ -1462,10 +1462,18 @@ async def run(
     admin_key: str | None = None,
     sent: Sent,
     echo: Callable[[str], None],
-) -> None:
+    measure_queue: bool = False,
+    scoring_urls: tuple[str, ...] = (),
+    measure_timeout_s: float = 300.0,
+) -> QueueScore | None:
     """What ``touchpulse simulate`` does: profiles first (with ``api_url``), then post until
     done. SIGINT or SIGTERM stops after the batch in flight; a second one cancels at once.
-    ``sent`` is filled in place, so the caller can report it either way."""
+    ``sent`` is filled in place, so the caller can report it either way.
+
+    With ``measure_queue`` (and ``api_url``; the admin key then needs ``health:read`` too) a
+    run that ends by its duration or total drains its journeys, waits for scoring (see
+    :func:`measure`) and returns the queue's score against the ground truth; None otherwise.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -1485,6 +1493,13 @@ async def run(
                 written = await post_profiles(api, Simulator(config, datetime.now(UTC)))
             echo(f"profiles written: {written}")
         # Started after the profiles, so the simulated clock starts when posting does.
+        measuring = measure_queue and api_url is not None
+        baseline = None
+        if measuring:
+            async with httpx.AsyncClient(timeout=5) as client:
+                baseline = await read_scoring(client, list(scoring_urls))
+            if baseline is None:
+                echo("scoring's /metrics did not answer: readiness falls back to a quiet queue")
         simulator = Simulator(config, start=datetime.now(UTC))
         headers = {"Authorization": f"Bearer {api_key}"}
         async with httpx.AsyncClient(base_url=ingest_url, headers=headers, timeout=10) as client:
@@ -1497,7 +1512,256 @@ async def run(
                 batch=batch,
                 stop=stop,
                 sent=sent,
+                drain=measuring,
+            )
+        if not measuring or stop.is_set() or sent.stopped is not None:
+            return None
+        echo("waiting for scoring to judge the run…")
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        async with httpx.AsyncClient(base_url=api_url or "", headers=headers, timeout=10) as api:
+            return await measure(
+                api,
+                simulator,
+                sent,
+                scoring_urls=list(scoring_urls),
+                baseline=baseline,
+                timeout_s=measure_timeout_s,
+                stop=stop,
             )
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+# --- scoring the queue against the ground truth ------------------------------------------
+
+#: The bar of issue 12: every critical breach gets an intervention, nine in ten customers
+#: treated badly do, and the queue holds at most 1.5 times as many customers as were.
+RECALL_CRITICAL_TARGET: Final = 1.0
+RECALL_BADLY_TARGET: Final = 0.9
+PRECISION_TARGET: Final = 2 / 3
+INTERVENTION_STATES: Final = ("open", "acknowledged", "resolved", "expired")
+SCORING_EVENTS: Final = "touchpulse_scoring_events_total"
+SCORING_EXPIRED: Final = "touchpulse_scoring_deadlines_expired_total"
+
+
+@dataclass(frozen=True)
+class QueueScore:
+    """The intervention queue judged against what the simulator did (see docs/simulator.md)."""
+
+    #: Customers the run sent an accepted event about.
+    customers: int
+    badly_treated: int
+    critical: int
+    #: The run's customers with an intervention opened during the run.
+    queued: int
+    queued_badly: int
+    queued_critical: int
+    #: Queued although the run broke a single non-critical promise of theirs (target 0).
+    queued_single: int
+    #: Queued although the run broke nothing of theirs.
+    queued_unharmed: int
+    #: False when the readiness condition did not hold before the time-out.
+    settled: bool = True
+    waited_s: float = 0.0
+    missed_critical: tuple[str, ...] = ()
+    missed_badly: tuple[str, ...] = ()
+    single: tuple[str, ...] = ()
+
+    @property
+    def recall_critical(self) -> float:
+        return self.queued_critical / self.critical if self.critical else 1.0
+
+    @property
+    def recall_badly(self) -> float:
+        return self.queued_badly / self.badly_treated if self.badly_treated else 1.0
+
+    @property
+    def precision(self) -> float:
+        return self.queued_badly / self.queued if self.queued else 1.0
+
+    def meets_targets(self) -> bool:
+        return (
+            self.settled
+            and self.recall_critical >= RECALL_CRITICAL_TARGET
+            and self.recall_badly >= RECALL_BADLY_TARGET
+            and self.precision >= PRECISION_TARGET
+            and self.queued_single == 0
+        )
+
+    def summary(self) -> str:
+        def mark(ok: bool) -> str:
+            return "ok" if ok else "BELOW TARGET"
+
+        lines = [
+            f"queue against ground truth ({'settled' if self.settled else 'NOT SETTLED'} "
+            f"after {self.waited_s:.1f} s): {self.customers} customers, "
+            f"{self.badly_treated} treated badly ({self.critical} with a critical breach), "
+            f"{self.queued} with an intervention",
+            f"  recall, critical breaches {self.recall_critical:.1%} "
+            f"({self.queued_critical}/{self.critical}; target 100%) "
+            f"{mark(self.recall_critical >= RECALL_CRITICAL_TARGET)}",
+            f"  recall, treated badly {self.recall_badly:.1%} "
+            f"({self.queued_badly}/{self.badly_treated}; target 90%) "
+            f"{mark(self.recall_badly >= RECALL_BADLY_TARGET)}",
+            f"  precision {self.precision:.1%} ({self.queued_badly}/{self.queued}; "
+            f"target 66.7%) {mark(self.precision >= PRECISION_TARGET)}",
+            f"  queued on a single non-critical breach {self.queued_single} (target 0) "
+            f"{mark(self.queued_single == 0)}; queued with no breach {self.queued_unharmed}",
+        ]
+        if self.missed_critical:
+            lines.append("  critical, no intervention: " + ", ".join(self.missed_critical[:10]))
+        if self.single:
+            lines.append("  single breach, intervention: " + ", ".join(self.single[:10]))
+        return "\n".join(lines)
+
+
+def score_queue(
+    truth: dict[str, Treatment],
+    queued: set[str],
+    *,
+    settled: bool = True,
+    waited_s: float = 0.0,
+) -> QueueScore:
+    """Judge ``queued`` (customers with an intervention) against ``truth``; a queued
+    customer the run sent nothing about counts as queued without a breach."""
+    none = Treatment("")
+    badly = {c for c, t in truth.items() if t.badly_treated}
+    critical = {c for c, t in truth.items() if t.critical}
+    single = {c for c in queued if truth.get(c, none).single_breach}
+    return QueueScore(
+        customers=len(truth),
+        badly_treated=len(badly),
+        critical=len(critical),
+        queued=len(queued),
+        queued_badly=len(badly & queued),
+        queued_critical=len(critical & queued),
+        queued_single=len(single),
+        queued_unharmed=sum(truth.get(c, none).breaches == 0 for c in queued),
+        settled=settled,
+        waited_s=waited_s,
+        missed_critical=tuple(sorted(critical - queued)),
+        missed_badly=tuple(sorted(badly - queued)),
+        single=tuple(sorted(single)),
+    )
+
+
+#: One intervention as the readiness check compares them: id, state and number of gaps.
+QueueEntry = tuple[str, str, int]
+
+
+async def read_queue(
+    api: httpx.AsyncClient, *, prefix: str, since: datetime
+) -> dict[str, list[QueueEntry]]:
+    """Every intervention of a customer whose id starts with ``prefix``, opened at or after
+    ``since``, in any state, by customer (``GET /v1/interventions``, every page; the client
+    carries a ``health:read`` key)."""
+    found: dict[str, list[QueueEntry]] = {}
+    cursor: str | None = None
+    while True:
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("state", s) for s in INTERVENTION_STATES
+        ]
+        params.append(("limit", "200"))
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        response = await api.get("/v1/interventions", params=params)
+        if response.status_code == 429:
+            await asyncio.sleep(_retry_after(response))  # the api's rate limit
+            continue
+        response.raise_for_status()
+        page = response.json()
+        for item in page["items"]:
+            opened = datetime.fromisoformat(item["opened_at"])
+            if item["customer_id"].startswith(prefix) and opened >= since:
+                entry = (item["intervention_id"], item["state"], len(item["gaps"]))
+                found.setdefault(item["customer_id"], []).append(entry)
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            return {c: sorted(entries) for c, entries in found.items()}
+
+
+@dataclass(frozen=True)
+class ScoringProgress:
+    """Scoring's counters, summed over its instances: records consumed (committed) and
+    deadlines breached by absence."""
+
+    events: float
+    expired: float
+
+
+async def read_scoring(client: httpx.AsyncClient, urls: list[str]) -> ScoringProgress | None:
+    """The counters from every scoring instance's ``/metrics``; None when one does not
+    answer."""
+    totals = {SCORING_EVENTS: 0.0, SCORING_EXPIRED: 0.0}
+    for url in urls:
+        try:
+            response = await client.get(f"{url.rstrip('/')}/metrics")
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        for line in response.text.splitlines():
+            if line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            name = head.split("{")[0]
+            if name in totals:
+                totals[name] += float(value)
+    return ScoringProgress(totals[SCORING_EVENTS], totals[SCORING_EXPIRED])
+
+
+async def measure(
+    api: httpx.AsyncClient,
+    simulator: Simulator,
+    sent: Sent,
+    *,
+    scoring_urls: list[str],
+    baseline: ScoringProgress | None,
+    timeout_s: float,
+    poll_s: float = 0.5,
+    quiet_s: float = 5.0,
+    stop: asyncio.Event | None = None,
+) -> QueueScore:
+    """Wait until scoring has judged everything the run sent, then score the queue.
+
+    Ready when (1) the wall clock is past the last clock the run opened and nothing
+    fulfilled (:meth:`Truth.settles_s`); (2) scoring has committed at least as many records
+    as ingest accepted from the run, and expired at least as many deadlines as the run left
+    unfulfilled, since ``baseline`` (from ``scoring_urls``' ``/metrics``, read before the run);
+    and (3) the queue read after that is the same as the one read a poll before. Without
+    scoring's metrics, (2) becomes: the queue unchanged for ``quiet_s``. Gives up after
+    ``timeout_s``: the score then says it is not settled.
+    """
+    began = time.monotonic()
+    truth = sent.truth
+    settles = simulator.start + timedelta(seconds=truth.settles_s())
+    expiring = len(truth.unfulfilled_clocks())
+    prefix = f"sim-{simulator.config.seed}-c"
+    previous: dict[str, list[QueueEntry]] | None = None
+    quiet_since = time.monotonic()
+    settled = False
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            ready = datetime.now(UTC) >= settles
+            progress = await read_scoring(client, scoring_urls) if baseline else None
+            if progress is not None and baseline is not None:
+                ready = (
+                    ready
+                    and progress.events - baseline.events >= sent.accepted
+                    and progress.expired - baseline.expired >= expiring
+                )
+            queue = await read_queue(api, prefix=prefix, since=simulator.start)
+            if queue != previous:
+                quiet_since = time.monotonic()
+            if progress is None:
+                ready = ready and time.monotonic() - quiet_since >= quiet_s
+            if ready and queue == previous:
+                settled = True
+                break
+            previous = queue if ready or progress is None else None
+            if time.monotonic() - began > timeout_s or await _sleep(poll_s, stop):
+                break
+    return score_queue(
+        truth.customers(), set(queue), settled=settled, waited_s=time.monotonic() - began
+    )
