@@ -118,7 +118,7 @@ async def check(
             }
             outcomes = await conn.fetch("SELECT * FROM outcome")
             health = await conn.fetch("SELECT * FROM touchpoint_health")
-            journeys = await conn.fetch("SELECT customer_id, score FROM journey_health")
+            journeys = await conn.fetch("SELECT customer_id, score, as_of FROM journey_health")
     finally:
         await conn.close()
     return {
@@ -144,7 +144,7 @@ def _twice(outcomes: list[Any], health: list[Any]) -> int:
 
 
 def _drift(outcomes: list[Any], journeys: list[Any]) -> int:
-    expected = recompute(outcomes)
+    expected = recompute(outcomes, {r["customer_id"]: r["as_of"] for r in journeys})
     drift = 0
     for row in journeys:
         want = expected.get(row["customer_id"])

@@ -56,8 +56,15 @@ class Explanation(OutcomeOut):
 
 
 class TouchpointHealthOut(BaseModel):
-    health: float | None = Field(ge=0, le=1, examples=[0.42])
+    health: float | None = Field(
+        ge=0, le=1, description="with the neutral prior (docs/scoring.md)", examples=[0.42]
+    )
     outcomes: int
+    evidence_weight: float = Field(
+        ge=0,
+        description="the decayed outcome weight behind the health, as of the customer's as_of",
+        examples=[3.5],
+    )
 
 
 class TrendPoint(BaseModel):
@@ -72,6 +79,19 @@ class CustomerHealth(BaseModel):
     )
     band: Band | None = Field(examples=["red"])
     weakest_touchpoint: str | None = Field(examples=["call_centre"])
+    evidence_weight: float = Field(
+        ge=0,
+        description="the decayed outcome weight behind the score, summed over touchpoints;"
+        " a low score on thin evidence opens no intervention (policy min_evidence)",
+        examples=[6.5],
+    )
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="evidence_weight / (evidence_weight + the priors' weight): how far the"
+        " score rests on outcomes rather than on the neutral prior",
+        examples=[0.62],
+    )
     touchpoints: dict[str, TouchpointHealthOut]
     as_of: datetime | None = Field(description="the newest event time applied: the freshness")
     updated_at: datetime | None

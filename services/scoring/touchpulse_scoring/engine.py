@@ -22,10 +22,13 @@ from aiokafka.partitioner import murmur2
 
 from touchpulse_scoring.dlq import DeadLetter
 from touchpulse_scoring.domain import (
+    Applied,
     Catalogue,
     Deadline,
     DeadlineRef,
+    Fulfilment,
     Intervention,
+    Journey,
     Outcome,
     TouchpointHealth,
     UnscorableEvent,
@@ -33,14 +36,12 @@ from touchpulse_scoring.domain import (
     assess,
     check_event,
     decide,
-    evaluate,
     expire_deadline,
     expire_overdue,
-    fulfil_deadline,
+    explain,
     fulfilment_refs,
     is_new,
-    keep_earliest,
-    open_deadlines,
+    judge_event,
     record_follow_up,
 )
 from touchpulse_scoring.outbox import insert_outbox, outbox_row
@@ -50,11 +51,13 @@ from touchpulse_scoring.store import (
     breach_window_start,
     intervention_from_row,
     intervention_record,
+    load_recent_outcomes,
     load_state,
     lock_customers,
     outcome_from_row,
     record_interventions,
     write_deadlines,
+    write_early_fulfilments,
     write_health,
     write_interventions,
     write_journeys,
@@ -112,6 +115,8 @@ class _Work:
     events: list[ExperienceEventV1] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     deadlines: dict[DeadlineRef, Deadline] = field(default_factory=dict)
+    #: Early fulfilments to remember (a value) or forget (None, the opening came).
+    early: dict[DeadlineRef, Fulfilment | None] = field(default_factory=dict)
     as_of: datetime | None = None
 
 
@@ -257,7 +262,8 @@ class Engine:
                     continue
                 report.applied += 1
                 report.received.append(by_event[event.identity][1])
-            pending.as_of = max((e.occurred_at for e in pending.events), default=None)
+                # The newest event time applied: what health is read at (see _settle).
+                pending.as_of = max(pending.as_of or event.occurred_at, event.occurred_at)
         await self._settle(
             conn, catalogue=catalogue, states=states, work=work, now=now, report=report
         )
@@ -265,26 +271,16 @@ class Engine:
     def _judge_event(
         self, event: ExperienceEventV1, catalogue: Catalogue, state: CustomerState, pending: _Work
     ) -> None:
-        # All-or-nothing per event: judge everything first, then record it.
-        outcomes = evaluate(event, catalogue, state.profile)
-        opened = open_deadlines(event, catalogue, state.profile)
-        for deadline in opened:
-            existing = state.deadlines.get(deadline.ref)
-            chosen = deadline if existing is None else keep_earliest(existing, deadline)
-            state.deadlines[deadline.ref] = chosen
-            pending.deadlines[deadline.ref] = chosen
-        for ref in fulfilment_refs(event, catalogue):
-            standing = state.deadlines.get(ref)
-            if standing is None or standing.state == "fulfilled":
-                # Fulfilled already, or the opening event has not arrived (yet): nothing to
-                # measure against. A late opening then starts a clock that this event
-                # should have stopped; see docs/scoring.md on out-of-order journeys.
-                continue
-            ended, outcome = fulfil_deadline(standing, event)
-            state.deadlines[ref] = ended
-            pending.deadlines[ref] = ended
-            outcomes.append(outcome)
-        pending.outcomes.extend(outcomes)
+        judged = judge_event(event, catalogue, state.profile, state.deadlines, state.early)
+        state.deadlines.update(judged.deadlines)
+        pending.deadlines.update(judged.deadlines)
+        for ref, fulfilment in judged.early.items():
+            if fulfilment is None:
+                state.early.pop(ref, None)
+            else:
+                state.early[ref] = fulfilment
+            pending.early[ref] = fulfilment
+        pending.outcomes.extend(judged.outcomes)
 
     async def _load(
         self,
@@ -315,7 +311,12 @@ class Engine:
         now: datetime,
         report: Report,
     ) -> None:
-        """Fold each customer's pending outcomes into health and decide on interventions."""
+        """Fold each customer's pending outcomes into health and decide on interventions.
+
+        Health is read at the customer's newest event time applied (``as_of``), a function
+        of the set of events: an event that changes no outcome can still move it, as the
+        evidence behind the health decays toward the prior.
+        """
         keys = {(o.customer_id, o.outcome_key) for w in work.values() for o in w.outcomes}
         await _load_standing(conn, states, keys)
         policy = catalogue.policy
@@ -323,13 +324,16 @@ class Engine:
         health_rows: list[tuple[str, str, TouchpointHealth]] = []
         journeys: list[JourneyRow] = []
         deadlines: list[Deadline] = []
-        interventions: list[Intervention] = []
-        webhooks: list[tuple[str, Intervention]] = []
+        early: list[tuple[DeadlineRef, Fulfilment | None]] = []
         outbox = []
+        judged: list[tuple[str, Journey, datetime, Applied]] = []
         for customer, pending in work.items():
             state = states[customer]
             deadlines.extend(pending.deadlines.values())
-            if not pending.outcomes:
+            early.extend(pending.early.items())
+            as_of = max(state.as_of or pending.as_of or now, pending.as_of or now)
+            advanced = state.as_of is None or as_of > state.as_of
+            if not pending.outcomes and not (advanced and state.health):
                 continue
             applied = apply_outcomes(
                 state.health, state.outcomes, pending.outcomes, half_life_days=policy.half_life_days
@@ -339,38 +343,51 @@ class Engine:
             report.outcomes.extend(recorded.values())
             touched = {o.touchpoint for o in (*applied.recorded, *applied.superseded)}
             health_rows.extend((customer, t, applied.health[t]) for t in sorted(touched))
-            journey = assess(applied.health, catalogue)
-            as_of = pending.as_of or now
-            journeys.append(
-                JourneyRow(
-                    customer_id=customer,
-                    score=journey.score,
-                    band=journey.band,
-                    weakest_touchpoint=journey.weakest_touchpoint,
-                    as_of=as_of,
-                    changed=journey.score != state.journey_score,
-                )
-            )
-            outbox.append(
-                outbox_row(
-                    self.topics.health,
-                    customer.encode(),
-                    orjson.dumps(
-                        {
-                            "customer_id": customer,
-                            "score": journey.score,
-                            "band": journey.band,
-                            "weakest_touchpoint": journey.weakest_touchpoint,
-                            "touchpoints": dict(journey.touchpoints),
-                            "as_of": format_rfc3339(as_of),
-                            "catalogue_version": catalogue.version,
-                        }
-                    ),
-                    [("content-type", b"application/json")],
-                )
-            )
-            if self.mute_interventions or not applied.recorded:
+            journey = assess(applied.health, catalogue, as_of)
+            if not applied.recorded and journey.score == state.journey_score:
+                if advanced:  # freshness only
+                    journeys.append(_journey_row(customer, journey, as_of, changed=False))
                 continue
+            journeys.append(
+                _journey_row(customer, journey, as_of, changed=journey.score != state.journey_score)
+            )
+            outbox.append(_health_record(self.topics.health, customer, journey, as_of, catalogue))
+            if self.mute_interventions:
+                continue
+            if state.current is not None or any(not o.met for o in applied.recorded):
+                # Triggers need a fresh breach; an open case follows every change.
+                judged.append((customer, journey, as_of, applied))
+        moves = await self._decide(conn, catalogue, states, judged)
+        report.opened.extend(iv for kind, iv in moves if kind == "intervention.opened")
+        outbox.extend(intervention_record(self.topics.interventions, k, iv) for k, iv in moves)
+        await write_outcomes(conn, outcome_rows)
+        await write_health(conn, health_rows, now)
+        await write_journeys(conn, journeys, now)
+        await write_deadlines(conn, deadlines)
+        await write_early_fulfilments(conn, early)
+        await write_interventions(conn, [iv for _, iv in moves])
+        # A re-ranking of an open case's gaps asks nothing of anyone: no webhook for it.
+        await write_webhook_events(conn, [m for m in moves if m[0] != "intervention.updated"])
+        await insert_outbox(conn, outbox)
+
+    async def _decide(
+        self,
+        conn: Conn,
+        catalogue: Catalogue,
+        states: dict[str, CustomerState],
+        judged: Sequence[tuple[str, Journey, datetime, Applied]],
+    ) -> list[tuple[str, Intervention]]:
+        """Open or attach interventions; each case carries the health explanation's breaches
+        at this moment (the same set and ranking the api explains health with)."""
+        policy = catalogue.policy
+        recent = await load_recent_outcomes(conn, [c for c, _, _, _ in judged])
+        moves: list[tuple[str, Intervention]] = []
+        for customer, journey, as_of, applied in judged:
+            state = states[customer]
+            # The customer's standing outcomes: the stored ones, with this batch's in place.
+            standing = {o.outcome_key: o for o in recent.get(customer, ())}
+            standing.update(applied.current)
+            explained = explain(applied.health, standing.values(), catalogue, as_of)
             decision = decide(
                 catalogue=catalogue,
                 customer_id=customer,
@@ -384,23 +401,12 @@ class Engine:
                 breaches=state.breaches,
                 current=state.current,
                 guard=state.guard,
+                explained=[e.outcome for e in explained],
+                evidence=journey.evidence,
             )
-            if decision.kind == "none" or decision.intervention is None:
-                continue
-            intervention = decision.intervention
-            interventions.append(intervention)
-            kind = f"intervention.{decision.kind}"
-            webhooks.append((kind, intervention))
-            if decision.kind == "opened":
-                report.opened.append(intervention)
-            outbox.append(intervention_record(self.topics.interventions, kind, intervention))
-        await write_outcomes(conn, outcome_rows)
-        await write_health(conn, health_rows, now)
-        await write_journeys(conn, journeys, now)
-        await write_deadlines(conn, deadlines)
-        await write_interventions(conn, interventions)
-        await write_webhook_events(conn, webhooks)
-        await insert_outbox(conn, outbox)
+            if decision.kind != "none" and decision.intervention is not None:
+                moves.append((f"intervention.{decision.kind}", decision.intervention))
+        return moves
 
     async def _applied_past_due(
         self, conn: Conn, refs: set[DeadlineRef], rows: Sequence[Any]
@@ -567,6 +573,40 @@ async def _load_standing(
         [k for _, k in ordered],
     ):
         states[row["customer_id"]].outcomes[row["outcome_key"]] = outcome_from_row(row)
+
+
+def _health_record(
+    topic: str, customer: str, journey: Journey, as_of: datetime, catalogue: Catalogue
+) -> tuple[str, bytes | None, bytes | None, str]:
+    """The ``journey.health.v1`` outbox row for one customer's new health."""
+    return outbox_row(
+        topic,
+        customer.encode(),
+        orjson.dumps(
+            {
+                "customer_id": customer,
+                "score": journey.score,
+                "band": journey.band,
+                "weakest_touchpoint": journey.weakest_touchpoint,
+                "touchpoints": dict(journey.touchpoints),
+                "evidence_weight": journey.evidence,
+                "as_of": format_rfc3339(as_of),
+                "catalogue_version": catalogue.version,
+            }
+        ),
+        [("content-type", b"application/json")],
+    )
+
+
+def _journey_row(customer: str, journey: Journey, as_of: datetime, *, changed: bool) -> JourneyRow:
+    return JourneyRow(
+        customer_id=customer,
+        score=journey.score,
+        band=journey.band,
+        weakest_touchpoint=journey.weakest_touchpoint,
+        as_of=as_of,
+        changed=changed,
+    )
 
 
 def partition_of(customer_id: str, partitions: int) -> int:

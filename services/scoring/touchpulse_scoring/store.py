@@ -16,11 +16,13 @@ from typing import Any
 import orjson
 
 from touchpulse_scoring.domain import (
+    EXPLAIN_WINDOW,
     NO_GUARD,
     CustomerProfile,
     Deadline,
     DeadlineRef,
     Expected,
+    Fulfilment,
     Gap,
     Intervention,
     InterventionState,
@@ -41,8 +43,12 @@ class CustomerState:
     profile: CustomerProfile = field(default_factory=CustomerProfile)
     health: dict[str, TouchpointHealth] = field(default_factory=dict)
     journey_score: float | None = None
+    #: The newest event time applied so far (None before the first): health is read there.
+    as_of: datetime | None = None
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     deadlines: dict[DeadlineRef, Deadline] = field(default_factory=dict)
+    #: Fulfilling events seen before their deadline's opening (see the deadline domain).
+    early: dict[DeadlineRef, Fulfilment] = field(default_factory=dict)
     breaches: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     current: Intervention | None = None
     guard: ReopenGuard = NO_GUARD
@@ -86,10 +92,11 @@ async def load_state(
             s=row["s"], w=row["w"], t_ref=row["t_ref"], outcomes=row["outcomes"]
         )
     for row in await conn.fetch(
-        "SELECT customer_id, score FROM journey_health WHERE customer_id = ANY($1::text[])",
+        "SELECT customer_id, score, as_of FROM journey_health WHERE customer_id = ANY($1::text[])",
         customers,
     ):
         states[row["customer_id"]].journey_score = row["score"]
+        states[row["customer_id"]].as_of = row["as_of"]
     keys = sorted(set(outcome_keys))
     if keys:
         for row in await conn.fetch(
@@ -116,6 +123,18 @@ async def load_state(
         ):
             deadline = deadline_from_row(row)
             states[deadline.customer_id].deadlines[deadline.ref] = deadline
+        for row in await conn.fetch(
+            """
+            SELECT f.* FROM early_fulfilment f
+            JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(c, p, j)
+              ON f.customer_id = k.c AND f.promise_id = k.p AND f.journey_key = k.j
+            """,
+            [r.customer_id for r in refs],
+            [r.promise_id for r in refs],
+            [r.journey_key for r in refs],
+        ):
+            ref = DeadlineRef(row["customer_id"], row["promise_id"], row["journey_key"])
+            states[ref.customer_id].early[ref] = Fulfilment(row["occurred_at"], row["event_ref"])
     for row in await conn.fetch(
         """
         SELECT customer_id, promise_id, occurred_at FROM outcome
@@ -182,7 +201,28 @@ def outcome_from_row(row: Any) -> Outcome:
         weight=row["weight"],
         severity=row["severity"],
         event_ids=tuple(row["event_ids"]),
+        opened_at=row["opened_at"],
     )
+
+
+async def load_recent_outcomes(conn: Conn, customers: Sequence[str]) -> dict[str, list[Outcome]]:
+    """Each customer's newest outcomes, as many as a health explanation looks at."""
+    found: dict[str, list[Outcome]] = defaultdict(list)
+    if not customers:
+        return found
+    for row in await conn.fetch(
+        """
+        SELECT o.* FROM unnest($1::text[]) AS c(id)
+        CROSS JOIN LATERAL (
+            SELECT * FROM outcome WHERE customer_id = c.id
+            ORDER BY occurred_at DESC, outcome_key DESC LIMIT $2
+        ) AS o
+        """,
+        sorted(set(customers)),
+        EXPLAIN_WINDOW,
+    ):
+        found[row["customer_id"]].append(outcome_from_row(row))
+    return found
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -220,6 +260,7 @@ def deadline_from_row(row: Any) -> Deadline:
         severity=row["severity"],
         state=row["state"],
         closed_at=row["closed_at"],
+        fulfilled_by=row["fulfilled_by"],
     )
 
 
@@ -323,20 +364,20 @@ async def write_outcomes(conn: Conn, outcomes: Sequence[Outcome]) -> None:
         """
         INSERT INTO outcome AS o (customer_id, outcome_key, promise_id, catalogue_version,
             touchpoint, occurred_at, expected, actual, gap, met, score, weight, severity,
-            event_ids)
+            event_ids, opened_at)
         SELECT c, k, p, v, t, at, e::jsonb, a::jsonb, g, m, s, w, sev,
-               ARRAY(SELECT jsonb_array_elements_text(ids::jsonb))
+               ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)), op
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                     $6::timestamptz[], $7::text[], $8::text[], $9::float8[], $10::bool[],
-                    $11::float8[], $12::float8[], $13::text[], $14::text[])
-             AS u(c, k, p, v, t, at, e, a, g, m, s, w, sev, ids)
+                    $11::float8[], $12::float8[], $13::text[], $14::text[], $15::timestamptz[])
+             AS u(c, k, p, v, t, at, e, a, g, m, s, w, sev, ids, op)
         ON CONFLICT (customer_id, outcome_key) DO UPDATE SET
             promise_id = EXCLUDED.promise_id, catalogue_version = EXCLUDED.catalogue_version,
             touchpoint = EXCLUDED.touchpoint, occurred_at = EXCLUDED.occurred_at,
             expected = EXCLUDED.expected, actual = EXCLUDED.actual, gap = EXCLUDED.gap,
             met = EXCLUDED.met, score = EXCLUDED.score, weight = EXCLUDED.weight,
             severity = EXCLUDED.severity, event_ids = EXCLUDED.event_ids,
-            recorded_at = now()
+            opened_at = EXCLUDED.opened_at, recorded_at = now()
         """,
         [o.customer_id for o in outcomes],
         [o.outcome_key for o in outcomes],
@@ -355,6 +396,7 @@ async def write_outcomes(conn: Conn, outcomes: Sequence[Outcome]) -> None:
         [o.weight for o in outcomes],
         [o.severity for o in outcomes],
         [_json(list(o.event_ids)) for o in outcomes],
+        [o.opened_at for o in outcomes],
     )
 
 
@@ -435,20 +477,21 @@ async def write_deadlines(conn: Conn, deadlines: Sequence[Deadline]) -> None:
         """
         INSERT INTO deadline AS d (customer_id, promise_id, journey_key, opened_at, due_at,
             opening_event_ids, catalogue_version, touchpoint, tolerance_hours, weight,
-            breach_weight, severity, state, closed_at)
+            breach_weight, severity, state, closed_at, fulfilled_by)
         SELECT c, p, j, o, du, ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)), v, t, tol,
-               w, bw, sev, st, cl
+               w, bw, sev, st, cl, fb
         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                     $6::text[], $7::text[], $8::text[], $9::float8[], $10::float8[],
-                    $11::float8[], $12::text[], $13::text[], $14::timestamptz[])
-             AS u(c, p, j, o, du, ids, v, t, tol, w, bw, sev, st, cl)
+                    $11::float8[], $12::text[], $13::text[], $14::timestamptz[], $15::text[])
+             AS u(c, p, j, o, du, ids, v, t, tol, w, bw, sev, st, cl, fb)
         ON CONFLICT (customer_id, promise_id, journey_key) DO UPDATE SET
             opened_at = EXCLUDED.opened_at, due_at = EXCLUDED.due_at,
             opening_event_ids = EXCLUDED.opening_event_ids,
             catalogue_version = EXCLUDED.catalogue_version, touchpoint = EXCLUDED.touchpoint,
             tolerance_hours = EXCLUDED.tolerance_hours, weight = EXCLUDED.weight,
             breach_weight = EXCLUDED.breach_weight, severity = EXCLUDED.severity,
-            state = EXCLUDED.state, closed_at = EXCLUDED.closed_at
+            state = EXCLUDED.state, closed_at = EXCLUDED.closed_at,
+            fulfilled_by = EXCLUDED.fulfilled_by
         """,
         [d.customer_id for d in deadlines],
         [d.promise_id for d in deadlines],
@@ -464,7 +507,43 @@ async def write_deadlines(conn: Conn, deadlines: Sequence[Deadline]) -> None:
         [d.severity for d in deadlines],
         [d.state for d in deadlines],
         [d.closed_at for d in deadlines],
+        [d.fulfilled_by for d in deadlines],
     )
+
+
+async def write_early_fulfilments(
+    conn: Conn, changes: Sequence[tuple[DeadlineRef, Fulfilment | None]]
+) -> None:
+    """Remember early fulfilments (a value) and forget settled ones (None)."""
+    keep = [(r, f) for r, f in changes if f is not None]
+    drop = [r for r, f in changes if f is None]
+    if keep:
+        await conn.execute(
+            """
+            INSERT INTO early_fulfilment (customer_id, promise_id, journey_key, occurred_at,
+                event_ref)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                                 $5::text[])
+            ON CONFLICT (customer_id, promise_id, journey_key) DO UPDATE SET
+                occurred_at = EXCLUDED.occurred_at, event_ref = EXCLUDED.event_ref
+            """,
+            [r.customer_id for r, _ in keep],
+            [r.promise_id for r, _ in keep],
+            [r.journey_key for r, _ in keep],
+            [f.occurred_at for _, f in keep],
+            [f.event_ref for _, f in keep],
+        )
+    if drop:
+        await conn.execute(
+            """
+            DELETE FROM early_fulfilment f
+            USING unnest($1::text[], $2::text[], $3::text[]) AS k(c, p, j)
+            WHERE f.customer_id = k.c AND f.promise_id = k.p AND f.journey_key = k.j
+            """,
+            [r.customer_id for r in drop],
+            [r.promise_id for r in drop],
+            [r.journey_key for r in drop],
+        )
 
 
 async def write_interventions(conn: Conn, interventions: Sequence[Intervention]) -> None:

@@ -23,6 +23,7 @@ from touchpulse_scoring.domain import (
     fulfilment_refs,
     keep_earliest,
     open_deadlines,
+    open_with,
 )
 
 CAT = catalogue()
@@ -208,9 +209,18 @@ def test_the_earliest_opening_stands_in_any_order() -> None:
     second = _order(at=T0 + 5 * HOUR)
     assert keep_earliest(first, second) == first
     assert keep_earliest(second, first) == first
-    result = expire_deadline(second, T0 + 100 * HOUR)
-    assert result is not None
-    assert keep_earliest(result[0], first) == result[0]  # an ended clock is not restarted
+    expired = expire_deadline(second, T0 + 100 * HOUR)
+    assert expired is not None
+    # An earlier opening arriving after the later one expired takes its place, and is
+    # expired as of when the later one was noticed missing (it was due even sooner).
+    reopened, outcome = open_with(expired[0], first)
+    assert (reopened.opened_at, reopened.state, reopened.closed_at) == (
+        T0,
+        "expired",
+        T0 + 100 * HOUR,
+    )
+    assert outcome is not None
+    assert (outcome.occurred_at, outcome.opened_at, outcome.actual) == (T0 + 48 * HOUR, T0, None)
 
 
 def test_opening_at_an_unknown_touchpoint_is_unscorable() -> None:

@@ -155,13 +155,14 @@ def test_attaching_adds_reasons_and_gaps_and_only_raises_priority() -> None:
     )
     assert grown.intervention_id == opened.intervention_id
     assert grown.reasons == (TriggerKind.LOW_HEALTH, TriggerKind.CRITICAL_BREACH)
-    assert [g.promise_id for g in grown.gaps] == ["a", "csat"]
+    # The newest explanation leads, in its own ranking; earlier gaps follow.
+    assert [g.promise_id for g in grown.gaps] == ["csat", "a"]
     assert grown.priority == 10.0
     assert grown.actions == ("fix csat", "fix a")
     assert attach(grown, now=T0, triggers=[], gaps=[], priority=25.0).priority == 25.0
     # A gap for a known outcome replaces it (a late delivery updates "never came").
     updated = attach(grown, now=T0, triggers=[], gaps=[_gap("a", score=0.9, gap=1)], priority=0)
-    assert [(g.promise_id, g.score) for g in updated.gaps] == [("csat", 0.0), ("a", 0.9)]
+    assert [(g.promise_id, g.score) for g in updated.gaps] == [("a", 0.9), ("csat", 0.0)]
 
 
 def test_recommended_actions_are_deduplicated_critical_first_then_worst_first() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.scoring.domain.support import HALF_LIFE_DAYS, catalogue, outcome
+from tests.scoring.domain.support import HALF_LIFE_DAYS, T0, catalogue, outcome
 from touchpulse_scoring.domain import (
     apply_outcomes,
     assess,
@@ -20,7 +20,7 @@ IMPORTANCE = {"web": 1.0, "billing": 3.0, "delivery": 0.0}
 def test_no_outcomes_gives_no_score() -> None:
     assert journey_health({}, IMPORTANCE, 0.5) is None
     assert journey_health({"web": None, "billing": None}, IMPORTANCE, 0.5) is None
-    journey = assess({}, catalogue())
+    journey = assess({}, catalogue(), T0)
     assert (journey.score, journey.band, journey.weakest_touchpoint) == (None, None, None)
 
 
@@ -61,7 +61,7 @@ def test_weakest_touchpoint_ties_go_to_the_more_important() -> None:
 
 
 def test_assess_bands_and_names_the_weakest_link() -> None:
-    cat = catalogue()
+    cat = catalogue(prior={"weight": 0})  # the raw weakest-link arithmetic, no prior
     applied = apply_outcomes(
         {},
         {},
@@ -71,7 +71,7 @@ def test_assess_bands_and_names_the_weakest_link() -> None:
         ],
         half_life_days=HALF_LIFE_DAYS,
     )
-    journey = assess(applied.health, cat)
+    journey = assess(applied.health, cat, T0)
     # billing a=1, delivery a=2: mean 0.4, min 0.1 -> 100 * (0.2 + 0.05)
     assert journey.score == pytest.approx(25.0)
     assert journey.band == "red"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,19 +69,27 @@ def make_event(
     )
 
 
-def recompute(outcomes: list[Any]) -> dict[str, float | None]:
-    """Journey health straight from the brief's formulas over the stored outcomes."""
-    half_life_s = CATALOGUE.policy.half_life_days * 86_400
-    lam = CATALOGUE.policy.weakest_link_lambda
+def recompute(outcomes: list[Any], as_of: Mapping[str, datetime]) -> dict[str, float | None]:
+    """Journey health straight from the brief's formulas over the stored outcomes, read at
+    each customer's ``as_of`` (the newest event time applied), with the policy's prior."""
+    policy = CATALOGUE.policy
+    half_life_s = policy.half_life_days * 86_400
+    lam = policy.weakest_link_lambda
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
     for o in outcomes:
-        decay = 2 ** ((o["occurred_at"] - START).total_seconds() / half_life_s)
+        at = as_of[o["customer_id"]]
+        decay = 2 ** ((o["occurred_at"] - at).total_seconds() / half_life_s)
         pair = sums[o["customer_id"]][o["touchpoint"]]
         pair[0] += o["weight"] * o["score"] * decay
         pair[1] += o["weight"] * decay
     result: dict[str, float | None] = {}
     for customer, by_touchpoint in sums.items():
-        health = {t: s / w for t, (s, w) in by_touchpoint.items() if w > 0}
+        priors = {t: policy.prior.for_touchpoint(t) for t in by_touchpoint}
+        health = {
+            t: (s + priors[t].weight * priors[t].score) / (w + priors[t].weight)
+            for t, (s, w) in by_touchpoint.items()
+            if w > 0
+        }
         importance = {t: CATALOGUE.touchpoints[t] for t in health}
         weighted = sum(importance[t] * h for t, h in health.items()) / sum(importance.values())
         result[customer] = 100 * ((1 - lam) * weighted + lam * min(health.values()))
@@ -115,8 +124,9 @@ async def check_ledger(pipeline: Pipeline, events: list[ExperienceEventV1]) -> d
         # (or a lost one) makes it disagree with the outcome table.
         if row["outcomes"] != counts[(row["customer_id"], row["touchpoint"])]:
             twice += 1
-    expected = recompute(outcomes)
-    for row in await pipeline.fetch("SELECT customer_id, score FROM journey_health"):
+    journeys = await pipeline.fetch("SELECT customer_id, score, as_of FROM journey_health")
+    expected = recompute(outcomes, {r["customer_id"]: r["as_of"] for r in journeys})
+    for row in journeys:
         want = expected.get(row["customer_id"])
         if want is None or not math.isclose(row["score"], want, rel_tol=1e-9, abs_tol=1e-9):
             drift += 1

@@ -48,10 +48,9 @@ async def test_state_equals_a_recomputation_and_duplicates_count_once(pipeline: 
             behind[ref] += 1
     per_event = {f"test-source/{e.event_id}" for e in events}
     assert set(behind) == per_event
-    journeys = {
-        r["customer_id"]: r["score"] for r in await pipeline.fetch("SELECT * FROM journey_health")
-    }
-    expected = recompute(outcomes)
+    rows = await pipeline.fetch("SELECT * FROM journey_health")
+    journeys = {r["customer_id"]: r["score"] for r in rows}
+    expected = recompute(outcomes, {r["customer_id"]: r["as_of"] for r in rows})
     assert set(journeys) == set(expected)
     for customer, score in expected.items():
         assert score is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -24,7 +23,14 @@ from touchpulse_api.models import (
     TouchpointHealthOut,
     TrendPoint,
 )
-from touchpulse_scoring.domain import TouchpointHealth, journey_health, replace_outcome
+from touchpulse_scoring.domain import (
+    EXPLAIN_WINDOW,
+    TouchpointHealth,
+    assess,
+    evidence,
+    explain,
+    touchpoint_values,
+)
 from touchpulse_scoring.outbox import insert_outbox
 from touchpulse_scoring.profiles import from_row as profile_from_row
 from touchpulse_scoring.profiles import profile_outbox_row
@@ -32,10 +38,6 @@ from touchpulse_scoring.store import lock_customers, outcome_from_row
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
-
-# The explanation looks at this many recent outcomes: older ones have decayed anyway.
-_EXPLAIN_WINDOW = 200
-_EXPLAIN_TOP = 10
 
 
 def encode_cursor(values: list[Any]) -> str:
@@ -112,9 +114,12 @@ async def customer_health(
             context.clock() - timedelta(days=trend_days),
         )
         recent = await conn.fetch(
-            "SELECT * FROM outcome WHERE customer_id = $1 ORDER BY occurred_at DESC LIMIT $2",
+            """
+            SELECT * FROM outcome WHERE customer_id = $1
+            ORDER BY occurred_at DESC, outcome_key DESC LIMIT $2
+            """,
             customer_id,
-            _EXPLAIN_WINDOW,
+            EXPLAIN_WINDOW,
         )
         open_id = await conn.fetchval(
             """
@@ -124,38 +129,36 @@ async def customer_health(
             customer_id,
         )
     policy = catalogue.policy
-    values = {t: s.value for t, s in states.items()}
-    score = journey_health(values, catalogue.touchpoints, policy.weakest_link_lambda)
-    explanation = []
-    for row in recent:
-        outcome = outcome_from_row(row)
-        state = states.get(outcome.touchpoint)
-        if state is None or score is None or outcome.met:
-            continue
-        # What this breach costs: the score had the promise been kept instead. Marginal
-        # removal would say nothing once a touchpoint is at 0 through several breaches.
-        kept = replace(outcome, score=1.0, met=True, gap=0.0, severity="normal")
-        if_kept = replace_outcome(state, outcome, kept, half_life_days=policy.half_life_days)
-        other = journey_health(
-            {**values, outcome.touchpoint: if_kept.value},
-            catalogue.touchpoints,
-            policy.weakest_link_lambda,
-        )
-        impact = score - (other if other is not None else score)
-        explanation.append(Explanation(**outcome_out(row).model_dump(), impact=round(impact, 6)))
-    explanation.sort(key=lambda e: e.impact)
+    # Read where scoring read it: at the customer's newest event time applied.
+    at = context.clock() if journey is None else journey["as_of"]
+    values = touchpoint_values(states, catalogue, at)
+    journey_now = assess(states, catalogue, at)
+    rows = {row["outcome_key"]: row for row in recent}
+    explanation = [
+        Explanation(**outcome_out(rows[e.outcome.outcome_key]).model_dump(), impact=e.impact)
+        for e in explain(states, (outcome_from_row(r) for r in recent), catalogue, at)
+    ]
+    priors = sum(policy.prior.for_touchpoint(t).weight for t in journey_now.touchpoints)
+    total = journey_now.evidence + priors
     return CustomerHealth(
         customer_id=customer_id,
         score=None if journey is None else journey["score"],
         band=None if journey is None else journey["band"],
         weakest_touchpoint=None if journey is None else journey["weakest_touchpoint"],
+        evidence_weight=journey_now.evidence,
+        confidence=journey_now.evidence / total if total > 0 else 0.0,
         touchpoints={
-            t: TouchpointHealthOut(health=s.value, outcomes=s.outcomes) for t, s in states.items()
+            t: TouchpointHealthOut(
+                health=values[t],
+                outcomes=s.outcomes,
+                evidence_weight=evidence(s, at, half_life_days=policy.half_life_days),
+            )
+            for t, s in states.items()
         },
         as_of=None if journey is None else journey["as_of"],
         updated_at=None if journey is None else journey["updated_at"],
         trend=[TrendPoint(at=r["at"], score=r["score"]) for r in trend],
-        explanation=[e for e in explanation if e.impact != 0][:_EXPLAIN_TOP],
+        explanation=explanation,
         open_intervention_id=open_id,
     )
 

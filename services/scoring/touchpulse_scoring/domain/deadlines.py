@@ -10,15 +10,25 @@ the hours it took, gap the hours late. Expiry records a breach with ``actual=Non
 0 at ``due_at``; a late fulfilment records an outcome with the *same* outcome key, which
 supersedes that breach with the real gap and its linear score (see :mod:`.ledger`).
 
+**Order independence.** A deadline's outcome is a function of the *set* of its events: it
+is judged from the earliest opening and the earliest fulfilment, whatever order they came in:
+
+- a fulfilling event with no deadline yet is remembered (:class:`EarlyFulfilment`, per
+  customer, promise and journey) and settles the clock the moment the opening arrives, with
+  the real gap (:func:`open_with`);
+- an earlier opening arriving after a later one replaces it and re-judges the journey with
+  the fulfilment already seen; an earlier fulfilment re-judges a fulfilled deadline
+  (:func:`fulfil_with`). Every re-judgement ranks before what it replaces in the ledger, so
+  the standing outcome is the one the whole set gives.
+
+Expiry alone depends on time (the sweep's ``now``): a breach by absence recorded while the
+fulfilment was still on its way is superseded when it arrives, so the final outcome agrees.
+
 A deadline carries the terms it was opened under (tolerance, weight, new-customer multiplier,
 severity, catalogue version), so a catalogue reload never changes a clock already running.
 
-Known limits, by design:
-
-- A fulfilling event with no open (or expired) deadline yields nothing: a delivery whose
-  order event never arrived, or arrived after it, was promised nothing that we know of.
-- An opening event without ``journey_id`` gets the opening event's ``event_id`` as journey
-  key, so only an event whose ``journey_id`` is that id can fulfil it.
+An opening event without ``journey_id`` gets the opening event's ``event_id`` as journey
+key, so only an event whose ``journey_id`` is that id can fulfil it.
 """
 
 from __future__ import annotations
@@ -61,6 +71,32 @@ class DeadlineRef:
     journey_key: str
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Fulfilment:
+    """A fulfilling event: when it happened and which it was (ordered: earliest first)."""
+
+    occurred_at: datetime
+    event_ref: str
+
+    @classmethod
+    def of(cls, event: ExperienceEventV1) -> Fulfilment:
+        return cls(event.occurred_at, event_ref(event))
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyFulfilment:
+    """A fulfilling event that came before any opening of its deadline."""
+
+    ref: DeadlineRef
+    fulfilment: Fulfilment
+
+
+def earliest(*fulfilments: Fulfilment | None) -> Fulfilment | None:
+    """The earliest of the fulfilments given (None when there is none)."""
+    known = [f for f in fulfilments if f is not None]
+    return min(known) if known else None
+
+
 @dataclass(frozen=True, slots=True)
 class Deadline:
     """A running (or ended) clock for one deadline promise, one customer and one journey."""
@@ -81,6 +117,14 @@ class Deadline:
     state: DeadlineState = "open"
     #: When it stopped being open: the expiry sweep's ``now``, or the fulfilling event's time.
     closed_at: datetime | None = None
+    #: ``source/event_id`` of the fulfilling event (the earliest seen), once fulfilled.
+    fulfilled_by: str | None = None
+
+    @property
+    def fulfilment(self) -> Fulfilment | None:
+        if self.state != "fulfilled" or self.closed_at is None or self.fulfilled_by is None:
+            return None
+        return Fulfilment(self.closed_at, self.fulfilled_by)
 
     @property
     def ref(self) -> DeadlineRef:
@@ -130,25 +174,56 @@ def open_deadlines(
 
 
 def keep_earliest(existing: Deadline, candidate: Deadline) -> Deadline:
-    """Which of two openings of the same deadline stands, whatever order they arrived in.
-
-    The earlier opening wins (an amended order does not restart the clock); once a deadline
-    has ended, a late-arriving opening changes nothing.
-    """
+    """Which of two openings of the same deadline stands: the earlier one, whatever order
+    they arrived in (an amended order does not restart the clock). The standing deadline
+    keeps its state; :func:`open_with` re-judges it when the opening changes."""
     if existing.ref != candidate.ref:
         raise ValueError(f"{existing.ref} and {candidate.ref} are different deadlines")
-    if existing.state != "open":
-        return existing
-    if (candidate.opened_at, candidate.opening_event_ids) < (
-        existing.opened_at,
-        existing.opening_event_ids,
-    ):
+    if _opening(candidate) < _opening(existing):
         return candidate
     return existing
 
 
+def open_with(
+    existing: Deadline | None, candidate: Deadline, early: Fulfilment | None = None
+) -> tuple[Deadline, Outcome | None]:
+    """Fold an opening into the deadline: the earliest opening stands, judged at once when a
+    fulfilment is already known (``early``, or the one the standing deadline recorded).
+
+    Returns the deadline to keep and the outcome to record, if the opening changed it.
+    """
+    if existing is None:
+        return _settle(candidate, early)
+    if existing.ref != candidate.ref:
+        raise ValueError(f"{existing.ref} and {candidate.ref} are different deadlines")
+    if not _opening(candidate) < _opening(existing):
+        # The standing opening is earlier: only an earlier fulfilment changes anything.
+        if early is None or (existing.fulfilment is not None and not early < existing.fulfilment):
+            return existing, None
+        return judge_fulfilment(existing, early)
+    fulfilment = earliest(existing.fulfilment, early)
+    if fulfilment is not None:
+        return judge_fulfilment(candidate, fulfilment)
+    if existing.state == "expired" and existing.closed_at is not None:
+        # Noticed missing at closed_at: the earlier clock may have run out by then too.
+        expired = expire_deadline(candidate, existing.closed_at)
+        if expired is not None:
+            return expired
+    return candidate, None
+
+
+def _settle(deadline: Deadline, early: Fulfilment | None) -> tuple[Deadline, Outcome | None]:
+    if early is None:
+        return deadline, None
+    return judge_fulfilment(deadline, early)
+
+
+def _opening(deadline: Deadline) -> tuple[datetime, tuple[str, ...]]:
+    return (deadline.opened_at, deadline.opening_event_ids)
+
+
 def fulfilment_refs(event: ExperienceEventV1, catalogue: Catalogue) -> list[DeadlineRef]:
-    """The deadlines this event would fulfil, if they are open or expired.
+    """The deadlines this event would fulfil.
 
     An event without ``journey_id`` fulfils nothing: it cannot say which journey it ends.
     """
@@ -160,32 +235,51 @@ def fulfilment_refs(event: ExperienceEventV1, catalogue: Catalogue) -> list[Dead
     ]
 
 
+def fulfil_with(deadline: Deadline, fulfilment: Fulfilment) -> tuple[Deadline, Outcome] | None:
+    """Fold a fulfilling event into a deadline: the earliest fulfilment stands.
+
+    ``None`` when the deadline already records an earlier (or the same) fulfilment.
+    """
+    standing = deadline.fulfilment
+    if standing is not None and not fulfilment < standing:
+        return None
+    return judge_fulfilment(deadline, fulfilment)
+
+
 def fulfil_deadline(deadline: Deadline, event: ExperienceEventV1) -> tuple[Deadline, Outcome]:
     """End a deadline with the event that keeps it: on time, or late with the real gap."""
     if deadline.state == "fulfilled":
         raise ValueError(f"deadline {deadline.ref} is already fulfilled")
     if (event.customer_id, event.journey_id) != (deadline.customer_id, deadline.journey_key):
         raise ValueError(f"event {event_ref(event)} is not on deadline {deadline.ref}")
-    met = event.occurred_at <= deadline.due_at
+    return judge_fulfilment(deadline, Fulfilment.of(event))
+
+
+def judge_fulfilment(deadline: Deadline, fulfilment: Fulfilment) -> tuple[Deadline, Outcome]:
+    """The deadline fulfilled by ``fulfilment``, and its outcome: on time or the real gap."""
+    at = fulfilment.occurred_at
+    met = at <= deadline.due_at
     # Straight from the datetimes, so on-time is exact and lateness has no rounding drift.
-    late_hours = 0.0 if met else (event.occurred_at - deadline.due_at).total_seconds() / _HOUR
+    late_hours = 0.0 if met else (at - deadline.due_at).total_seconds() / _HOUR
     outcome = Outcome(
         outcome_key=deadline.outcome_key,
         customer_id=deadline.customer_id,
         promise_id=deadline.promise_id,
         catalogue_version=deadline.catalogue_version,
         touchpoint=deadline.touchpoint,
-        occurred_at=event.occurred_at,
+        occurred_at=at,
         expected=deadline.expected(),
-        actual=(event.occurred_at - deadline.opened_at).total_seconds() / _HOUR,
+        actual=(at - deadline.opened_at).total_seconds() / _HOUR,
         gap=late_hours,
         met=met,
         score=1.0 if met else clamp01(1.0 - late_hours / deadline.tolerance_hours),
         weight=deadline.weight * (1.0 if met else deadline.breach_weight),
         severity="normal" if met else deadline.severity,
-        event_ids=(*deadline.opening_event_ids, event_ref(event)),
+        event_ids=(*deadline.opening_event_ids, fulfilment.event_ref),
+        opened_at=deadline.opened_at,
     )
-    return replace(deadline, state="fulfilled", closed_at=event.occurred_at), outcome
+    ended = replace(deadline, state="fulfilled", closed_at=at, fulfilled_by=fulfilment.event_ref)
+    return ended, outcome
 
 
 def expire_deadline(deadline: Deadline, now: datetime) -> tuple[Deadline, Outcome] | None:
@@ -214,6 +308,7 @@ def expire_deadline(deadline: Deadline, now: datetime) -> tuple[Deadline, Outcom
         weight=deadline.weight * deadline.breach_weight,
         severity=deadline.severity,
         event_ids=deadline.opening_event_ids,
+        opened_at=deadline.opened_at,
     )
     return replace(deadline, state="expired", closed_at=now), outcome
 

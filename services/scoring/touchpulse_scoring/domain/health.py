@@ -10,6 +10,19 @@ Adding and removing an outcome are O(1), and a multiset of outcomes gives the sa
 float rounding) whatever order it arrives in. ``outcomes`` counts the terms so that removing
 the last one resets the sums to exact zeros rather than to rounding residue.
 
+Evidence and the prior. ``value`` is the raw ratio, which reads one breach on an otherwise
+silent touchpoint as 0. What scoring and the api report is :func:`health_at`: the outcomes
+plus a neutral pseudo-outcome (``prior.score`` with weight ``prior.weight``) that does not
+decay, read at a time ``at`` (the customer's newest event time)::
+
+    E = W · 2^((t_ref - at)/h)             the evidence: the decayed outcome weight at ``at``
+    H = (S · 2^((t_ref - at)/h) + p_w p_s) / (E + p_w)
+
+Thin evidence sits near the prior and moves toward the outcomes' own mean as evidence grows;
+old evidence decays back toward the prior. Still O(1), and still a function of the set of
+outcomes and ``at`` alone (``at`` is the newest event time applied, itself a set function),
+so order independence holds; with no outcomes there is no health (``None``), as before.
+
 Float bounds: an outcome more than :data:`REBASE_ABOVE` half-lives newer than ``t_ref`` first
 moves ``t_ref`` to its own time (scaling S and W down), so no factor exceeds ``2^64`` and, with
 weights at most 1000 * the new-customer multiplier (≤ 100), W stays below ``2^64 * 10^5 * n``,
@@ -64,6 +77,46 @@ class TouchpointHealth:
 
 
 EMPTY = TouchpointHealth()
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """The neutral pseudo-outcome every touchpoint's health starts from (see the module doc)."""
+
+    score: float
+    weight: float
+
+
+#: No prior: :func:`health_at` reads the raw ratio.
+NO_PRIOR = Prior(score=1.0, weight=0.0)
+
+
+def evidence(state: TouchpointHealth, at: datetime, *, half_life_days: float) -> float:
+    """The decayed outcome weight as of ``at``: how much the touchpoint's health rests on."""
+    if state.t_ref is None or state.outcomes <= 0 or not state.w > 0.0:
+        return 0.0
+    return state.w * _decay(state.t_ref, at, half_life_days)
+
+
+def health_at(
+    state: TouchpointHealth, at: datetime, prior: Prior, *, half_life_days: float
+) -> float | None:
+    """H in [0, 1] with the prior, read at ``at``; ``None`` when no outcome counts."""
+    raw = state.value
+    if raw is None or state.t_ref is None:
+        return None
+    if prior.weight <= 0.0:
+        return raw
+    factor = _decay(state.t_ref, at, half_life_days)
+    numerator = state.s * factor + prior.weight * prior.score
+    ratio = numerator / (state.w * factor + prior.weight)
+    return min(max(ratio, 0.0), 1.0)
+
+
+def _decay(t_ref: datetime, at: datetime, half_life_days: float) -> float:
+    # ``at`` is never before the outcomes in practice; the cap keeps a stray one finite.
+    factor: float = 2.0 ** min(_exponent(t_ref, at, half_life_days), REBASE_ABOVE)
+    return factor
 
 
 def add_outcome(

@@ -329,13 +329,13 @@ def _merge_triggers(old: tuple[Trigger, ...], new: Iterable[Trigger]) -> tuple[T
 
 
 def _merge_gaps(old: tuple[Gap, ...], new: Iterable[Gap]) -> tuple[Gap, ...]:
-    # A gap with a known key replaces the old one (a late delivery updates "never came")
-    # and counts as the newest, so the cap drops what has not been heard of longest.
-    by_key = {g.outcome_key: g for g in old}
-    for gap in new:
-        by_key.pop(gap.outcome_key, None)
-        by_key[gap.outcome_key] = gap
-    return tuple(by_key.values())[-MAX_GAPS:]
+    # ``new`` is the health explanation now, ranked: it leads, in its own order (a gap with a
+    # known key replaces the old one: a late delivery updates "never came"). Earlier gaps no
+    # longer in it follow, so the case keeps what brought it here; past the cap the ones
+    # that have been out of the explanation longest go first.
+    ranked = {g.outcome_key: g for g in new}
+    rest = [g for g in old if g.outcome_key not in ranked]
+    return (*ranked.values(), *rest)[:MAX_GAPS]
 
 
 def _require(intervention: Intervention, states: Iterable[InterventionState], verb: str) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from touchpulse_scoring.domain.catalogue import Catalogue
-from touchpulse_scoring.domain.health import TouchpointHealth
+from touchpulse_scoring.domain.health import TouchpointHealth, evidence, health_at
 from touchpulse_scoring.domain.policy import Band
 
 
@@ -28,8 +29,10 @@ class Journey:
     score: float | None
     band: Band | None
     weakest_touchpoint: str | None
-    #: H per touchpoint that counted.
+    #: H per touchpoint that counted (with the prior).
     touchpoints: Mapping[str, float]
+    #: The decayed outcome weight behind the score, summed over the touchpoints that counted.
+    evidence: float = 0.0
 
 
 def journey_health(
@@ -63,16 +66,34 @@ def weakest_touchpoint(
     return min(values, key=lambda t: (values[t], -importance[t], t))
 
 
-def assess(states: Mapping[str, TouchpointHealth], catalogue: Catalogue) -> Journey:
-    """Journey health, band and weakest touchpoint under the catalogue's policy."""
-    health = {t: state.value for t, state in states.items()}
+def touchpoint_values(
+    states: Mapping[str, TouchpointHealth], catalogue: Catalogue, at: datetime
+) -> dict[str, float | None]:
+    """H per touchpoint with the policy's prior, read at ``at`` (the newest event time)."""
+    policy = catalogue.policy
+    return {
+        t: health_at(
+            state, at, policy.prior.for_touchpoint(t), half_life_days=policy.half_life_days
+        )
+        for t, state in states.items()
+    }
+
+
+def assess(states: Mapping[str, TouchpointHealth], catalogue: Catalogue, at: datetime) -> Journey:
+    """Journey health, band, weakest touchpoint and evidence under the catalogue's policy,
+    read at ``at``: the customer's newest event time applied, so the same events give the
+    same journey whatever order and batches they came in."""
+    health = touchpoint_values(states, catalogue, at)
     importance = catalogue.touchpoints
     score = journey_health(health, importance, catalogue.policy.weakest_link_lambda)
+    counted = _with_data(health, importance)
+    half_life = catalogue.policy.half_life_days
     return Journey(
         score=score,
         band=None if score is None else catalogue.policy.bands.of(score),
         weakest_touchpoint=weakest_touchpoint(health, importance),
-        touchpoints=_with_data(health, importance),
+        touchpoints=counted,
+        evidence=sum(evidence(states[t], at, half_life_days=half_life) for t in sorted(counted)),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from touchpulse_scoring.domain.health import (
     EMPTY,
@@ -24,16 +24,25 @@ from touchpulse_scoring.domain.outcomes import Outcome, OutcomeKey
 def supersedes(new: Outcome, old: Outcome) -> bool:
     """Whether ``new`` replaces ``old`` under the same key, whichever came first.
 
-    An arrived event beats a breach by absence (a late delivery replaces "never came"); of
-    two arrived events the earlier one stands (it is when the promise was kept); anything
-    else is a retry or replay, and the standing outcome stays.
+    For a deadline, the outcome judged from the earlier opening stands (an order placed
+    earlier started the clock earlier); then an arrived event beats a breach by absence (a
+    late delivery replaces "never came"); of two arrived events the earlier one stands (it
+    is when the promise was kept); anything else is a retry or replay, and the standing
+    outcome stays. The deadline domain judges (earliest opening, earliest fulfilment) once
+    both are known, and that outcome ranks first, so the standing outcome depends only on
+    the set of events.
     """
     return _rank(new) < _rank(old)
 
 
-def _rank(outcome: Outcome) -> tuple[bool, datetime, tuple[str, ...]]:
+#: Deadline outcomes stored before openings were recorded rank after any re-judgement.
+_UNKNOWN_OPENING = datetime.max.replace(tzinfo=UTC)
+
+
+def _rank(outcome: Outcome) -> tuple[datetime, bool, datetime, tuple[str, ...]]:
     # An expiry is dated at due_at, not when it was noticed, so two sweeps rank equal.
-    return (outcome.actual is None, outcome.occurred_at, outcome.event_ids)
+    opened = _UNKNOWN_OPENING if outcome.opened_at is None else outcome.opened_at
+    return (opened, outcome.actual is None, outcome.occurred_at, outcome.event_ids)
 
 
 @dataclass(frozen=True, slots=True)

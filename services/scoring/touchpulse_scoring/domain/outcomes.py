@@ -82,6 +82,8 @@ class Outcome:
     severity: Severity
     #: ``source/event_id`` of every event behind the outcome.
     event_ids: tuple[str, ...]
+    #: For a deadline outcome, when the clock it was judged on started (see :mod:`.ledger`).
+    opened_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.score <= 1.0) or not (self.gap >= 0.0) or not (self.weight >= 0.0):

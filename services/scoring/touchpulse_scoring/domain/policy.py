@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from touchpulse_scoring.domain.health import Prior
 from touchpulse_scoring.domain.promises import MODEL_CONFIG
 
 Band = Literal["red", "amber", "green"]
@@ -39,6 +40,40 @@ class Bands(BaseModel):
         return "green"
 
 
+class PriorTerms(BaseModel):
+    """A neutral pseudo-outcome: the score health starts from and how much evidence it is
+    worth (in promise weights). Weight 0 turns the prior off for that touchpoint."""
+
+    model_config = MODEL_CONFIG
+
+    score: Annotated[float, Field(ge=0, le=1)] = 0.8
+    weight: Annotated[float, Field(ge=0, le=1000)] = 2.0
+
+
+class PriorOverride(BaseModel):
+    """One touchpoint's own prior score and/or weight."""
+
+    model_config = MODEL_CONFIG
+
+    score: Annotated[float, Field(ge=0, le=1)] | None = None
+    weight: Annotated[float, Field(ge=0, le=1000)] | None = None
+
+
+class HealthPrior(PriorTerms):
+    """The prior for every touchpoint, with per-touchpoint overrides."""
+
+    touchpoints: dict[str, PriorOverride] = Field(default_factory=dict)
+
+    def for_touchpoint(self, touchpoint: str) -> Prior:
+        override = self.touchpoints.get(touchpoint)
+        if override is None:
+            return Prior(score=self.score, weight=self.weight)
+        return Prior(
+            score=self.score if override.score is None else override.score,
+            weight=self.weight if override.weight is None else override.weight,
+        )
+
+
 class RepeatBreaches(BaseModel):
     """The same promise broken ``count`` times within ``within_days`` calls for action."""
 
@@ -64,6 +99,10 @@ class InterventionPolicy(BaseModel):
     expire_unacknowledged_days: Days = 14.0
     follow_up_days: Days = 14.0
     critical_priority_floor: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    # A low health resting on less than this much evidence (decayed outcome weight, summed
+    # over touchpoints) opens nothing: one slow page load is not worth a call. Critical and
+    # repeated breaches do not wait for evidence.
+    min_evidence: Annotated[float, Field(ge=0, le=100_000)] = 4.0
 
     @model_validator(mode="after")
     def _acknowledge_before_expiry(self) -> InterventionPolicy:
@@ -84,6 +123,7 @@ class Policy(BaseModel):
     model_config = MODEL_CONFIG
 
     half_life_days: Days = 30.0
+    prior: HealthPrior = Field(default_factory=HealthPrior)
     weakest_link_lambda: Annotated[float, Field(ge=0, le=1)] = 0.5
     bands: Bands = Field(default_factory=Bands)
     new_customer_days: Annotated[int, Field(ge=0, le=3650)] = 90

@@ -8,7 +8,12 @@ nothing new happened otherwise, and a case needs a fresh gap to show. Among the 
   ``repeat_breaches.within_days`` (by event time), counting only breaches after the last
   intervention closed: those before were that intervention's business;
 - **low health**: journey health under the threshold (``new_customer_threshold`` for new
-  customers).
+  customers), resting on at least ``min_evidence`` of decayed outcome weight: one slow page
+  load on a customer we know nothing else about is not worth a call.
+
+The case carries the breaches of the health explanation at that moment (``explained``,
+ranked by :func:`~.explain.explain`), not only the batch's own: the same gaps however the
+events were batched. A triggering critical breach is always among them.
 
 Hysteresis: a customer has at most one open (open or acknowledged) intervention, and every
 later trigger attaches to it (its gaps and reasons added, priority raised if higher). After
@@ -95,7 +100,9 @@ NO_GUARD = ReopenGuard()
 class Decision:
     """What to do: nothing, open a new intervention, or attach to the open one."""
 
-    kind: Literal["none", "opened", "attached"]
+    #: ``updated``: only the open case's gaps were re-ranked (kept outcomes moved the
+    #: explanation); nothing calls for anyone's attention.
+    kind: Literal["none", "opened", "attached", "updated"]
     #: The new or updated intervention; the open one unchanged (or None) for ``none``.
     intervention: Intervention | None
     #: Every trigger found, including those hysteresis held back.
@@ -117,12 +124,17 @@ def decide(
     breaches: BreachHistory,
     current: Intervention | None,
     guard: ReopenGuard,
+    explained: Sequence[Outcome] | None = None,
+    evidence: float = float("inf"),
 ) -> Decision:
     """Judge the outcomes just applied for one customer (health is already updated).
 
     ``current`` is the customer's open or acknowledged intervention, if any; ``guard`` what
     is remembered of the last closed one; ``outcomes`` only those that changed the state
     (:attr:`~.ledger.Applied.recorded`), so a replayed duplicate triggers nothing.
+    ``explained`` is the health explanation's breaches, ranked (``None``: the batch's own
+    breaches, for callers without the customer's history); ``evidence`` the decayed outcome
+    weight behind ``health``.
     """
     if current is not None and not current.is_open:
         raise ValueError(f"intervention {current.intervention_id} is {current.state}, not open")
@@ -133,14 +145,21 @@ def decide(
     guard = guard.observe(health, policy, is_new=is_new)
 
     broken = [o for o in outcomes if not o.met]
+    low = health if evidence >= policy.min_evidence else None
     triggers = _triggers(
-        broken, breaches, guard=guard, policy=policy, health=health, threshold=threshold
+        broken, breaches, guard=guard, policy=policy, health=low, threshold=threshold
     )
-    if not triggers:
+    if not triggers and (current is None or not outcomes or explained is None):
         return Decision(kind="none", intervention=current, triggers=(), guard=guard)
 
     critical = any(t.kind is TriggerKind.CRITICAL_BREACH for t in triggers)
-    gaps = [Gap.of(o, _action(catalogue, o.promise_id)) for o in broken]
+    behind = list(broken if explained is None else explained)
+    listed = {o.outcome_key for o in behind}
+    # A critical or repeated breach is why the case exists: it is listed even when it costs
+    # no health (a touchpoint of importance 0 that is not the weakest).
+    named = {t.promise_id for t in triggers if t.promise_id is not None}
+    behind += [o for o in broken if o.promise_id in named and o.outcome_key not in listed]
+    gaps = [Gap.of(o, _action(catalogue, o.promise_id)) for o in behind]
     rank = intervention_priority(
         threshold=threshold,
         health=health,
@@ -150,8 +169,21 @@ def decide(
         critical_floor=policy.critical_priority_floor,
     )
     if current is not None:
-        updated = attach(current, now=now, triggers=triggers, gaps=gaps, priority=rank)
-        return Decision(kind="attached", intervention=updated, triggers=triggers, guard=guard)
+        # While a case is open it follows the explanation: every later breach attaches
+        # (with or without a trigger of its own), and kept outcomes re-rank its gaps, so
+        # the case ends up with the same gaps however the events were batched or ordered.
+        updated = attach(
+            current,
+            now=now,
+            triggers=triggers,
+            gaps=gaps,
+            priority=rank if triggers else current.priority,
+        )
+        if broken:
+            return Decision(kind="attached", intervention=updated, triggers=triggers, guard=guard)
+        if updated.gaps == current.gaps:
+            return Decision(kind="none", intervention=current, triggers=(), guard=guard)
+        return Decision(kind="updated", intervention=updated, triggers=(), guard=guard)
     if not critical and not guard.allows_new(now, policy):
         return Decision(kind="none", intervention=None, triggers=triggers, guard=guard)
     opened = open_intervention(

@@ -1,0 +1,79 @@
+"""Why a customer's health is what it is: the breaches that cost it most, worst first.
+
+One function serves the api's health explanation and the gaps an intervention carries, so a
+case lists the same breaches, ranked the same way, as the health explanation at the moment
+the case opened or grew — whatever batches the events came in.
+
+The impact of a breach is the journey health it costs: the score now minus the score had
+that promise been kept instead (marginal removal would say nothing once a touchpoint is at 0
+through several breaches). Only the :data:`EXPLAIN_WINDOW` newest outcomes are looked at
+(older ones have decayed anyway), and at most :data:`EXPLAIN_TOP` breaches are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from touchpulse_scoring.domain.catalogue import Catalogue
+from touchpulse_scoring.domain.health import TouchpointHealth, health_at, replace_outcome
+from touchpulse_scoring.domain.journey import journey_health, touchpoint_values
+from touchpulse_scoring.domain.outcomes import Outcome
+
+#: How many of a customer's newest outcomes an explanation looks at.
+EXPLAIN_WINDOW = 200
+#: How many breaches an explanation (and so one opening or attachment of a case) lists.
+EXPLAIN_TOP = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """A breach and what it costs: journey-health points, negative (rounded to 1e-6)."""
+
+    outcome: Outcome
+    impact: float
+
+
+def window(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """The explanation's window: the newest :data:`EXPLAIN_WINDOW` outcomes, newest first."""
+    ordered = sorted(outcomes, key=lambda o: (o.occurred_at, o.outcome_key), reverse=True)
+    return ordered[:EXPLAIN_WINDOW]
+
+
+def explain(
+    states: Mapping[str, TouchpointHealth],
+    outcomes: Iterable[Outcome],
+    catalogue: Catalogue,
+    at: datetime,
+    *,
+    limit: int = EXPLAIN_TOP,
+) -> list[Explained]:
+    """The breaches among ``outcomes`` (the customer's standing ones) that cost health now,
+    worst first; ties go to the newer breach, then by key, so the ranking is total."""
+    policy = catalogue.policy
+    half_life = policy.half_life_days
+    importance = catalogue.touchpoints
+    values = touchpoint_values(states, catalogue, at)
+    score = journey_health(values, importance, policy.weakest_link_lambda)
+    if score is None:
+        return []
+    found: list[Explained] = []
+    for outcome in window(outcomes):
+        state = states.get(outcome.touchpoint)
+        if state is None or outcome.met:
+            continue
+        kept = replace(outcome, score=1.0, met=True, gap=0.0, severity="normal")
+        if_kept = replace_outcome(state, outcome, kept, half_life_days=half_life)
+        prior = policy.prior.for_touchpoint(outcome.touchpoint)
+        other = journey_health(
+            {**values, outcome.touchpoint: health_at(if_kept, at, prior, half_life_days=half_life)},
+            importance,
+            policy.weakest_link_lambda,
+        )
+        # Rounded so that float noise between equal breaches cannot reorder them.
+        impact = round(score - (other if other is not None else score), 6)
+        if impact != 0:
+            found.append(Explained(outcome, impact))
+    found.sort(key=lambda e: (e.impact, -e.outcome.occurred_at.timestamp(), e.outcome.outcome_key))
+    return found[:limit]
