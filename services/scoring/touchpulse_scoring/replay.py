@@ -96,9 +96,10 @@ async def replay(
     """Load ``profiles_topic`` into ``scratch_url``, replay ``topic`` from its beginning
     there, and compare with ``live_url``."""
     await migrate_url(scratch_url)
-    await _copy_erasures(live_url, scratch_url)
     report = ReplayReport()
     cutoff = await _await_profile_outbox(live_url, profiles_topic, outbox_wait_s)
+    # After the wait: every erasure whose tombstone the profiles snapshot may hold is known.
+    await _copy_erasures(live_url, scratch_url)
     await _load_profiles(bootstrap_servers, profiles_topic, scratch_url, report)
     partition_count = 0
     engine = Engine(

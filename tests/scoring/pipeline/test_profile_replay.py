@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.api.endpoints.conftest import (  # the fixture is re-used here by name
     World,
@@ -24,6 +24,9 @@ from tests.api.endpoints.conftest import (  # the fixture is re-used here by nam
 )
 from tests.conftest import unique
 from tests.scoring.pipeline.conftest import Pipeline
+from touchpulse_scoring import profiles
+from touchpulse_scoring.domain import load_catalogue_file
+from touchpulse_scoring.replay import replay
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.simulator import Incident, Simulator, SimulatorConfig, post_paced
 from touchpulse_shared.simulator import post_profiles as put_profiles
@@ -385,3 +388,44 @@ async def test_a_profile_changed_after_scoring_is_reported_apart_and_one_the_top
     assert result.returncode == 1, result.stdout + result.stderr
     assert _line(result.stdout, "profile missing on topic:").startswith("1 ['C-bypass']")
     assert "replay DIFFERS from live state" in result.stdout
+
+
+async def test_a_profile_older_than_its_erasure_is_not_rebuilt_before_the_tombstone_lands(
+    pipeline: Pipeline,
+) -> None:
+    """Erasure committed, its tombstone not on the topic yet: the replay still leaves the
+    erased profile out, and keeps a profile written after the erasure (a new relationship)."""
+    written = datetime.now(UTC) - timedelta(minutes=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=pipeline.settings.kafka_bootstrap_servers, acks="all"
+    )
+    await producer.start()
+    try:
+        for customer, at in (("C-erased", written), ("C-back", written + timedelta(minutes=2))):
+            record = profiles.ProfileRecord(customer, "premium", None, 2.0, 0.0, at)
+            await producer.send_and_wait(
+                pipeline.settings.profiles_topic, profiles.encode(record), key=customer.encode()
+            )
+    finally:
+        await producer.stop()
+    await pipeline.fetchval(
+        "INSERT INTO erased_customer VALUES ('C-erased', $1), ('C-back', $1)",
+        written + timedelta(minutes=1),
+    )
+    name = unique("replay").replace("-", "_")
+    await pipeline.fetchval(f'CREATE DATABASE "{name}"')
+    scratch = Pipeline(pipeline.settings, pipeline.database_url.rsplit("/", 1)[0] + "/" + name)
+    try:
+        report = await replay(
+            live_url=pipeline.database_url,
+            scratch_url=scratch.database_url,
+            bootstrap_servers=pipeline.settings.kafka_bootstrap_servers or "",
+            topic=pipeline.settings.events_topic,
+            profiles_topic=pipeline.settings.profiles_topic,
+            catalogue=load_catalogue_file(pipeline.settings.promise_catalogue),
+        )
+        assert report.profiles == 1
+        rebuilt = await scratch.fetch("SELECT customer_id FROM customer_profile")
+        assert [r["customer_id"] for r in rebuilt] == ["C-back"]
+    finally:
+        await pipeline.fetchval(f'DROP DATABASE "{name}" WITH (FORCE)')
