@@ -165,11 +165,12 @@ DECISIONS: Final[dict[str, tuple[str, float]]] = {
     "app_crash": ("app", 0.005),  # crash-free sessions 99.5 %
 }
 
-#: Promises whose clocks the simulator's events open: the event type that stops each.
-DEADLINE_FULFILMENTS: Final[dict[str, str]] = {
-    "delivery-within-48h": "delivery.completed",
-    "delivery-as-promised": "delivery.completed",
-    "complaint-acknowledged": "complaint.acknowledged",
+#: Promises whose clocks the simulator's events open: their touchpoint and the event type
+#: that stops each (as deploy/promises.yaml has them).
+DEADLINES: Final[dict[str, tuple[str, str]]] = {
+    "delivery-within-48h": ("delivery", "delivery.completed"),
+    "delivery-as-promised": ("delivery", "delivery.completed"),
+    "complaint-acknowledged": ("customer_service", "complaint.acknowledged"),
 }
 
 # Journey kinds and how often each starts.
@@ -415,7 +416,7 @@ class Truth:
             return False
         return any(
             (customer, journey, promise) in self._clocks
-            for promise, fulfilled_by in DEADLINE_FULFILMENTS.items()
+            for promise, (_, fulfilled_by) in DEADLINES.items()
             if fulfilled_by == kind
         )
 
@@ -512,7 +513,7 @@ class _Journey:
         opens = None
         if clock is not None:
             promise, due_s = clock
-            opens = Clock(promise, touchpoint, DEADLINE_FULFILMENTS[promise], due_s)
+            opens = Clock(promise, *DEADLINES[promise], due_s)
         self.steps.append(_Step(at_s, occurred, event, breaches, opens))
         return at_s
 
@@ -971,7 +972,7 @@ def _survey(j: _Journey, rng: random.Random, t: float, journey: str | None) -> N
     if j.never_delivered or before >= 2:
         csat, nps = rng.randint(1, 2), rng.randint(0, 4)
     elif before == 1:
-        csat, nps = rng.randint(2, 4), rng.randint(3, 8)
+        csat, nps = rng.randint(3, 4), rng.randint(3, 8)
     elif unhappy:
         csat, nps = rng.randint(1, 3), rng.randint(2, 6)
     else:

@@ -96,6 +96,20 @@ async def real_stack(settings: Settings) -> AsyncIterator[Stack]:
             await task
 
 
+async def explain(api: httpx.AsyncClient, sent: Sent, customers: tuple[str, ...]) -> str:
+    """For a failure report: what the run did to each customer, and their health now."""
+    truth = sent.truth.customers()
+    lines = []
+    for customer in customers[:8]:
+        health = (await api.get(f"/v1/customers/{customer}/health")).json()
+        lines.append(
+            f"  {customer}: broke {dict(truth[customer].broken)}; health "
+            f"{health.get('score')} evidence {health.get('evidence_weight')} "
+            f"confidence {health.get('confidence')}"
+        )
+    return "\n".join(lines)
+
+
 async def test_the_queue_meets_the_bar_against_ground_truth(
     pipeline_settings: Settings,  # noqa: F811 - the imported fixture
 ) -> None:
@@ -120,7 +134,11 @@ async def test_the_queue_meets_the_bar_against_ground_truth(
             baseline=baseline,
             timeout_s=MEASURE_TIMEOUT_S,
         )
+        missed = await explain(stack.api, sent, score.missed_badly)
+        single = await explain(stack.api, sent, score.single)
     report = f"\n{sent.summary()}\n{score.summary()}"
+    report += f"\nmissed (treated badly, no intervention):\n{missed}" if missed else ""
+    report += f"\nqueued on a single breach:\n{single}" if single else ""
     print(report)  # the measured figures, shown with -s and on failure
     # Not vacuous: the realistic rates mistreat enough customers, critically too.
     assert score.badly_treated >= 20, report
