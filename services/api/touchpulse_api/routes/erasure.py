@@ -26,6 +26,7 @@ _TABLES = (
     ("journey_health", "journey_health"),
     ("journey_health_history", "health_history"),
     ("deadline", "deadlines"),
+    ("early_fulfilment", "early_fulfilments"),
     ("processed_event", "processed_events"),
     ("webhook_outbox", "pending_webhooks"),
     ("webhook_delivery", "webhook_deliveries"),

@@ -102,7 +102,7 @@ class InterventionPolicy(BaseModel):
     # A low health resting on less than this much evidence (decayed outcome weight, summed
     # over touchpoints) opens nothing: one slow page load is not worth a call. Critical and
     # repeated breaches do not wait for evidence.
-    min_evidence: Annotated[float, Field(ge=0, le=100_000)] = 4.0
+    min_evidence: Annotated[float, Field(ge=0, le=100_000)] = 3.25
 
     @model_validator(mode="after")
     def _acknowledge_before_expiry(self) -> InterventionPolicy:
