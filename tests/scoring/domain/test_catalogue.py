@@ -574,3 +574,25 @@ def test_matching_a_promise_covers_measures_and_both_ends_of_deadlines() -> None
     assert cat.matches_a_promise("delivery", "delivery.completed")  # fulfils one (and measures)
     assert not cat.matches_a_promise("call_centre", "call.missed")
     assert not cat.matches_a_promise("billing", "call.answered")  # judged at call_centre only
+
+
+def test_the_prior_is_policy_with_per_touchpoint_overrides() -> None:
+    doc = document()
+    doc["policy"] = {"prior": {"score": 0.7, "weight": 3, "touchpoints": {"survey": {"weight": 0}}}}
+    prior = catalogue_from_mapping(doc).policy.prior
+    assert (prior.for_touchpoint("billing").score, prior.for_touchpoint("billing").weight) == (
+        0.7,
+        3.0,
+    )
+    assert (prior.for_touchpoint("survey").score, prior.for_touchpoint("survey").weight) == (
+        0.7,
+        0.0,
+    )
+    for policy, named in [
+        ({"prior": {"score": 1.5}}, "policy: prior.score"),
+        ({"prior": {"touchpoints": {"fax": {"weight": 1}}}}, "policy: prior.touchpoints.fax"),
+    ]:
+        doc["policy"] = policy
+        with pytest.raises(CatalogueError) as caught:
+            catalogue_from_mapping(doc)
+        assert any(p.startswith(named) for p in caught.value.problems), caught.value.problems

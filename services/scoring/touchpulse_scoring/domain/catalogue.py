@@ -324,6 +324,11 @@ def catalogue_from_mapping(data: object) -> Catalogue:
     problems += _cross_check(promises, document.touchpoints)
     problems += _check_kinds(promises)
     problems += _check_events(document.events, promises, document.touchpoints)
+    problems += [
+        f"policy: prior.touchpoints.{name}: {name!r} is not one of the catalogue's touchpoints"
+        for name in document.policy.prior.touchpoints
+        if name not in document.touchpoints
+    ]
     if problems:
         raise CatalogueError(problems)
     return Catalogue(
