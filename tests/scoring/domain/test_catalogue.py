@@ -454,7 +454,7 @@ def test_two_promises_judging_one_measure_as_a_boolean_and_a_number_conflict() -
 
 
 def test_a_deadline_no_declared_event_could_open_is_an_error() -> None:
-    every_touchpoint = {
+    every_touchpoint: dict[str, dict[str, dict[str, Any]]] = {
         t: {"x.y": {}} for t in ("call_centre", "billing", "survey", "sales", "delivery")
     }
     every_touchpoint["call_centre"] = {"call.answered": {}}
