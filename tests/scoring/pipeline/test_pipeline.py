@@ -10,10 +10,11 @@ from collections import defaultdict
 from datetime import timedelta
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from tests.scoring.pipeline.conftest import SETTLE_S, Pipeline, running_scoring
-from tests.scoring.pipeline.ledger import START, make_event, recompute
+from tests.scoring.pipeline.ledger import CATALOGUE, START, make_event, recompute
 from touchpulse_shared.contract import EVENT_ADAPTER, ExperienceEventV1, encode_record
 
 
@@ -154,7 +155,9 @@ async def test_a_deadline_that_passes_breaches_and_a_late_delivery_records_the_r
         before = await pipeline.fetchval(
             "SELECT score FROM journey_health WHERE customer_id = 'D-1'"
         )
-        assert before == 100.0
+        # One kept promise (weight 2) beside the neutral prior (0.8, weight 2): 90, not 100.
+        prior = CATALOGUE.policy.prior.for_touchpoint("sales")
+        assert before == pytest.approx(100 * (2 + prior.weight * prior.score) / (2 + prior.weight))
 
         now[0] = START + timedelta(hours=60)  # 12 h past the 48 h promise, no delivery event
         await pipeline.wait_for("SELECT count(*) FROM deadline WHERE state = 'expired'", 1)
