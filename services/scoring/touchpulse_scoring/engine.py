@@ -291,7 +291,7 @@ class Engine:
         events: Sequence[ExperienceEventV1],
     ) -> dict[str, CustomerState]:
         policy = catalogue.policy
-        window = policy.interventions.repeat_breaches.within_days
+        window = policy.interventions.history_days
         return await load_state(
             conn,
             customers,
@@ -465,13 +465,14 @@ class Engine:
             return report
         customers = sorted({r.customer_id for r in refs})
         await lock_customers(conn, customers)
-        window = catalogue.policy.interventions.repeat_breaches.within_days
+        window = catalogue.policy.interventions.history_days
         states = await load_state(
             conn,
             customers,
             outcome_keys=(),
             deadline_refs=refs,
-            breach_window_start=breach_window_start([now], window),
+            # The breaches are dated at their due times: the history reaches back from those.
+            breach_window_start=breach_window_start([r["due_at"] for r in rows], window),
             recovery_margin=catalogue.policy.interventions.recovery_margin,
         )
         work: dict[str, _Work] = defaultdict(_Work)

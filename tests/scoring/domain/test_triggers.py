@@ -11,6 +11,7 @@ from touchpulse_scoring.domain import (
     NO_GUARD,
     NO_PROFILE,
     BreachHistory,
+    Catalogue,
     CustomerProfile,
     Decision,
     Intervention,
@@ -23,7 +24,10 @@ from touchpulse_scoring.domain import (
     resolve,
 )
 
-CAT = catalogue()
+# The threshold, repeat and hysteresis tests isolate their rules: one breach may open a case
+# here, and breadth is off. The evidence and breadth rules have their own tests below.
+CAT = catalogue(interventions={"min_breaches": 1, "spread_breaches": {"touchpoints": 100}})
+STRICT = catalogue()
 DAY = timedelta(days=1)
 _counter = iter(range(1_000_000))
 
@@ -32,7 +36,14 @@ def _breach(
     at: datetime = T0, *, promise_id: str = "call-answer-time", critical: bool = False
 ) -> Outcome:
     broken = outcome(score=0.2, at=at, key=f"b-{next(_counter)}", promise_id=promise_id)
-    return replace(broken, met=False, gap=300.0, severity="critical" if critical else "normal")
+    promise = CAT.promise(promise_id)
+    return replace(
+        broken,
+        met=False,
+        gap=300.0,
+        severity="critical" if critical else "normal",
+        touchpoint=broken.touchpoint if promise is None else promise.touchpoint,
+    )
 
 
 def _kept(at: datetime = T0) -> Outcome:
@@ -50,9 +61,12 @@ def _decide(
     breaches: BreachHistory | None = None,
     current: Intervention | None = None,
     guard: ReopenGuard = NO_GUARD,
+    policy: Catalogue = CAT,
+    explained: Sequence[Outcome] | None = None,
+    evidence: float = float("inf"),
 ) -> Decision:
     return decide(
-        catalogue=CAT,
+        catalogue=policy,
         customer_id="C-1",
         now=now,
         health=health,
@@ -63,6 +77,8 @@ def _decide(
         breaches=breaches or {},
         current=current,
         guard=guard,
+        explained=explained,
+        evidence=evidence,
     )
 
 
@@ -221,3 +237,63 @@ def test_replays_reproduce_the_same_intervention() -> None:
     assert a is not None
     assert b is not None
     assert a.intervention_id == b.intervention_id
+
+
+# --- interventions worth a call: evidence, breadth -----------------------------------------
+
+
+def _on(touchpoint: str, at: datetime, promise_id: str) -> Outcome:
+    return replace(_breach(at, promise_id=promise_id), touchpoint=touchpoint)
+
+
+def test_low_health_on_one_breach_or_thin_evidence_opens_nothing() -> None:
+    one = _breach()
+    # One broken promise: it calls for its own fix, not a call.
+    assert _decide([one], health=10.0, policy=STRICT, explained=[one]).kind == "none"
+    two = [_breach(), _breach(T0 + DAY)]
+    # Two, but resting on less evidence than the policy asks: one slow page load and a
+    # second slow page load on a customer we know nothing else about.
+    thin = _decide(two, health=10.0, policy=STRICT, explained=two, evidence=1.0)
+    assert thin.kind == "none"
+    enough = _decide(two, health=10.0, policy=STRICT, explained=two, evidence=3.25)
+    assert enough.kind == "opened"
+    assert enough.intervention is not None
+    assert enough.intervention.reasons == (TriggerKind.LOW_HEALTH,)
+
+
+def test_critical_and_repeated_breaches_do_not_wait_for_evidence() -> None:
+    critical = _breach(promise_id="survey-csat", critical=True)
+    decision = _decide([critical], health=95.0, policy=STRICT, explained=[critical], evidence=0.0)
+    assert decision.kind == "opened"
+    history = {"call-answer-time": [T0 - 2 * DAY, T0 - DAY]}
+    repeated = _decide(
+        [_breach()], health=95.0, policy=STRICT, breaches=history, explained=[], evidence=0.0
+    )
+    assert repeated.kind == "opened"
+
+
+def test_breaches_at_two_touchpoints_within_the_window_open_one_in_any_order() -> None:
+    call = _on("call_centre", T0, "call-answer-time")
+    invoice = _on("billing", T0 + 10 * DAY, "invoice-correct")
+    # Whichever arrives second sees the first, earlier or later in time.
+    for new, before in ((invoice, call), (call, invoice)):
+        history = {before.promise_id: [before.occurred_at]}
+        decision = _decide([new], health=90.0, policy=STRICT, breaches=history, evidence=0.0)
+        assert decision.kind == "opened", (new.promise_id, decision)
+        assert decision.intervention is not None
+        assert decision.intervention.reasons == (TriggerKind.SPREAD_BREACH,)
+        assert "billing, call_centre" in decision.intervention.triggers[0].detail
+    far = _on("billing", T0 + 15 * DAY, "invoice-correct")
+    history = {"call-answer-time": [T0]}
+    assert _decide([far], health=90.0, policy=STRICT, breaches=history).kind == "none"
+    # Two breaches at one touchpoint are not breadth.
+    same = {"call-answer-time": [T0 - DAY]}
+    assert _decide([_breach()], health=90.0, policy=STRICT, breaches=same).kind == "none"
+
+
+def test_breaches_before_the_last_case_closed_do_not_count_for_breadth() -> None:
+    closed = ReopenGuard(closed_at=T0 + DAY, health_at_close=80.0, recovered=True)
+    history = {"invoice-correct": [T0]}
+    later = _on("call_centre", T0 + 2 * DAY, "call-answer-time")
+    decision = _decide([later], health=90.0, policy=STRICT, breaches=history, guard=closed)
+    assert decision.kind == "none"

@@ -60,6 +60,7 @@ class TriggerKind(StrEnum):
     LOW_HEALTH = "low_health"
     CRITICAL_BREACH = "critical_breach"
     REPEATED_BREACH = "repeated_breach"
+    SPREAD_BREACH = "spread_breach"
 
 
 @dataclass(frozen=True, slots=True)

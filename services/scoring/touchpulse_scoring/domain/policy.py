@@ -83,6 +83,16 @@ class RepeatBreaches(BaseModel):
     within_days: Days = 7.0
 
 
+class SpreadBreaches(BaseModel):
+    """Promises broken at ``touchpoints`` different touchpoints within ``within_days`` of each
+    other: the customer is being let down across the journey, not by one bad moment."""
+
+    model_config = MODEL_CONFIG
+
+    touchpoints: Annotated[int, Field(ge=2, le=100)] = 2
+    within_days: Days = 14.0
+
+
 class InterventionPolicy(BaseModel):
     """When interventions open, how long they wait, and when a new one may follow."""
 
@@ -93,6 +103,7 @@ class InterventionPolicy(BaseModel):
     recovery_margin: Annotated[float, Field(ge=0, le=100)] = 10.0
     cooldown_days: Annotated[float, Field(ge=0, le=3650)] = 7.0
     repeat_breaches: RepeatBreaches = Field(default_factory=RepeatBreaches)
+    spread_breaches: SpreadBreaches = Field(default_factory=SpreadBreaches)
     # The service level for taking ownership: past it an open case is overdue (a metric and
     # an alert), long before it would expire unowned.
     acknowledge_within_hours: Annotated[float, Field(gt=0, le=24 * 3650)] = 24.0
@@ -103,6 +114,9 @@ class InterventionPolicy(BaseModel):
     # over touchpoints) opens nothing: one slow page load is not worth a call. Critical and
     # repeated breaches do not wait for evidence.
     min_evidence: Annotated[float, Field(ge=0, le=100_000)] = 3.25
+    # ...and on at least this many broken promises: one broken promise, however weighty,
+    # calls for its own fix; a call is for a pattern (or a critical breach).
+    min_breaches: Annotated[int, Field(ge=1, le=100)] = 2
 
     @model_validator(mode="after")
     def _acknowledge_before_expiry(self) -> InterventionPolicy:
@@ -112,6 +126,11 @@ class InterventionPolicy(BaseModel):
                 "acknowledge_within_hours must be shorter than expire_unacknowledged_days",
             )
         return self
+
+    @property
+    def history_days(self) -> float:
+        """How far back the breach history the triggers read must reach."""
+        return max(self.repeat_breaches.within_days, self.spread_breaches.within_days)
 
     def threshold_for(self, *, is_new: bool) -> float:
         return self.new_customer_threshold if is_new else self.threshold

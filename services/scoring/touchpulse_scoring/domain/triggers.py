@@ -7,9 +7,16 @@ nothing new happened otherwise, and a case needs a fresh gap to show. Among the 
 - **repeated breach**: the same promise broken ``repeat_breaches.count`` times within
   ``repeat_breaches.within_days`` (by event time), counting only breaches after the last
   intervention closed: those before were that intervention's business;
+- **spread breach**: promises broken at ``spread_breaches.touchpoints`` (2) different
+  touchpoints within ``spread_breaches.within_days`` (14) of each other (by event time, in
+  either direction, so arrival order does not matter): the customer is being let down
+  across the journey, which is what customers remember even when each failure alone is
+  moderate and health stays above the line;
 - **low health**: journey health under the threshold (``new_customer_threshold`` for new
-  customers), resting on at least ``min_evidence`` of decayed outcome weight: one slow page
-  load on a customer we know nothing else about is not worth a call.
+  customers), resting on at least ``min_evidence`` of decayed outcome weight and on at
+  least ``min_breaches`` (2) standing breaches: one slow page load on a customer we know
+  nothing else about is not worth a call, and one broken promise calls for its own fix
+  (a critical one opens a case at once).
 
 The case carries the breaches of the health explanation at that moment (``explained``,
 ranked by :func:`~.explain.explain`), not only the batch's own: the same gaps however the
@@ -145,9 +152,16 @@ def decide(
     guard = guard.observe(health, policy, is_new=is_new)
 
     broken = [o for o in outcomes if not o.met]
-    low = health if evidence >= policy.min_evidence else None
+    standing = len(broken if explained is None else explained)
+    enough = evidence >= policy.min_evidence and standing >= policy.min_breaches
     triggers = _triggers(
-        broken, breaches, guard=guard, policy=policy, health=low, threshold=threshold
+        broken,
+        breaches,
+        guard=guard,
+        policy=policy,
+        health=health if enough else None,
+        threshold=threshold,
+        catalogue=catalogue,
     )
     if not triggers and (current is None or not outcomes or explained is None):
         return Decision(kind="none", intervention=current, triggers=(), guard=guard)
@@ -206,6 +220,7 @@ def _triggers(
     policy: InterventionPolicy,
     health: float | None,
     threshold: float,
+    catalogue: Catalogue,
 ) -> tuple[Trigger, ...]:
     if not broken:
         return ()
@@ -221,6 +236,7 @@ def _triggers(
                 )
             )
     found.extend(_repeated(broken, breaches, guard, policy))
+    found.extend(_spread(broken, breaches, guard, policy, catalogue))
     if health is not None and health < threshold:
         found.append(
             Trigger(
@@ -259,6 +275,37 @@ def _repeated(
                 )
             )
     return found
+
+
+def _spread(
+    broken: Sequence[Outcome],
+    breaches: BreachHistory,
+    guard: ReopenGuard,
+    policy: InterventionPolicy,
+    catalogue: Catalogue,
+) -> list[Trigger]:
+    rule = policy.spread_breaches
+    window = timedelta(days=rule.within_days)
+    every: list[tuple[datetime, str]] = []
+    for promise_id, times in breaches.items():
+        promise = catalogue.promise(promise_id)
+        if promise is not None:  # a promise that left the catalogue names no touchpoint
+            every.extend((t, promise.touchpoint) for t in times)
+    every.extend((o.occurred_at, o.touchpoint) for o in broken)
+    if guard.closed_at is not None:
+        every = [(t, tp) for t, tp in every if t > guard.closed_at]
+    for outcome in broken:
+        # Symmetric in time: whichever of two breaches arrives second sees the other.
+        near = {tp for t, tp in every if abs(t - outcome.occurred_at) <= window}
+        if len(near) >= rule.touchpoints:
+            return [
+                Trigger(
+                    kind=TriggerKind.SPREAD_BREACH,
+                    detail=f"promises broken at {len(near)} touchpoints within"
+                    f" {rule.within_days:g} days: {', '.join(sorted(near))}",
+                )
+            ]
+    return []
 
 
 def _describe_breach(outcome: Outcome) -> str:
