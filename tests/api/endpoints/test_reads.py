@@ -135,5 +135,5 @@ async def test_at_risk_customers_by_priority(world: World) -> None:
 
 async def test_promises_in_effect(world: World) -> None:
     promises = (await world.api.get("/v1/promises", headers=world.as_("reader"))).json()
-    assert promises["version"] == "2026.12.1"
+    assert promises["version"] == "2026.12.2"
     assert any(p["id"] == "survey-csat" for p in promises["promises"])
