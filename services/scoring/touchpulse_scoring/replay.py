@@ -112,13 +112,7 @@ async def replay(
         clock=lambda: now or datetime.now(UTC),
         mute_interventions=True,
     )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=_BATCH,
-        isolation_level="read_committed",
-    )
+    consumer = _reader(bootstrap_servers)
     await consumer.start()
     scratch = await asyncpg.connect(scratch_url)
     try:
@@ -227,17 +221,22 @@ def _decode_profile(key: bytes, value: bytes) -> profiles.ProfileRecord | str:
         return str(exc)
 
 
-async def _load_profiles(
-    bootstrap_servers: str, topic: str, scratch_url: str, report: ReplayReport
-) -> None:
-    """The profiles topic up to its end offsets at start into the scratch database."""
-    consumer = AIOKafkaConsumer(
+def _reader(bootstrap_servers: str) -> AIOKafkaConsumer:
+    """A consumer that reads topics from their beginning, committed records only, no group."""
+    return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=_BATCH,
         isolation_level="read_committed",
     )
+
+
+async def _load_profiles(
+    bootstrap_servers: str, topic: str, scratch_url: str, report: ReplayReport
+) -> None:
+    """The profiles topic up to its end offsets at start into the scratch database."""
+    consumer = _reader(bootstrap_servers)
     await consumer.start()
     latest: dict[str, profiles.ProfileRecord | str | None] = {}
     try:

@@ -111,28 +111,10 @@ async def load_state(
             states[row["customer_id"]].outcomes[row["outcome_key"]] = outcome_from_row(row)
     refs = sorted(set(deadline_refs), key=lambda r: (r.customer_id, r.promise_id, r.journey_key))
     if refs:
-        for row in await conn.fetch(
-            """
-            SELECT d.* FROM deadline d
-            JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(c, p, j)
-              ON d.customer_id = k.c AND d.promise_id = k.p AND d.journey_key = k.j
-            """,
-            [r.customer_id for r in refs],
-            [r.promise_id for r in refs],
-            [r.journey_key for r in refs],
-        ):
+        for row in await _fetch_by_refs(conn, "deadline", refs):
             deadline = deadline_from_row(row)
             states[deadline.customer_id].deadlines[deadline.ref] = deadline
-        for row in await conn.fetch(
-            """
-            SELECT f.* FROM early_fulfilment f
-            JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(c, p, j)
-              ON f.customer_id = k.c AND f.promise_id = k.p AND f.journey_key = k.j
-            """,
-            [r.customer_id for r in refs],
-            [r.promise_id for r in refs],
-            [r.journey_key for r in refs],
-        ):
+        for row in await _fetch_by_refs(conn, "early_fulfilment", refs):
             ref = DeadlineRef(row["customer_id"], row["promise_id"], row["journey_key"])
             states[ref.customer_id].early[ref] = Fulfilment(row["occurred_at"], row["event_ref"])
     for row in await conn.fetch(
@@ -175,6 +157,21 @@ async def load_state(
             )
         states[row["customer_id"]].guard = guard
     return states
+
+
+async def _fetch_by_refs(conn: Conn, table: str, refs: Sequence[DeadlineRef]) -> list[Any]:
+    """The rows of ``table`` (keyed by customer, promise and journey) for these refs."""
+    rows: list[Any] = await conn.fetch(
+        f"""
+        SELECT t.* FROM {table} t
+        JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(c, p, j)
+          ON t.customer_id = k.c AND t.promise_id = k.p AND t.journey_key = k.j
+        """,  # noqa: S608 - the table is one of two names in this module, never input
+        [r.customer_id for r in refs],
+        [r.promise_id for r in refs],
+        [r.journey_key for r in refs],
+    )
+    return rows
 
 
 # --- rows -------------------------------------------------------------------------------
