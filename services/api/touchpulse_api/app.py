@@ -15,6 +15,7 @@ import asyncpg
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
 from starlette.responses import Response
 
 from touchpulse_api import webhooks
@@ -24,12 +25,14 @@ from touchpulse_api.routes import customers, erasure, interventions, keys, organ
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_shared.auth import KeyVerifier
 from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.http.app import (
     RejectNulMiddleware,
     RequestMetricsMiddleware,
     install_problem_docs,
     install_problem_handlers,
 )
+from touchpulse_shared.loops import Loops
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
 
@@ -43,6 +46,9 @@ ROUTERS = (
 )
 # The dispatcher finishes (or abandons, to retry later) a delivery in flight on shutdown.
 DISPATCHER_STOP_S = 15.0
+# The dispatcher finishes a round within its delivery timeout (10 s), or pauses up to 30 s
+# after an error: two minutes without a round is stuck.
+DISPATCHER_STUCK_AFTER_S = 120.0
 
 
 def create_app(
@@ -68,9 +74,15 @@ def create_app(
     install_problem_docs(app)
 
     @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "alive"}
+    async def healthz(request: Request) -> Response:
+        """The process is alive, and its background loop (the webhook dispatcher) finishes
+        rounds: 503 naming the loop when it stopped (stuck, not just idle)."""
+        loops: Loops | None = getattr(request.app.state, "loops", None)
+        stuck = [] if loops is None else loops.stuck()
+        body: dict[str, object] = {"status": "stuck" if stuck else "alive"}
+        if loops is not None:
+            body |= {"stuck": stuck, "loops": loops.report()}
+        return JSONResponse(body, status_code=503 if stuck else 200)
 
     @app.get("/readyz", tags=["operations"])
     async def readyz(context: ContextDep) -> Response:
@@ -102,7 +114,16 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrate_url(database_url)
-        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=10)
+        pool = await create_pool(
+            database_url, service="api", role="requests", min_size=2, max_size=10
+        )
+        # Its own pool: the dispatcher's sessions are named apart from the requests', and a
+        # burst of requests cannot starve deliveries (nor the reverse).
+        dispatcher_pool = await create_pool(database_url, service="api", role="webhooks")
+        loops = Loops()
+        dispatcher_state = loops.register("webhook_dispatcher", DISPATCHER_STUCK_AFTER_S)
+        metrics.watch_loops(loops)
+        app.state.loops = loops
         app.state.api = ApiContext(
             settings=settings,
             pool=pool,
@@ -114,7 +135,14 @@ def build_app(
         )
         stopping = asyncio.Event()
         dispatcher = asyncio.create_task(
-            webhooks.WebhookDispatcher(pool, settings, metrics, clock=clock).run(stopping),
+            webhooks.WebhookDispatcher(
+                dispatcher_pool,
+                settings,
+                metrics,
+                clock=clock,
+                loop_state=dispatcher_state,
+                on_error=lambda: metrics.loop_errors.labels("webhook_dispatcher").inc(),
+            ).run(stopping),
             name="webhook-dispatcher",
         )
         try:
@@ -127,5 +155,6 @@ def build_app(
             except TimeoutError:
                 dispatcher.cancel()  # a delivery in flight is retried: its lease expires
             await pool.close()
+            await dispatcher_pool.close()
 
     return create_app(metrics, lifespan=lifespan)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from touchpulse_shared.loops import Loops
 
 # Reads from PostgreSQL answer in 1-15 ms when healthy; the top buckets catch slow queries.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -46,3 +48,34 @@ class ApiMetrics:
             ["result"],
             registry=registry,
         )
+        self.loop_round_age = Gauge(
+            "touchpulse_api_loop_last_round_age_seconds",
+            "Seconds since each background loop last finished a round (stuck when it grows)",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_errors = Counter(
+            "touchpulse_api_loop_errors_total",
+            "Background loop rounds that failed (the loop goes on), by loop",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_backlog = Gauge(
+            "touchpulse_api_loop_backlog_items",
+            "Work waiting for each background loop (webhook outbox rows and due deliveries)",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_backlog_age = Gauge(
+            "touchpulse_api_loop_backlog_age_seconds",
+            "How long the oldest item waiting for each background loop has waited (0 when none)",
+            ["loop"],
+            registry=registry,
+        )
+
+    def watch_loops(self, loops: Loops) -> None:
+        """Each loop's round age, read at scrape time; its errors counted as they happen."""
+        for name, state in loops.states.items():
+            self.loop_round_age.labels(name).set_function(state.age)
+            self.loop_errors.labels(name)
+        loops.on_error = lambda name: self.loop_errors.labels(name).inc()

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import asyncpg
 import orjson
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -57,6 +56,7 @@ from touchpulse_shared.contract import (
     parse_native_batch,
     parse_structured,
 )
+from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.http.access import authenticate
 from touchpulse_shared.http.app import (
     RejectNulMiddleware,
@@ -530,7 +530,7 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Small pool: ingest only reads API keys, and those are cached.
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        pool = await create_pool(database_url, service="ingest", role="keys", max_size=4)
         producer = EventProducer(
             bootstrap_servers=bootstrap,
             topic=settings.events_topic,

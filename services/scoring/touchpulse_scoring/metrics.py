@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from touchpulse_scoring.state_figures import StateFigures
+from touchpulse_shared.loops import Loops
 from touchpulse_shared.metrics import BoundedLabel
 
 # Event-to-health: ingest receipt to the commit that applied the event. Healthy is tens of
@@ -136,6 +137,30 @@ class ScoringMetrics:
             "When the state gauges were last read from PostgreSQL (Unix time)",
             registry=registry,
         )
+        self.loop_round_age = Gauge(
+            "touchpulse_scoring_loop_last_round_age_seconds",
+            "Seconds since each background loop last finished a round (stuck when it grows)",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_errors = Counter(
+            "touchpulse_scoring_loop_errors_total",
+            "Background loop rounds that failed (the loop goes on), by loop",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_backlog = Gauge(
+            "touchpulse_scoring_loop_backlog_items",
+            "Work waiting for each background loop (outbox rows, deadlines past due, …)",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_backlog_age = Gauge(
+            "touchpulse_scoring_loop_backlog_age_seconds",
+            "How long the oldest item waiting for each background loop has waited (0 when none)",
+            ["loop"],
+            registry=registry,
+        )
         self.catalogue_info = Gauge(
             "touchpulse_scoring_catalogue_info",
             "The promise catalogue in effect (value 1, version as a label)",
@@ -165,6 +190,18 @@ class ScoringMetrics:
         self.interventions_overdue.set(figures.overdue)
         self.interventions_oldest_unacknowledged.set(figures.oldest_unacknowledged_s)
         self.state_refreshed.set(at)
+
+    def watch_loops(self, loops: Loops) -> None:
+        """Each loop's round age, read at scrape time; its errors counted as they happen."""
+        for name, state in loops.states.items():
+            self.loop_round_age.labels(name).set_function(state.age)
+            self.loop_errors.labels(name)
+        loops.on_error = lambda name: self.loop_errors.labels(name).inc()
+
+    def set_backlogs(self, backlogs: dict[str, tuple[int, float]]) -> None:
+        for name, (items, age_s) in backlogs.items():
+            self.loop_backlog.labels(name).set(items)
+            self.loop_backlog_age.labels(name).set(age_s)
 
     def set_lag(self, lag: dict[int, int]) -> None:
         """Replace the per-partition lag: partitions moved to another instance drop out, so

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from touchpulse_scoring.catalogue_source import CatalogueSource
@@ -33,10 +33,12 @@ from touchpulse_scoring.engine import (
 )
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
-from touchpulse_scoring.state_figures import read_state_figures
+from touchpulse_scoring.state_figures import read_backlogs, read_state_figures
 from touchpulse_shared.db import Conn
 from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.kafka.topics import DEAD_LETTER_MAX_MESSAGE_BYTES
+from touchpulse_shared.loops import Loops, supervise
 from touchpulse_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,6 +48,18 @@ STOP_TIMEOUT_S = 30.0
 OUTBOX_IDLE_S = 0.1
 LAG_INTERVAL_S = 5.0
 CATALOGUE_CHECK_S = 2.0
+# A loop that has not finished a round for this long is stuck (/healthz: 503). A round is
+# bounded by its own timeouts (the outbox waits 10 s for Kafka's acknowledgements, a lock
+# wait or a dead socket has none): generous against a slow round, far below "for good".
+LOOP_STUCK_AFTER_S = {
+    "outbox": 60.0,
+    "deadline_sweep": 120.0,
+    "expiry": 120.0,
+    "follow_ups": 120.0,
+    "state_gauges": 120.0,
+    "consumer_lag": 120.0,
+    "catalogue": 120.0,
+}
 
 
 class ScoringService:
@@ -55,6 +69,7 @@ class ScoringService:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         mute_interventions: bool = False,
+        loop_stuck_after_s: dict[str, float] | None = None,
     ) -> None:
         if settings.database_url is None or settings.kafka_bootstrap_servers is None:
             raise ValueError("scoring needs TOUCHPULSE_DATABASE_URL and Kafka bootstrap servers")
@@ -82,10 +97,19 @@ class ScoringService:
         self.stopping = asyncio.Event()
         self.runner: ConsumerRunner | None = None
         self.ready = asyncio.Event()
+        self.loops = Loops()
+        self.loop_stuck_after_s = {**LOOP_STUCK_AFTER_S, **(loop_stuck_after_s or {})}
 
     async def run(self) -> None:
         await migrate_url(self.database_url)
-        pool = await asyncpg.create_pool(self.database_url, min_size=2, max_size=6)
+        # One named pool per role (application_name touchpulse-scoring/<role>): an operator
+        # tells them apart in pg_stat_activity, and one role's stall cannot starve another.
+        url = self.database_url
+        pool = await create_pool(url, service="scoring", role="consumer", min_size=2, max_size=4)
+        outbox_pool = await create_pool(url, service="scoring", role="outbox", max_size=2)
+        sweep_pool = await create_pool(url, service="scoring", role="sweep", max_size=2)
+        gauges_pool = await create_pool(url, service="scoring", role="gauges", max_size=1)
+        pools = [pool, outbox_pool, sweep_pool, gauges_pool]
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.settings.scoring_group_id,
@@ -128,18 +152,27 @@ class ScoringService:
         self.runner = runner
         runner.subscribe()
         self.ready.set()
+        sweep_every = self.settings.scoring_sweep_interval_s
+        jobs: dict[str, tuple[float, Callable[[], Awaitable[object]]]] = {
+            "outbox": (OUTBOX_IDLE_S, lambda: self._publish(outbox_pool, producer)),
+            "deadline_sweep": (sweep_every, lambda: self._sweep(sweep_pool)),
+            "expiry": (sweep_every, lambda: self._expire(sweep_pool)),
+            "follow_ups": (sweep_every, lambda: self._follow_ups(sweep_pool)),
+            "consumer_lag": (LAG_INTERVAL_S, lambda: self._lag(consumer)),
+            "catalogue": (CATALOGUE_CHECK_S, self._reload),
+            "state_gauges": (
+                self.settings.scoring_state_metrics_interval_s,
+                lambda: self._state(gauges_pool),
+            ),
+        }
+        for name in jobs:
+            self.loops.register(name, self.loop_stuck_after_s[name])
+        self.metrics.watch_loops(self.loops)
         background = [
-            asyncio.create_task(self._every(OUTBOX_IDLE_S, lambda: self._publish(pool, producer))),
             asyncio.create_task(
-                self._every(self.settings.scoring_sweep_interval_s, lambda: self._sweep(pool))
-            ),
-            asyncio.create_task(self._every(LAG_INTERVAL_S, lambda: self._lag(consumer))),
-            asyncio.create_task(self._every(CATALOGUE_CHECK_S, self._reload)),
-            asyncio.create_task(
-                self._every(
-                    self.settings.scoring_state_metrics_interval_s, lambda: self._state(pool)
-                )
-            ),
+                supervise(self.loops, name, interval, job, stuck_after_s=0), name=name
+            )
+            for name, (interval, job) in jobs.items()
         ]
         try:
             await runner.run(self.stopping)
@@ -154,12 +187,15 @@ class ScoringService:
                     await consumer.stop()  # leaves the group: partitions move at once
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10):
-                    while await publish_once(pool, producer, ack_within_s=5):
+                    while await publish_once(outbox_pool, producer, ack_within_s=5):
                         pass
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await producer.stop()
-            await pool.close()
+            for each in pools:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await each.close()
 
     async def _handle(self, conn: Conn, records: list[Any]) -> None:
         await self.engine.handle(conn, records)
@@ -186,22 +222,6 @@ class ScoringService:
             metrics.event_to_health.observe(max((committed - received).total_seconds(), 0.0))
         metrics.interventions_opened.inc(len(report.opened))
 
-    async def _every(self, interval: float, job: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            try:
-                busy = await job()
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                KafkaError,
-                TimeoutError,
-            ) as exc:
-                log.warning("scoring.background.failed", error=str(exc))
-                busy = False
-            if not busy:
-                await asyncio.sleep(interval)
-
     async def _publish(self, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> bool:
         sent = await publish_once(pool, producer, ack_within_s=10)
         self.metrics.outbox_published.inc(sent)
@@ -210,16 +230,22 @@ class ScoringService:
     async def _sweep(self, pool: asyncpg.Pool) -> bool:
         async with pool.acquire() as conn, conn.transaction():
             report = await self.engine.sweep(conn)
+        self.metrics.deadlines_expired.inc(len(report.outcomes))
+        self.metrics.interventions_opened.inc(len(report.opened))
+        return bool(report.outcomes)
+
+    async def _expire(self, pool: asyncpg.Pool) -> bool:
         async with pool.acquire() as conn, conn.transaction():
             expired = await expire_interventions(
                 conn, self.catalogue(), self.engine.clock(), self.settings.interventions_topic
             )
+        self.metrics.interventions_expired.inc(expired)
+        return expired > 0
+
+    async def _follow_ups(self, pool: asyncpg.Pool) -> bool:
         async with pool.acquire() as conn, conn.transaction():
             followed = await record_follow_ups(conn, self.catalogue(), self.engine.clock())
-        self.metrics.deadlines_expired.inc(len(report.outcomes))
-        self.metrics.interventions_opened.inc(len(report.opened))
-        self.metrics.interventions_expired.inc(expired)
-        return bool(report.outcomes) or expired > 0 or followed > 0
+        return followed > 0
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> bool:
         assigned = list(consumer.assignment())
@@ -237,7 +263,11 @@ class ScoringService:
             figures = await read_state_figures(
                 conn, now=self.engine.clock(), policy=self.catalogue().policy.interventions
             )
+            backlogs = await read_backlogs(
+                conn, now=self.engine.clock(), policy=self.catalogue().policy.interventions
+            )
         self.metrics.set_state(figures, at=time.time())
+        self.metrics.set_backlogs(backlogs)
         return False
 
     async def _reload(self) -> bool:
@@ -253,11 +283,33 @@ class ScoringService:
         return len(partitions) if partitions else None
 
     def healthy(self) -> bool:
-        """Alive unless the consumer loop stopped making progress (stuck, not just idle)."""
+        """Alive unless the consumer loop or a background loop stopped making progress
+        (stuck, not just idle)."""
+        return not self.stuck()
+
+    def stuck(self) -> list[str]:
+        """The loops that stopped finishing rounds: the consumer's and the background ones."""
+        stuck = self.loops.stuck()
         runner = self.runner
-        if runner is None:
-            return True
-        return time.monotonic() - runner.last_progress < self.settings.scoring_stuck_after_s
+        if runner is not None and (
+            time.monotonic() - runner.last_progress >= self.settings.scoring_stuck_after_s
+        ):
+            stuck.insert(0, "consumer")
+        return stuck
+
+    def health_report(self) -> dict[str, object]:
+        runner = self.runner
+        consumer_age = None if runner is None else time.monotonic() - runner.last_progress
+        stuck = self.stuck()
+        return {
+            "status": "stuck" if stuck else "alive",
+            "stuck": stuck,
+            "consumer": {
+                "last_round_age_s": None if consumer_age is None else round(consumer_age, 3),
+                "stuck_after_s": self.settings.scoring_stuck_after_s,
+            },
+            "loops": self.loops.report(),
+        }
 
     def partitions(self) -> list[TopicPartition]:
         return [] if self.runner is None else list(self.runner.consumer.assignment())
@@ -284,10 +336,10 @@ async def serve_probes(service: ScoringService, host: str, port: int) -> asyncio
                     CONTENT_TYPE_LATEST,
                 )
             elif path == "/healthz":
-                ok = service.healthy()
+                report = service.health_report()
                 status, body, kind = (
-                    (200 if ok else 503),
-                    (b'{"status":"alive"}' if ok else b'{"status":"stuck"}'),
+                    (503 if report["stuck"] else 200),
+                    orjson.dumps(report),
                     "application/json",
                 )
             elif path == "/readyz":

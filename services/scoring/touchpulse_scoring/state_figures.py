@@ -90,3 +90,36 @@ async def read_state_figures(
         overdue=queue["overdue"],
         oldest_unacknowledged_s=max((now - oldest).total_seconds(), 0.0) if oldest else 0.0,
     )
+
+
+async def read_backlogs(
+    conn: Conn, *, now: datetime, policy: InterventionPolicy
+) -> dict[str, tuple[int, float]]:
+    """Per background loop: (items waiting for it, seconds the oldest has waited; 0 when
+    none). Outbox rows since they were written; deadlines, expiries and follow-ups since
+    they became due (the sweep may rightly wait for a partition's watermark, so an age of
+    minutes under a backlog is normal; hours is not)."""
+    expire_cutoff = now - timedelta(days=policy.expire_unacknowledged_days)
+    follow_cutoff = now - timedelta(days=policy.follow_up_days)
+    # The outbox's rows carry the database's time; the rest is judged on scoring's clock.
+    rows = await conn.fetch(
+        """
+        SELECT 'outbox' AS loop, count(*) AS items,
+               extract(epoch FROM clock_timestamp() - min(created_at))::float8 AS age
+          FROM kafka_outbox
+        UNION ALL
+        SELECT 'deadline_sweep', count(*), extract(epoch FROM $1 - min(due_at))::float8
+          FROM deadline WHERE state = 'open' AND due_at <= $1
+        UNION ALL
+        SELECT 'expiry', count(*), extract(epoch FROM $2 - min(opened_at))::float8
+          FROM intervention WHERE state = 'open' AND opened_at <= $2
+        UNION ALL
+        SELECT 'follow_ups', count(*), extract(epoch FROM $3 - min(resolved_at))::float8
+          FROM intervention
+         WHERE state = 'resolved' AND follow_up_at IS NULL AND resolved_at <= $3
+        """,
+        now,
+        expire_cutoff,
+        follow_cutoff,
+    )
+    return {r["loop"]: (int(r["items"]), max(r["age"] or 0.0, 0.0)) for r in rows}

@@ -52,7 +52,9 @@ from touchpulse_api.webhooks.targets import (
     system_resolver,
 )
 from touchpulse_shared.db import Conn
+from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.logs import configure_logging
+from touchpulse_shared.loops import LoopState
 from touchpulse_shared.settings import ConfigError, Settings, load_settings
 
 log = structlog.get_logger(__name__)
@@ -62,6 +64,8 @@ USER_AGENT = "Touchpulse-Webhooks/1"
 GIVE_UP_AFTER = timedelta(hours=24)
 # How long past a send's time limit a lease lasts: the time to record the result.
 _LEASE_MARGIN_S = 5.0
+# How often the run loop reads its backlog for the gauges.
+BACKLOG_EVERY_S = 5.0
 _ERROR_BODY_CHARS = 200
 _MAX_EXPONENT = 40  # 10 s * 2^40 is far beyond any cap: no float overflow, ever
 
@@ -137,6 +141,8 @@ class WebhookDispatcher:
         idle_s: float = 1.0,
         retention: timedelta = timedelta(days=30),
         monotonic: Callable[[], float] = time.monotonic,
+        loop_state: LoopState | None = None,
+        on_error: Callable[[], None] = lambda: None,
     ) -> None:
         if lease_s < timeout_s + _LEASE_MARGIN_S:
             # A shorter lease would let a second dispatcher send while the first still is.
@@ -158,6 +164,10 @@ class WebhookDispatcher:
         self._max_delay_s = max_delay_s
         self._give_up_after = give_up_after
         self._idle_s = idle_s
+        # Heartbeat and errors of the run loop (``/healthz``, the loop metrics).
+        self.loop_state = loop_state or LoopState("webhook_dispatcher", stuck_after_s=120.0)
+        self._on_error = on_error
+        self._next_backlog = 0.0
         self._retention = retention
         self._monotonic = monotonic
         self._master = master_key(settings)
@@ -187,12 +197,23 @@ class WebhookDispatcher:
                     if self._monotonic() >= next_prune:
                         await self.prune()
                         next_prune = self._monotonic() + 3600
+                    if time.monotonic() >= self._next_backlog:
+                        await self.read_backlog()
+                        self._next_backlog = time.monotonic() + BACKLOG_EVERY_S
                     errors = 0
-                except Exception:
+                    self.loop_state.rounds += 1
+                    self.loop_state.consecutive_errors = 0
+                except Exception as exc:
                     # PostgreSQL down or restarting: keep trying, a little slower each time.
                     errors += 1
+                    self.loop_state.errors += 1
+                    self.loop_state.consecutive_errors = errors
+                    self.loop_state.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                    self._on_error()
                     log.exception("webhooks.dispatcher.error", consecutive=errors)
                     done = 0
+                # A round finished (well or not): the heartbeat /healthz reads.
+                self.loop_state.last_round = time.monotonic()
                 if done == 0 or errors:
                     pause = self._idle_s if not errors else min(30.0, 2.0**errors)
                     with contextlib.suppress(TimeoutError):
@@ -229,6 +250,28 @@ class WebhookDispatcher:
                 else:
                     self._metrics.webhook_deliveries.labels(result).inc()
         return taken + len(claimed)
+
+    async def read_backlog(self) -> tuple[int, float]:
+        """Outbox rows not fanned out yet plus deliveries due, and how long the oldest of
+        them has waited; exported as the loop's backlog gauges."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """
+                SELECT (SELECT count(*) FROM webhook_outbox)
+                     + (SELECT count(*) FROM webhook_delivery
+                         WHERE state = 'pending' AND next_attempt_at <= $1) AS items,
+                       extract(epoch FROM $1 - least(
+                           (SELECT min(created_at) FROM webhook_outbox),
+                           (SELECT min(next_attempt_at) FROM webhook_delivery
+                             WHERE state = 'pending' AND next_attempt_at <= $1)))::float8 AS age
+                """,
+                self._clock(),
+            )
+        assert row is not None  # noqa: S101 - one row by construction
+        items, age = int(row["items"]), max(row["age"] or 0.0, 0.0)
+        self._metrics.loop_backlog.labels(self.loop_state.name).set(items)
+        self._metrics.loop_backlog_age.labels(self.loop_state.name).set(age)
+        return items, age
 
     async def prune(self) -> int:
         return await store.prune(self._pool, older_than=self._clock() - self._retention)
@@ -426,7 +469,7 @@ async def serve(settings: Settings, *, timeout_s: float, lease_s: float) -> None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(settings.database_url, service="webhooks", role="dispatcher")
     try:
         dispatcher = WebhookDispatcher(
             pool,
