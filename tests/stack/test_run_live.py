@@ -3,11 +3,14 @@ Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
+import os
+import queue
 import re
 import signal
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from tests.stack.test_run_lifecycle import (
@@ -17,7 +20,8 @@ from tests.stack.test_run_lifecycle import (
     Runner,
     _gone,
 )
-from touchpulse_shared.stack.live import Snapshot, render
+from touchpulse_shared.stack.live import ServiceState, Snapshot, render
+from touchpulse_shared.stack.services import RestartPolicy
 
 # The issue's promise: live figures within a minute of start, interventions soon after.
 LIVE_WITHIN_S = 60.0
@@ -75,6 +79,90 @@ def test_make_run_shows_the_demo_live_and_ctrl_c_stops_it(live_runner: Runner) -
     assert runner.proc.wait(STOP_TIMEOUT_S) == 0
     assert _gone(pids, timeout=5) == []
     runner.wait_for("Stopped.", 5)
+
+
+def _after(runner: Runner, start: int, pattern: str, within_s: float) -> re.Match[str]:
+    """``pattern`` in what the runner printed from line ``start`` on, waiting for it (and
+    reading what it printed last even after it exited)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        match = re.search(pattern, "".join(runner.output[start:]))
+        if match:
+            return match
+        exited = runner.proc.poll() is not None
+        try:
+            runner.output.append(runner.lines.get(timeout=0.5))
+            continue
+        except queue.Empty:
+            pass
+        if exited or time.monotonic() > deadline:
+            pytest.fail(f"{pattern!r} never shown; output:\n{''.join(runner.output)[-4000:]}")
+
+
+def test_a_crashed_service_is_restarted_and_only_a_crash_loop_stops_the_run(
+    live_runner: Runner,
+) -> None:
+    runner = live_runner
+    runner.wait_for(READY_LINE, START_TIMEOUT_S)
+    pids = runner.server_pids()
+    _wait_for_pattern(runner, r"events/s\s+[\d.]+ accepted\s+[1-9][\d.]* scored", LIVE_WITHIN_S)
+
+    # scoring dies (the OOM killer, a bug): it is restarted, said so, and scores again.
+    mark = len(runner.output)
+    os.kill(pids["scoring"], signal.SIGKILL)
+    _after(runner, mark, r"↻ scoring exited \(exit code -9 \(SIGKILL\)\); restart 1 in 1 s", 30)
+    pid = int(_after(runner, mark, r"↻ scoring restarted: pid (\d+), restart 1", 90)[1])
+    assert pid != pids["scoring"]
+    assert psutil.Process(pid).is_running()
+    restarted = len(runner.output)
+    # The live view names it, and events are scored again by the new process.
+    _after(
+        runner,
+        restarted,
+        r"events/s\s+[\d.]+ accepted\s+[1-9][\d.]* scored(?:.|\n)*?"
+        r"restarts   scoring 1 \(last exit code -9 \(SIGKILL\); up\)",
+        INTERVENTION_WITHIN_S,
+    )
+    assert runner.proc.poll() is None, "one crash must not stop the stack"
+    for name in ("kafka", "postgres", "ingest", "api"):
+        assert psutil.Process(pids[name]).is_running(), f"{name} was stopped"
+
+    # A service that keeps crashing stops everything, with a message and exit status 1.
+    policy = RestartPolicy()
+    for _ in range(policy.max_crashes + 2):  # a spare kill in case one crash left the window
+        os.kill(pid, signal.SIGKILL)
+        mark = len(runner.output)
+        match = _after(runner, mark, r"↻ scoring restarted: pid (\d+)|crashed \d+ times", 90)
+        if match[1] is None:
+            break
+        pid = int(match[1])
+    assert runner.proc.wait(STOP_TIMEOUT_S) == 1
+    runner._pump_thread.join(10)
+    while not runner.lines.empty():
+        runner.output.append(runner.lines.get())
+    printed = "".join(runner.output)
+    assert re.search(
+        rf"touchpulse: the scoring service crashed {policy.max_crashes} times within "
+        rf"{policy.window_s:.0f} s \(last: exit code -9 \(SIGKILL\)\); stopping everything",
+        printed,
+    ), printed[-3000:]
+    assert _gone(pids, timeout=10) == []
+
+
+def test_restarts_back_off_and_are_shown() -> None:
+    policy = RestartPolicy()
+    assert [policy.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    text = render(
+        None,
+        Snapshot(at=1.0),
+        [
+            ServiceState("ingest"),
+            ServiceState("scoring", 2, "exit code -9 (SIGKILL)", up=False),
+        ],
+    )
+    assert "restarts   scoring 2 (last exit code -9 (SIGKILL); restarting)" in text
+    assert "ingest" not in text
+    assert "restarts" not in render(None, Snapshot(at=1.0), [ServiceState("api")])
 
 
 def test_the_live_view_reads_like_the_system() -> None:

@@ -8,6 +8,7 @@ two snapshots in, text out.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,17 @@ class Snapshot:
     open_interventions: float = 0.0
     #: the newest interventions, as the api returns them
     newest: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """A supervised service as the live view shows it."""
+
+    name: str
+    restarts: int = 0
+    #: How its last crash ended (``exit code -9 (SIGKILL)``), if it crashed.
+    last_exit: str | None = None
+    up: bool = True
 
 
 def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -111,14 +123,17 @@ def _number(value: object) -> str:
     return str(value)
 
 
-def render(previous: Snapshot | None, current: Snapshot) -> str:
-    """One block of the live view; rates are taken between the two snapshots."""
+def render(
+    previous: Snapshot | None, current: Snapshot, services: Sequence[ServiceState] = ()
+) -> str:
+    """One block of the live view; rates are taken between the two snapshots (a restarted
+    service's counters start again from zero: no negative rates)."""
     lines = ["── live " + "─" * 62]
     if previous is not None and current.at > previous.at:
         span = current.at - previous.at
-        rate_in = (current.accepted - previous.accepted) / span
-        rate_scored = (current.scored - previous.scored) / span
-        rate_bad = (current.rejected - previous.rejected) / span
+        rate_in = max(current.accepted - previous.accepted, 0.0) / span
+        rate_scored = max(current.scored - previous.scored, 0.0) / span
+        rate_bad = max(current.rejected - previous.rejected, 0.0) / span
         lines.append(
             f"  events/s   {rate_in:7.1f} accepted  {rate_scored:7.1f} scored  "
             f"{rate_bad:5.1f} rejected   (total accepted {current.accepted:,.0f})"
@@ -151,4 +166,13 @@ def render(previous: Snapshot | None, current: Snapshot) -> str:
             lines.append(f"      - {_gap(gap)}")
     if not current.newest:
         lines.append("    none yet")
+    restarted = [s for s in services if s.restarts or not s.up]
+    if restarted:
+        lines.append(
+            "  restarts   "
+            + ", ".join(
+                f"{s.name} {s.restarts} (last {s.last_exit}; {'up' if s.up else 'restarting'})"
+                for s in restarted
+            )
+        )
     return "\n".join(lines)

@@ -3,9 +3,12 @@
 Start order: Kafka and PostgreSQL (unless configured) → migrations and topics → each
 service, waiting for its readiness → demo API keys → the simulator posting demo traffic
 through ingest. Stop order is the reverse, so no service ever runs without its
-dependencies. While it runs, a live view (events per second, the health distribution, the
-weakest touchpoints, the newest interventions with their gaps) is printed every
-``TOUCHPULSE_RUN_LIVE_INTERVAL_S``.
+dependencies. A service that exits on its own is restarted with backoff, and the restart
+is shown; one that keeps crashing stops everything with a message and exit status 1
+(:class:`~touchpulse_shared.stack.services.RestartPolicy`). Kafka or PostgreSQL exiting
+stops everything at once. While it runs, a live view (events per second, the health
+distribution, the weakest touchpoints, the newest interventions with their gaps, the
+restarts) is printed every ``TOUCHPULSE_RUN_LIVE_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.kafka.topics import topic_specs
 from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import Settings, env_name
-from touchpulse_shared.stack.live import Snapshot, read_snapshot, render
+from touchpulse_shared.stack.live import ServiceState, Snapshot, read_snapshot, render
 from touchpulse_shared.stack.local import Endpoint, LocalStack
 from touchpulse_shared.stack.procs import StackError, spawn, stop
 from touchpulse_shared.stack.services import SERVICES, RunningService, settings_env
@@ -100,7 +103,10 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
                 echo,
                 urls=urls,
                 crm_key=crm_key,
-                check_alive=lambda: _check_alive(kafka, postgres, services),
+                check_alive=lambda: _check_alive(kafka, postgres, services, echo),
+                states=lambda: [
+                    ServiceState(s.spec.name, s.restarts, s.last_exit, s.up) for s in services
+                ],
             )
             echo("Stopping…")
         finally:
@@ -111,7 +117,14 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
     echo("Stopped.")
 
 
-def _check_alive(kafka: Endpoint, postgres: Endpoint, services: list[RunningService]) -> None:
+def _check_alive(
+    kafka: Endpoint,
+    postgres: Endpoint,
+    services: list[RunningService],
+    echo: Callable[[str], None],
+) -> None:
+    """The servers must live (raises otherwise); the services are supervised: restarted
+    after a crash, the stack stopped only by a crash loop."""
     import psutil  # noqa: PLC0415
 
     for name, pid in (("kafka", kafka.pid), ("postgres", postgres.pid)):
@@ -124,8 +137,9 @@ def _check_alive(kafka: Endpoint, postgres: Endpoint, services: list[RunningServ
             pass
         raise UnexpectedExit(f"{name} exited unexpectedly")
     for service in services:
-        if not service.alive:
-            raise UnexpectedExit(f"the {service.spec.name} service exited; see {service.log_path}")
+        news = service.supervise()
+        if news is not None:
+            echo(f"  ↻ {news}")
 
 
 def _start_simulator(
@@ -159,6 +173,7 @@ def _watch(
     urls: dict[str, str],
     crm_key: str,
     check_alive: Callable[[], None],
+    states: Callable[[], list[ServiceState]] = list,
 ) -> None:
     """Until told to stop: check every process, and print the live view now and then."""
     previous: Snapshot | None = None
@@ -181,7 +196,7 @@ def _watch(
             except (httpx.HTTPError, KeyError, ValueError):
                 # A busy or restarting service skips one view; the liveness check decides.
                 continue
-            echo(render(previous, current))
+            echo(render(previous, current, states()))
             previous = current
 
 
