@@ -159,6 +159,19 @@ def test_the_service_kinds_are_known(services: dict[str, dict[str, Any]]) -> Non
         assert services[name].get("restart") == "no", f"{name} is one-shot: no restarts"
 
 
+def test_every_long_running_service_is_restarted_when_it_exits(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """A crashed process comes back by itself (as under `touchpulse run`); `unless-stopped`
+    rather than `always`, so an operator's `docker compose stop` holds."""
+    for name in long_running(services):
+        assert services[name].get("restart") == "unless-stopped", f"{name} is not restarted"
+    for name in CLIENTS:
+        # A client that fails every time (a revoked key) gives up after a few tries.
+        policy = str(services[name].get("restart"))
+        assert re.fullmatch(r"on-failure:\d+", policy), f"{name}: {policy}"
+
+
 def test_every_long_running_service_has_a_health_check(
     services: dict[str, dict[str, Any]],
 ) -> None:

@@ -265,6 +265,17 @@ def test_deployment_probes(deployment: Manifest) -> None:
         probe_port(container, "livenessProbe")
 
 
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=_ids(DEPLOYMENTS))
+def test_deployments_restart_crashed_and_stuck_containers(deployment: Manifest) -> None:
+    assert pod_spec(deployment)["restartPolicy"] == "Always"
+    for container in pod_spec(deployment)["containers"]:
+        # A slow start is given time by the startup probe, not killed by the liveness probe;
+        # a stuck process is restarted after a few failed liveness probes, not the first.
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+        assert container["livenessProbe"].get("failureThreshold", 3) >= 2
+
+
 @pytest.mark.parametrize("workload", WORKLOADS, ids=_ids(WORKLOADS))
 def test_workload_resources_and_security(workload: Manifest) -> None:
     spec = pod_spec(workload)
