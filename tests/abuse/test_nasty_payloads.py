@@ -8,6 +8,7 @@ and the count must be 0; every verdict is printed for the report.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -773,4 +774,230 @@ async def test_workflow_text_postgresql_cannot_store_is_a_422(
     assert response.headers["content-type"] == PROBLEM
     pointers = {p.removeprefix("/body") for p in _pointers(response.json())}
     assert pointer in pointers, response.text
+    assert await api.ready()
+
+
+# --- crafted input that found server errors, and requests the document and the behaviour
+# --- disagreed on (issue 13, defect 6) ---------------------------------------------------
+
+#: Cursors in the form the api used to issue (base64url of a JSON array, unsigned), with
+#: values of the wrong type: each was a 500.
+FORGED_VALUES: list[Any] = [
+    ["abc", "x"],
+    [[1], "x"],
+    [None, "x"],
+    [123, "x"],
+    ["not-a-date", "x"],
+    ["2024-01-01T00:00:00Z", 5],
+    [5],
+    ["wh_aaaaaaaaaaaaaaaaaaaaaaaaaa"],
+    [],
+]
+LISTS = [
+    "/v1/customers/at-risk",
+    "/v1/interventions",
+    "/v1/customers/C-1/gaps",
+    "/v1/webhooks",
+    "/v1/webhooks/wh_aaaaaaaaaaaaaaaaaaaaaaaaaa/deliveries",
+]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+def forged_cursors() -> list[str]:
+    cursors: list[str] = []
+    for values in FORGED_VALUES:
+        encoded = _b64(orjson.dumps(values))
+        # The old form, the new form with a made-up tag, and with a kind in front.
+        cursors += [encoded, encoded.rstrip("=") + "." + "A" * 22]
+        cursors.append(_b64(orjson.dumps(["at-risk", *values])).rstrip("=") + "." + "B" * 22)
+    return [*cursors, "%%%", "nonsense", "a.b", "." * 40]
+
+
+def _names(response: httpx.Response, pointer: str) -> bool:
+    return response.headers.get("content-type") == PROBLEM and pointer in _pointers(response.json())
+
+
+@pytest.mark.parametrize("path", LISTS)
+async def test_a_forged_cursor_is_a_400_naming_cursor(api: Service, path: str) -> None:
+    key = await api.keys.make("lists", [Scope.HEALTH_READ, Scope.ADMIN])
+    for cursor in forged_cursors():
+        response = await api.http.get(path, params={"cursor": cursor}, headers=Service.bearer(key))
+        assert response.status_code == 400, (cursor, response.text)
+        assert _names(response, "/query/cursor"), (cursor, response.text)
+    assert await api.ready()
+
+
+async def test_cursors_are_signed_and_bound_to_their_list(api: Service) -> None:
+    """A cursor the api issued pages on; the same cursor tampered with, or on another list,
+    is refused: nobody but the api can make one."""
+    assert api.settings.database_url is not None
+    key = await api.keys.make("pages", [Scope.HEALTH_READ, Scope.ADMIN])
+    headers = Service.bearer(key)
+    for n in range(3):
+        await _open_intervention(api.settings.database_url, f"iv-page-{n}", "open")
+    first = await api.http.get("/v1/interventions", params={"limit": 1}, headers=headers)
+    assert first.status_code == 200, first.text
+    cursor = first.json()["next_cursor"]
+    assert isinstance(cursor, str)
+    second = await api.http.get(
+        "/v1/interventions", params={"limit": 1, "cursor": cursor}, headers=headers
+    )
+    assert second.status_code == 200, second.text
+    assert (
+        second.json()["items"][0]["intervention_id"] != first.json()["items"][0]["intervention_id"]
+    )
+    payload, _, tag = cursor.partition(".")
+    flipped = "A" if tag[-1] != "A" else "B"
+    # The payload with a value changed (a higher priority) and the old tag; the tag altered.
+    values = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    values[1] = 1_000_000.0
+    changed = _b64(orjson.dumps(values)).rstrip("=") + "." + tag
+    for bad in (changed, f"{payload}.{tag[:-1]}{flipped}", f"{payload}X.{tag}", payload):
+        response = await api.http.get(
+            "/v1/interventions", params={"limit": 1, "cursor": bad}, headers=headers
+        )
+        assert response.status_code == 400, (bad, response.text)
+        assert _names(response, "/query/cursor"), response.text
+    # A genuine cursor of one list means nothing on another.
+    for other in ("/v1/customers/at-risk", "/v1/customers/C-1/gaps", "/v1/webhooks"):
+        response = await api.http.get(other, params={"cursor": cursor}, headers=headers)
+        assert response.status_code == 400, (other, response.text)
+    assert await api.ready()
+
+
+async def test_time_filters_take_rfc3339_date_times_only_and_the_whole_calendar(
+    api: Service,
+) -> None:
+    key = await api.keys.make("times", [Scope.HEALTH_READ])
+    headers = Service.bearer(key)
+    for path in ("/v1/gaps", "/v1/customers/C-1/gaps"):
+        for name, value in [
+            ("since", "2024-01-01T00:00:00"),  # no offset: not RFC 3339
+            ("until", "2024-01-01T00:00:00"),
+            ("until", "0.5"),  # a number, which pydantic took for a Unix time
+            ("since", "1700000000"),
+            ("until", "2024-02-30T00:00:00Z"),
+            ("since", "2024-01-01"),
+        ]:
+            response = await api.http.get(path, params={name: value}, headers=headers)
+            assert response.status_code == 422, (path, name, value, response.text)
+            assert _names(response, f"/query/{name}"), response.text
+        for params in [
+            {"until": "0001-01-02T00:00:00Z"},  # the default window starts before year 1
+            {"since": "0001-01-01T00:00:00+14:00"},  # before the first instant in UTC
+            {"until": "9999-12-31T23:59:59-14:00"},  # after the last one
+            {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999999Z"},
+            {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},  # inverted
+            {"since": "2026-01-01T00:00:00.123456789+05:30"},
+        ]:
+            response = await api.http.get(path, params=params, headers=headers)
+            assert response.status_code == 200, (path, params, response.text)
+            assert response.json()["items"] == []
+    assert await api.ready()
+
+
+async def test_key_text_postgresql_cannot_store_and_conditional_rules_are_documented(
+    api: Service,
+) -> None:
+    key = await api.keys.make("keys-admin", [Scope.ADMIN])
+    headers = {**Service.bearer(key), "content-type": JSON}
+    for body, pointer in [
+        (b'{"name":"w","scopes":["events:write"],"source":"\\ud800"}', "/body/source"),
+        (b'{"name":"w","scopes":["events:write"],"source":"a\\udfffb"}', "/body/source"),
+        (b'{"name":"\\ud800","scopes":["health:read"]}', "/body/name"),
+        (
+            b'{"name":"w","scopes":["events:write"],"source":"s","touchpoints":["\\ud800"]}',
+            "/body/touchpoints/0",
+        ),
+    ]:
+        response = await api.http.post("/v1/keys", content=body, headers=headers)
+        assert response.status_code == 422, (body, response.text)
+        assert _names(response, pointer), (body, response.text)
+    # An admin key bound to a source is refused, and the document says so: of the request's
+    # two shapes, only the events:write one has a source that is not null.
+    refused = await api.http.post(
+        "/v1/keys", json={"name": "a", "scopes": ["admin"], "source": "crm"}, headers=headers
+    )
+    assert refused.status_code == 422, refused.text
+    document = (await api.http.get("/openapi.json")).json()
+    request = document["paths"]["/v1/keys"]["post"]["requestBody"]["content"][JSON]["schema"]
+    shapes = _resolve(document, request)["oneOf"]
+    assert {s["title"] for s in shapes} == {"EventsKeyIn", "ServiceKeyIn"}
+    service = next(s for s in shapes if s["title"] == "ServiceKeyIn")
+    assert service["properties"]["source"] == {"type": "null"}
+    assert "events:write" not in service["properties"]["scopes"]["items"]["enum"]
+    writer = next(s for s in shapes if s["title"] == "EventsKeyIn")
+    assert "source" in writer["required"]
+    assert writer["properties"]["scopes"]["contains"] == {"const": "events:write"}
+    assert await api.ready()
+
+
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    found: dict[str, Any] = document
+    for part in ref.removeprefix("#/").split("/"):
+        found = found[part]
+    return found
+
+
+async def test_the_document_and_the_behaviour_agree(api: Service) -> None:
+    """What Schemathesis found the document and the api disagreeing on, each way."""
+    key = await api.keys.make("agree", [Scope.HEALTH_READ, Scope.ADMIN])
+    headers = Service.bearer(key)
+    document = (await api.http.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+
+    # An empty cursor: the document now says a cursor has at least one character.
+    empty = await api.http.get("/v1/interventions", params={"cursor": ""}, headers=headers)
+    assert empty.status_code == 422, empty.text
+    assert _names(empty, "/query/cursor"), empty.text
+    listing = document["paths"]["/v1/interventions"]["get"]["parameters"]
+    cursor = next(p for p in listing if p["name"] == "cursor")["schema"]
+    strings = [s for s in cursor.get("anyOf", [cursor]) if s.get("type") == "string"]
+    assert [s.get("minLength") for s in strings] == [1], cursor
+
+    # enabled may be left out of a PATCH, but not null: no null in its schema.
+    for name in ("url", "kinds", "enabled"):
+        assert "null" not in str(schemas["WebhookUpdate"]["properties"][name]), name
+    nulled = await api.http.patch(
+        "/v1/webhooks/wh_aaaaaaaaaaaaaaaaaaaaaaaaaa", json={"enabled": None}, headers=headers
+    )
+    assert nulled.status_code == 422, nulled.text
+    assert _names(nulled, "/body/enabled"), nulled.text
+
+    # JSON types are what they say: true is no number, 0.0 no date.
+    loose = await api.http.put(
+        "/v1/customers/C-strict/profile",
+        json={"value": True, "customer_since": 0.0},
+        headers=headers,
+    )
+    assert loose.status_code == 422, loose.text
+    assert _names(loose, "/body/value"), loose.text
+    assert _names(loose, "/body/customer_since"), loose.text
+    for body in ({"reach": "3"}, {"segment": 1}, {"customer_since": "2026-09-01T00:00:00Z"}):
+        refused = await api.http.put("/v1/customers/C-strict/profile", json=body, headers=headers)
+        assert refused.status_code == 422, (body, refused.text)
+    fine = await api.http.put(
+        "/v1/customers/C-strict/profile",
+        json={"value": 3, "reach": 1500.5, "customer_since": "2026-09-01"},
+        headers=headers,
+    )
+    assert fine.status_code == 201, fine.text
+
+    # An undeclared method is a 405 listing every method the path serves.
+    for method, path, allowed in [
+        ("OPTIONS", "/v1/keys", "GET, POST"),
+        ("TRACE", "/v1/webhooks/wh_aaaaaaaaaaaaaaaaaaaaaaaaaa", "DELETE, GET, PATCH"),
+        ("DELETE", "/v1/customers/C-1/profile", "GET, PUT"),
+        ("PUT", "/v1/interventions", "GET"),
+    ]:
+        response = await api.http.request(method, path, headers=headers)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers.get("allow") == allowed, (method, path, response.headers)
+        assert response.headers["content-type"] == PROBLEM
     assert await api.ready()

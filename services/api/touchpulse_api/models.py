@@ -6,24 +6,119 @@ written through them (no mass assignment).
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import re
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    WithJsonSchema,
+)
 
 from touchpulse_shared.contract.events import SLUG_PATTERN
 
 Band = Literal["red", "amber", "green"]
 
+#: Text PostgreSQL can store: no NUL, no lone surrogate (JSON lets both in). The pattern
+#: puts the NUL rule in the OpenAPI document; a lone surrogate is no Unicode character, so
+#: no JSON Schema string holds one (I-JSON, RFC 7493), and JSON Schema regex engines
+#: cannot name one anyway.
+STORABLE_PATTERN = r"^[^\x00]*$"
+
 
 def _storable(text: str) -> str:
-    # PostgreSQL text cannot hold NUL: let through, it fails the write as a server error.
+    # Let through, either would fail the write as a server error.
     if "\x00" in text:
         raise ValueError("may not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
     return text
 
 
-StorableText = Annotated[str, AfterValidator(_storable)]
+# The validator does the work (and says which rule failed); the pattern is for the document.
+StorableText = Annotated[
+    str, AfterValidator(_storable), Field(json_schema_extra={"pattern": STORABLE_PATTERN})
+]
+
+# Request numbers and flags are what JSON says they are: true is not 1, "3" is not 3.
+JsonFloat = Annotated[float, Strict()]
+JsonBool = Annotated[bool, Strict()]
+
+# RFC 3339 date-time (what the document's format: date-time means): an offset is required.
+_DATE_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_FULL_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+UTC_MIN = datetime.min.replace(tzinfo=UTC)
+UTC_MAX = datetime.max.replace(tzinfo=UTC)
+
+
+def parse_instant(value: object) -> datetime:
+    """An RFC 3339 date-time in UTC. One whose UTC value falls off the calendar Python and
+    PostgreSQL share (year 1 with a positive offset, year 9999 with a negative one) is
+    the first or last instant there is: as a bound of a time filter it means the same."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string")  # noqa: TRY004 - pydantic
+    match = _DATE_TIME.fullmatch(value)
+    if match is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T09:00:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    fraction, zulu, sign, off_hours, off_minutes = match.group(7, 8, 9, 10, 11)
+    try:
+        offset = (
+            timedelta(0)
+            if zulu
+            else (1 if sign == "+" else -1)
+            * timedelta(hours=int(off_hours), minutes=int(off_minutes))
+        )
+        local = datetime(
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            min(second, 59),  # a leap second is the last second of its minute
+            int((fraction or "0")[:6].ljust(6, "0")),
+            tzinfo=timezone(offset),
+        )
+    except ValueError:
+        raise ValueError("is not a date and time on the calendar") from None
+    try:
+        return local.astimezone(UTC)
+    except OverflowError:
+        return UTC_MIN if offset > timedelta(0) else UTC_MAX
+
+
+def parse_date(value: object) -> date:
+    """An RFC 3339 full-date (YYYY-MM-DD), and nothing JSON would spell otherwise."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _FULL_DATE.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 full-date string, e.g. 2026-09-01")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not a date on the calendar") from None
+
+
+Instant = Annotated[
+    datetime,
+    PlainValidator(parse_instant),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+FullDate = Annotated[
+    date, PlainValidator(parse_date), WithJsonSchema({"type": "string", "format": "date"})
+]
 
 
 class Expected(BaseModel):
@@ -147,15 +242,21 @@ class ProfileIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    segment: str = Field("standard", pattern=SLUG_PATTERN, examples=["premium"])
-    customer_since: date | None = Field(None, examples=["2026-09-01"])
-    value: float = Field(1.0, ge=0, le=1_000_000, allow_inf_nan=False, examples=[3.0])
-    reach: float = Field(0.0, ge=0, le=1_000_000_000, allow_inf_nan=False, examples=[1500])
+    segment: Annotated[str, Strict()] = Field(
+        "standard", pattern=SLUG_PATTERN, examples=["premium"]
+    )
+    customer_since: FullDate | None = Field(None, examples=["2026-09-01"])
+    value: JsonFloat = Field(1.0, ge=0, le=1_000_000, allow_inf_nan=False, examples=[3.0])
+    reach: JsonFloat = Field(0.0, ge=0, le=1_000_000_000, allow_inf_nan=False, examples=[1500])
 
 
-class ProfileOut(ProfileIn):
+class ProfileOut(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    segment: str = Field(examples=["premium"])
+    customer_since: date | None = Field(examples=["2026-09-01"])
+    value: float = Field(examples=[3.0])
+    reach: float = Field(examples=[1500])
     customer_id: str
     created_at: datetime
     updated_at: datetime

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from touchpulse_shared.http.problems import Problem, field_errors
@@ -25,9 +26,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         title = str(exc.detail)
-        return Problem(exc.status_code, f"http-{exc.status_code}", title, title).response(
-            request.url.path
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route of the path only; a path served by
+            # several routes (GET and POST /v1/keys) allows the methods of them all.
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return Problem(
+            exc.status_code, f"http-{exc.status_code}", title, title, headers=headers
+        ).response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
@@ -39,6 +45,20 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors=field_errors(exc.errors()),
         )
         return problem.response(request.url.path)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (asked of the routes the way
+    the router asks them, so included routers and path parameters count)."""
+    routes = request.app.router.routes
+    return sorted(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    )
 
 
 class RequestMetricsMiddleware:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Response
 
+from touchpulse_api import cursors
 from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import Admin, ContextDep, HealthReader
 from touchpulse_api.models import (
@@ -17,6 +17,7 @@ from touchpulse_api.models import (
     CustomerHealth,
     Explanation,
     GapsPage,
+    Instant,
     OutcomeOut,
     ProfileIn,
     ProfileOut,
@@ -38,28 +39,6 @@ from touchpulse_scoring.store import lock_customers, outcome_from_row
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
-
-
-def encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(values, option=orjson.OPT_UTC_Z)).decode()
-
-
-def decode_cursor(cursor: str | None, size: int) -> list[Any] | None:
-    if cursor is None:
-        return None
-    try:
-        values = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, orjson.JSONDecodeError):
-        values = None
-    if not isinstance(values, list) or len(values) != size:
-        raise Problem(
-            400,
-            "invalid-cursor",
-            "Invalid Cursor",
-            "The cursor is not one this API issued",
-            errors=[{"pointer": "/cursor", "detail": "unknown cursor", "code": "cursor"}],
-        )
-    return values
 
 
 def outcome_out(row: Any) -> OutcomeOut:
@@ -172,14 +151,16 @@ async def customer_gaps(
     touchpoint: str | None = None,
     promise: str | None = None,
     breaches_only: bool = False,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    cursor: str | None = None,
+    since: Annotated[Instant | None, Query(description="outcomes at or after")] = None,
+    until: Annotated[Instant | None, Query(description="outcomes before")] = None,
+    cursor: cursors.Cursor = None,
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> GapsPage:
     """Expected versus actual per promise for one customer, newest first."""
     limit = min(limit, context.settings.api_max_page_size)
-    after = decode_cursor(cursor, 2)
+    after = cursors.decode_cursor(
+        context.settings, "customer-gaps", cursor, (cursors.instant, cursors.text)
+    )
     async with context.pool.acquire() as conn:
         rows = await conn.fetch(
             """
@@ -200,7 +181,7 @@ async def customer_gaps(
             breaches_only,
             since,
             until,
-            None if after is None else datetime.fromisoformat(after[0]),
+            None if after is None else after[0],
             None if after is None else after[1],
             limit + 1,
         )
@@ -209,7 +190,11 @@ async def customer_gaps(
     return GapsPage(
         customer_id=customer_id,
         items=[outcome_out(r) for r in rows],
-        next_cursor=encode_cursor([rows[-1]["occurred_at"], rows[-1]["outcome_key"]])
+        next_cursor=cursors.encode_cursor(
+            context.settings,
+            "customer-gaps",
+            [rows[-1]["occurred_at"], rows[-1]["outcome_key"]],
+        )
         if more
         else None,
     )
@@ -225,12 +210,14 @@ async def at_risk(
     touchpoint: str | None = Query(None, description="customers whose weakest link this is"),
     new_customers: bool | None = None,
     open_intervention: bool | None = None,
-    cursor: str | None = None,
+    cursor: cursors.Cursor = None,
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> AtRiskPage:
     """Customers who need action, highest priority first."""
     limit = min(limit, context.settings.api_max_page_size)
-    after = decode_cursor(cursor, 2)
+    after = cursors.decode_cursor(
+        context.settings, "at-risk", cursor, (cursors.number, cursors.text)
+    )
     policy = current_catalogue(context).policy
     now = context.clock()
     new_since = (now - timedelta(days=policy.new_customer_days)).date()
@@ -265,9 +252,9 @@ async def at_risk(
             touchpoint,
             new_customers,
             open_intervention,
-            None if after is None else float(after[0]),
+            None if after is None else after[0],
             new_since,
-            None if after is None else str(after[1]),
+            None if after is None else after[1],
             limit + 1,
         )
     more = len(rows) > limit
@@ -287,7 +274,9 @@ async def at_risk(
             )
             for r in rows
         ],
-        next_cursor=encode_cursor([rows[-1]["priority"], rows[-1]["customer_id"]])
+        next_cursor=cursors.encode_cursor(
+            context.settings, "at-risk", [rows[-1]["priority"], rows[-1]["customer_id"]]
+        )
         if more
         else None,
     )

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from touchpulse_api import cursors
 from touchpulse_api.context import ApiContext, ContextDep, HealthReader, InterventionWriter
 from touchpulse_api.models import Acknowledge, InterventionOut, InterventionsPage, Resolve
-from touchpulse_api.routes.customers import decode_cursor, encode_cursor
 from touchpulse_scoring.domain import (
     IllegalTransition,
     Intervention,
@@ -44,12 +44,14 @@ async def list_interventions(
     state: Annotated[list[State] | None, Query()] = None,
     min_priority: Annotated[float | None, Query(ge=0)] = None,
     customer_id: str | None = None,
-    cursor: str | None = None,
+    cursor: cursors.Cursor = None,
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> InterventionsPage:
     """Interventions by priority (highest first); by default those still open."""
     limit = min(limit, context.settings.api_max_page_size)
-    after = decode_cursor(cursor, 2)
+    after = cursors.decode_cursor(
+        context.settings, "interventions", cursor, (cursors.number, cursors.text)
+    )
     states = state or ["open", "acknowledged"]
     async with context.pool.acquire() as conn:
         rows = await conn.fetch(
@@ -66,15 +68,19 @@ async def list_interventions(
             states,
             min_priority,
             customer_id,
-            None if after is None else float(after[0]),
-            None if after is None else str(after[1]),
+            None if after is None else after[0],
+            None if after is None else after[1],
             limit + 1,
         )
     more = len(rows) > limit
     rows = rows[:limit]
     return InterventionsPage(
         items=[_out(intervention_from_row(r), r["health_now"]) for r in rows],
-        next_cursor=encode_cursor([rows[-1]["priority"], rows[-1]["intervention_id"]])
+        next_cursor=cursors.encode_cursor(
+            context.settings,
+            "interventions",
+            [rows[-1]["priority"], rows[-1]["intervention_id"]],
+        )
         if more
         else None,
     )

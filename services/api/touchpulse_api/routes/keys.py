@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from touchpulse_api.context import Admin, ContextDep
+from touchpulse_api.models import StorableText
 from touchpulse_shared.auth import (
     InvalidKeySpec,
     KeyRecord,
@@ -16,18 +18,94 @@ from touchpulse_shared.auth import (
     list_keys,
     revoke_key,
 )
+from touchpulse_shared.contract.events import (
+    IDENTIFIER_PATTERN,
+    MAX_SOURCE_LENGTH,
+    SLUG_PATTERN,
+)
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Not blank, no control characters (C0, DEL, C1), storable: what create_key checks.
+_NAME_CHAR = r"\x00-\x1F\x7F-\x9F"
+_NAME_PATTERN = rf"^[^{_NAME_CHAR}]*[^\s{_NAME_CHAR}][^{_NAME_CHAR}]*$"
+_NAME: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": _NAME_PATTERN,
+    "examples": ["billing system"],
+}
+_OTHER_SCOPES = [s.value for s in Scope if s is not Scope.EVENTS_WRITE]
 
-    name: str = Field(min_length=1, max_length=128, examples=["billing system"])
+
+def _key_schema(schema: dict[str, Any]) -> None:
+    """The two kinds of key the api makes, as the document's request schema: a key with
+    events:write is bound to a source (and optionally to touchpoints); any other key is
+    bound to neither. The model validates the fields; create_key checks the rule."""
+    writer = {
+        "type": "object",
+        "title": "EventsKeyIn",
+        "additionalProperties": False,
+        "required": ["name", "scopes", "source"],
+        "properties": {
+            "name": _NAME,
+            "scopes": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": [s.value for s in Scope]},
+                "contains": {"const": Scope.EVENTS_WRITE.value},
+            },
+            "source": {
+                "type": "string",
+                "maxLength": MAX_SOURCE_LENGTH,
+                "pattern": IDENTIFIER_PATTERN,
+                "examples": ["billing-prod"],
+            },
+            "touchpoints": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "pattern": SLUG_PATTERN},
+                    },
+                    {"type": "null"},
+                ],
+                "examples": [["billing"]],
+            },
+        },
+    }
+    other = {
+        "type": "object",
+        "title": "ServiceKeyIn",
+        "additionalProperties": False,
+        "required": ["name", "scopes"],
+        "properties": {
+            "name": _NAME,
+            "scopes": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": _OTHER_SCOPES},
+                "examples": [["health:read"]],
+            },
+            "source": {"type": "null"},
+            "touchpoints": {"type": "null"},
+        },
+    }
+    title = schema.get("title")
+    schema.clear()
+    schema.update({"title": title, "oneOf": [writer, other]})
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_key_schema)
+
+    name: StorableText = Field(min_length=1, max_length=128, examples=["billing system"])
     scopes: list[Scope] = Field(min_length=1, examples=[["events:write"]])
-    source: str | None = Field(None, examples=["billing-prod"])
-    touchpoints: list[str] | None = Field(None, examples=[["billing"]])
+    source: StorableText | None = Field(None, examples=["billing-prod"])
+    touchpoints: list[StorableText] | None = Field(None, examples=[["billing"]])
 
 
 class KeyOut(BaseModel):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ContextDep, HealthReader
-from touchpulse_api.models import OrgGap, OrgGaps, PromisesOut
-from touchpulse_shared.http.problems import Problem
+from touchpulse_api.models import UTC_MIN, Instant, OrgGap, OrgGaps, PromisesOut
+
+WINDOW = timedelta(days=7)
 
 router = APIRouter(prefix="/v1", tags=["organisation"])
 
@@ -18,21 +20,15 @@ router = APIRouter(prefix="/v1", tags=["organisation"])
 async def organisation_gaps(
     context: ContextDep,
     _: HealthReader,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[Instant | None, Query(description="default: 7 days before until")] = None,
+    until: Annotated[Instant | None, Query(description="default: now")] = None,
 ) -> OrgGaps:
     """Per touchpoint and promise over a window (default the last 7 days): events, breach
-    rate, median and p90 gap of the breaches, customers affected — weakest link first."""
+    rate, median and p90 gap of the breaches, customers affected — weakest link first. A
+    window that ends before it starts holds nothing."""
     until = until or context.clock()
-    since = since or until - timedelta(days=7)
-    if since >= until:
-        raise Problem(
-            422,
-            "invalid-request",
-            "Invalid Request",
-            "since must be before until",
-            errors=[{"pointer": "/since", "detail": "must be before until", "code": "range"}],
-        )
+    # At the start of the calendar the window is what there is of it.
+    since = since or (until - WINDOW if until - UTC_MIN > WINDOW else UTC_MIN)
     async with context.pool.acquire() as conn:
         rows = await conn.fetch(
             """

@@ -14,10 +14,12 @@ from typing import Annotated, Any, Literal
 import orjson
 import structlog
 from fastapi import APIRouter, Query, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from touchpulse_api import cursors
 from touchpulse_api.context import Admin, ContextDep
-from touchpulse_api.routes.customers import decode_cursor, encode_cursor
+from touchpulse_api.models import JsonBool, StorableText
 from touchpulse_api.webhooks import store
 from touchpulse_api.webhooks.dispatcher import GIVE_UP_AFTER
 from touchpulse_api.webhooks.signing import derive_secret, master_key, new_nonce
@@ -91,18 +93,7 @@ _DELIVERY_ID = re.compile(r"msg_[0-9a-f]{32}")
 # --- models ------------------------------------------------------------------------------
 
 
-def _storable(text: str) -> str:
-    # PostgreSQL text holds neither NUL nor lone surrogates (which stdlib JSON lets in).
-    if "\x00" in text:
-        raise ValueError("may not contain NUL characters")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_storable)]
+Text = StorableText
 
 
 def _unique_kinds(kinds: list[WebhookKind]) -> list[WebhookKind]:
@@ -135,9 +126,13 @@ class WebhookUpdate(BaseModel):
         json_schema_extra={"examples": [{"enabled": True}, {"kinds": ["intervention.opened"]}]},
     )
 
-    url: str | None = Field(None, min_length=1, max_length=2048, description=_URL_DESCRIPTION)
-    kinds: list[WebhookKind] | None = Field(None, min_length=1, max_length=20)
-    enabled: bool | None = None
+    # url, kinds and enabled may be left out, not null: the document says so (no null in
+    # their schemas), the validator below refuses it.
+    url: str | SkipJsonSchema[None] = Field(
+        None, min_length=1, max_length=2048, description=_URL_DESCRIPTION
+    )
+    kinds: list[WebhookKind] | SkipJsonSchema[None] = Field(None, min_length=1, max_length=20)
+    enabled: JsonBool | SkipJsonSchema[None] = None
     description: Text | None = Field(None, max_length=256, description="null clears it")
 
     @field_validator("url", "kinds", "enabled", mode="before")
@@ -326,35 +321,23 @@ async def _check_url(context: ContextDep, url: str) -> None:
         raise _invalid("/body/url", str(exc), "invalid_url") from None
 
 
-def _invalid_cursor() -> Problem:
-    # The same answer as decode_cursor gives for a cursor that does not decode at all.
-    return Problem(
-        400,
-        "invalid-cursor",
-        "Invalid Cursor",
-        "The cursor is not one this API issued",
-        errors=[{"pointer": "/cursor", "detail": "unknown cursor", "code": "cursor"}],
-    )
-
-
-def _subscription_cursor(cursor: str | None) -> str | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    if not isinstance(values[0], str) or not _SUBSCRIPTION_ID.fullmatch(values[0]):
-        raise _invalid_cursor()
-    return values[0]
-
-
-def _delivery_cursor(cursor: str | None) -> int | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    value = values[0]
-    # bool is an int to Python, and the column is a 63-bit bigint.
-    if type(value) is not int or not 0 <= value < 2**63:
-        raise _invalid_cursor()
+def _subscription_id_value(value: object) -> str:
+    if not isinstance(value, str) or not _SUBSCRIPTION_ID.fullmatch(value):
+        raise TypeError("not a subscription id")
     return value
+
+
+def _subscription_cursor(context: ContextDep, cursor: str | None) -> str | None:
+    values = cursors.decode_cursor(context.settings, "webhooks", cursor, (_subscription_id_value,))
+    return None if values is None else str(values[0])
+
+
+def _delivery_cursor(context: ContextDep, subscription_id: str, cursor: str | None) -> int | None:
+    # A log's cursor belongs to its subscription's log only.
+    values = cursors.decode_cursor(
+        context.settings, f"deliveries:{subscription_id}", cursor, (cursors.bigint,)
+    )
+    return None if values is None else int(values[0])
 
 
 def _page_size(context: ContextDep, limit: int) -> int:
@@ -441,17 +424,19 @@ async def create_subscription(
     summary="Every subscription, oldest first (never a secret)",
 )
 async def list_subscriptions(
-    context: ContextDep, _admin: Admin, limit: Limit = 50, cursor: str | None = None
+    context: ContextDep, _admin: Admin, limit: Limit = 50, cursor: cursors.Cursor = None
 ) -> WebhookSubscriptionPage:
     size = _page_size(context, limit)
     rows = await store.list_subscriptions(
-        context.pool, after=_subscription_cursor(cursor), limit=size + 1
+        context.pool, after=_subscription_cursor(context, cursor), limit=size + 1
     )
     more = len(rows) > size
     rows = rows[:size]
     return WebhookSubscriptionPage(
         items=[WebhookSubscription.of(s) for s in rows],
-        next_cursor=encode_cursor([rows[-1].id]) if more else None,
+        next_cursor=cursors.encode_cursor(context.settings, "webhooks", [rows[-1].id])
+        if more
+        else None,
     )
 
 
@@ -545,14 +530,14 @@ async def list_deliveries(
     context: ContextDep,
     _admin: Admin,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: cursors.Cursor = None,
     state: Annotated[
         DeliveryState | None, Query(description="only deliveries in this state")
     ] = None,
 ) -> WebhookDeliveryPage:
     _subscription_id(subscription_id)
     size = _page_size(context, limit)
-    before: int | None = _delivery_cursor(cursor)
+    before = _delivery_cursor(context, subscription_id, cursor)
     if await store.get_subscription(context.pool, subscription_id) is None:
         raise _not_found("webhook subscription", subscription_id)
     rows = await store.list_deliveries(
@@ -562,5 +547,9 @@ async def list_deliveries(
     rows = rows[:size]
     return WebhookDeliveryPage(
         items=[WebhookDelivery.of(d) for d in rows],
-        next_cursor=encode_cursor([rows[-1].seq]) if more else None,
+        next_cursor=cursors.encode_cursor(
+            context.settings, f"deliveries:{subscription_id}", [rows[-1].seq]
+        )
+        if more
+        else None,
     )
