@@ -386,6 +386,176 @@ class PostgresLock(Fault):
         h.loop.call(release())
 
 
+# --- PostgreSQL terminating sessions -------------------------------------------------------
+
+#: Every role that holds PostgreSQL sessions (``application_name``), and the tables whose
+#: writes in a transaction of that role the COMMIT gate stalls.
+SESSION_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "consumer": ("touchpulse-scoring/consumer", ("consumer_offset",)),
+    "sweep": ("touchpulse-scoring/sweep", ("deadline", "intervention", "kafka_outbox")),
+    "outbox": ("touchpulse-scoring/outbox", ("kafka_outbox",)),
+    "gauges": ("touchpulse-scoring/gauges", ()),
+    "api": ("touchpulse-api/requests", ("customer_profile", "kafka_outbox")),
+    "webhooks": ("touchpulse-api/webhooks", ("webhook_outbox", "webhook_delivery")),
+}
+SESSION_STATES = ("active", "idle-in-tx", "idle", "commit")
+_PG_STATE = {"active": "active", "idle-in-tx": "idle in transaction", "idle": "idle"}
+# Outbox rows written before the heal must be published within this (the publisher alive).
+OUTBOX_DRAIN_S = 60.0
+
+
+@dataclass
+class SessionTerminate(Fault):
+    """``pg_terminate_backend`` on one role's sessions in one state, again and again while
+    the fault holds: ``active`` (a statement running), ``idle-in-tx``, ``idle`` (in its
+    pool), or ``commit`` (stalled inside COMMIT by a deferred constraint trigger that takes
+    a shared advisory lock, for that role's sessions only, then terminated: the ambiguous
+    commit the retry must resolve). The api gets reads and profile writes meanwhile. After
+    the heal every process must be alive and healthy, and the outbox must drain (the
+    publisher must not have stopped)."""
+
+    role: str = "consumer"
+    state: str = "active"
+    hold_s: float = 6.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"pg-terminate-{self.role}-{self.state}"
+        self._killed = 0
+        self._api_load: asyncio.Event | None = None
+        self._api_task: object = None
+        self._api_errors: list[int] = []
+
+    def inject(self, h: Harness) -> None:
+        app, tables = SESSION_ROLES[self.role]
+        self._killed = 0
+        if self.role == "api":
+            self._api_load = asyncio.Event()
+            self._api_task = h.loop.submit(_api_traffic(h, self._api_load, self._api_errors))
+        deadline = time.monotonic() + self.hold_s
+        if self.state == "commit":
+            if not tables:
+                self.notes.append(f"{app} only reads (autocommit): no COMMIT to stall")
+            else:
+                self._commit_rounds(h, app, tables, deadline)
+        else:
+            while time.monotonic() < deadline:
+                rows = h.sql(
+                    "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
+                    " WHERE application_name = $1 AND state = $2 AND pid <> pg_backend_pid()",
+                    app,
+                    _PG_STATE[self.state],
+                )
+                self._killed += sum(1 for r in rows if r["ok"])
+                time.sleep(0.01 if self.state != "idle" else 0.5)
+        self.notes.append(f"{self._killed} {app} session(s) terminated {self.state}")
+
+    def _commit_rounds(
+        self, h: Harness, app: str, tables: tuple[str, ...], deadline: float
+    ) -> None:
+        triggers = "".join(
+            f"""
+            DROP TRIGGER IF EXISTS faults_session_gate ON {t};
+            CREATE CONSTRAINT TRIGGER faults_session_gate AFTER INSERT OR UPDATE OR DELETE
+            ON {t} DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION faults_session_gate();"""
+            for t in tables
+        )
+        h.sql(
+            f"""
+            CREATE OR REPLACE FUNCTION faults_session_gate() RETURNS trigger AS $$
+            BEGIN
+              IF current_setting('application_name') = '{app}' THEN
+                PERFORM pg_advisory_xact_lock_shared({COMMIT_LOCK[0]}, 3);
+              END IF;
+              RETURN NULL;
+            END $$ LANGUAGE plpgsql;
+            {triggers}
+            """
+        )
+        with h.db() as gate:
+            while time.monotonic() < deadline:
+                h.loop.call(gate.execute("SELECT pg_advisory_lock($1, 3)", COMMIT_LOCK[0]))
+                waiting = _wait_for(
+                    lambda: [
+                        r["pid"]
+                        for r in h.sql(
+                            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                            " WHERE l.locktype = 'advisory' AND NOT l.granted"
+                            " AND l.classid = $1 AND l.objid = 3 AND a.application_name = $2",
+                            COMMIT_LOCK[0],
+                            app,
+                        )
+                    ],
+                    within_s=max(deadline - time.monotonic(), 0.5),
+                )
+                if waiting:
+                    rows = h.sql(
+                        "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
+                        " WHERE pid = ANY($1)",
+                        waiting,
+                    )
+                    self._killed += sum(1 for r in rows if r["ok"])
+                h.loop.call(gate.execute("SELECT pg_advisory_unlock_all()"))
+                time.sleep(0.3)
+
+    def heal(self, h: Harness) -> None:
+        tables = SESSION_ROLES[self.role][1]
+        if self.state == "commit" and tables:
+            h.sql(
+                "".join(f"DROP TRIGGER IF EXISTS faults_session_gate ON {t}; " for t in tables)
+                + "DROP FUNCTION IF EXISTS faults_session_gate();"
+            )
+        if self._api_load is not None:
+            h.loop.loop.call_soon_threadsafe(self._api_load.set)
+            self._api_task.result(timeout=60)  # type: ignore[attr-defined]
+            if self._api_errors:
+                self.notes.append(f"FAIL: the api answered {sorted(set(self._api_errors))}")
+            self._api_load = None
+        # The publisher must still be publishing: what was in the outbox now leaves it.
+        newest = h.sql("SELECT coalesce(max(id), 0) AS id FROM kafka_outbox")[0]["id"]
+        if not _wait_for(
+            lambda: not h.sql("SELECT 1 FROM kafka_outbox WHERE id <= $1 LIMIT 1", newest),
+            within_s=OUTBOX_DRAIN_S,
+            interval=0.2,
+        ):
+            self.notes.append("FAIL: the outbox did not drain (the publisher stopped)")
+        for service in [h.api, *h.live_members()]:
+            assert service is not None
+            answer = httpx.get(f"{service.url}/healthz", timeout=5)
+            if answer.status_code != 200:
+                self.notes.append(f"FAIL: {service.name} /healthz {answer.status_code}")
+
+
+async def _api_traffic(h: Harness, stopping: asyncio.Event, errors: list[int]) -> None:
+    """Reads and profile writes through the api while its sessions are terminated: each
+    answer is a 2xx/404, or a 503 (the session was lost; retried), never another 5xx."""
+    assert h.api is not None
+    headers = {"Authorization": f"Bearer {h.crm_key}"}
+    n = 0
+    async with httpx.AsyncClient(base_url=h.api.url, headers=headers, timeout=10) as client:
+        while not stopping.is_set():
+            n += 1
+            customer = f"faults-profile-{n % 50}"
+            try:
+                if n % 2:
+                    answer = await client.put(
+                        f"/v1/customers/{customer}/profile",
+                        json={"segment": "standard", "value": float(n % 7)},
+                    )
+                else:
+                    answer = await client.get(f"/v1/customers/{customer}/health")
+            except httpx.HTTPError:
+                continue
+            if answer.status_code >= 500 and answer.status_code != 503:
+                errors.append(answer.status_code)
+            await asyncio.sleep(0.02)
+
+
+def session_faults() -> list[Fault]:
+    return [SessionTerminate(role=r, state=s) for r in SESSION_ROLES for s in SESSION_STATES]
+
+
 # --- the scenario --------------------------------------------------------------------------
 
 
@@ -411,6 +581,7 @@ def all_faults(round_: int) -> list[Fault]:
         Sigterm(name="scoring-sigterm", service="scoring"),
         Sigterm(name="api-sigterm", service="api"),
         ConsumerPastRetention(),
+        *session_faults(),
     ]
 
 
@@ -420,6 +591,7 @@ def quick_faults() -> list[Fault]:
         ScoringKill(seed=7),
         PostgresRestart(),
         Sigterm(name="ingest-sigterm", service="ingest"),
+        SessionTerminate(role="consumer", state="idle-in-tx", hold_s=4.0),
     ]
 
 

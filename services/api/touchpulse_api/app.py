@@ -32,6 +32,7 @@ from touchpulse_shared.http.app import (
     install_problem_docs,
     install_problem_handlers,
 )
+from touchpulse_shared.http.problems import Problem
 from touchpulse_shared.loops import Loops
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
@@ -71,6 +72,21 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     install_problem_handlers(app)
+
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
+    async def on_session_lost(request: Request, exc: Exception) -> Response:
+        # The request's PostgreSQL session was lost (terminated, failover, restart): the
+        # transaction did not happen; a retry on a fresh session will.
+        return Problem(
+            503,
+            "unavailable",
+            "Service Unavailable",
+            "The database session was lost; retry later",
+            headers={"Retry-After": "1"},
+        ).response(request.url.path)
+
     install_problem_docs(app)
 
     @app.get("/healthz", tags=["operations"])
