@@ -302,14 +302,32 @@ class ConsumerRunner:
             self.consumer.seek(tp, offset)
 
     async def _apply(self, records: list[Any]) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_batch(conn, self.group, records)
-            # Called even with nothing fresh, so what it reports is always this batch's.
-            await self.handler(conn, fresh)
-            nexts = await store_offsets(conn, self.group, records)
+        async with self.pool.acquire() as conn:
+            try:
+                nexts = await self._apply_in_transaction(conn, records)
+            except asyncpg.InvalidCachedStatementError as exc:
+                # DDL (a migration) changed a table under a statement this connection had
+                # prepared: the transaction was aborted, nothing of the batch applied, and
+                # asyncpg dropped the connection's statement cache. Once more, on the same
+                # connection, re-prepared; a second failure is an ordinary database error.
+                log.warning(
+                    "scoring.batch.statement_cache_invalidated",
+                    error=str(exc),
+                    records=len(records),
+                )
+                nexts = await self._apply_in_transaction(conn, records)
         # After the database commit: a hint for lag tooling, never the source of truth.
         with contextlib.suppress(CommitFailedError, KafkaError):
             await self.consumer.commit(nexts)
+
+    async def _apply_in_transaction(
+        self, conn: Conn, records: list[Any]
+    ) -> dict[TopicPartition, int]:
+        async with conn.transaction():
+            fresh = await claim_batch(conn, self.group, records)
+            # Called even with nothing fresh, so what it reports is always this batch's.
+            await self.handler(conn, fresh)
+            return await store_offsets(conn, self.group, records)
 
     async def _wait_for_database(
         self, records: list[Any], delay: float, stopping: asyncio.Event
