@@ -1,7 +1,9 @@
 """Dead letters: records scoring cannot use, sent on with the reason and their origin.
 
 A dead letter keeps the original key, value and headers untouched (so it can be replayed
-once the cause is fixed) and adds headers saying why and where it came from.
+once the cause is fixed) and adds headers saying why and where it came from. The one
+exception: a header name that is not UTF-8 cannot be written again by this client, so its
+undecodable bytes are written as ``\\xNN`` escapes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ class DeadLetter:
             (HEADER_FAILED_AT, format_rfc3339(failed_at).encode()),
         ]
         original = [
-            (name, value) for name, value in self.headers if not name.startswith("touchpulse-dlq-")
+            (_printable_name(name), value)
+            for name, value in self.headers
+            if not name.startswith("touchpulse-dlq-")
         ]
         return original + added
+
+
+def _printable_name(name: str) -> str:
+    """A header name as it can be written again: a name that was not UTF-8 (its bytes kept
+    as lone surrogates by the fetcher) gets its undecodable bytes as ``\\xNN`` escapes."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name

@@ -1,10 +1,13 @@
 """One batch (or one deadline sweep) through the domain, inside the caller's transaction.
 
 ``Engine.handle`` is the consumer's batch handler. Within the batch transaction it:
-decodes each record (a record that cannot be used becomes a dead letter, written to the
-outbox), locks the batch's customers, dedupes events on ``(source, event_id)``, loads the
-customers' state, runs the pure domain per customer in event-time order, and writes the
-outcomes, health, deadlines, interventions and outbox rows. ``Engine.sweep`` does the same
+decodes each record and applies ingest's rules to it — the contract, the promise catalogue
+and the time window (a record that breaks one becomes a dead letter, written to the outbox),
+locks the batch's customers, dedupes events on ``(source, event_id)``, loads the customers'
+state, runs the pure domain per customer in event-time order, and writes the outcomes,
+health, deadlines, interventions and outbox rows. Only applied events are recorded as
+processed: a dead letter, fixed and replayed with the same ``(source, event_id)``, is
+applied then. ``Engine.sweep`` does the same
 for deadlines that passed with no event.
 """
 
@@ -67,12 +70,37 @@ from touchpulse_scoring.store import (
 from touchpulse_shared.contract import (
     ExperienceEventV1,
     RecordRejected,
+    check_record_time_window,
     decode_record,
     format_rfc3339,
 )
 from touchpulse_shared.db import Conn
+from touchpulse_shared.kafka import records as kafka_records
+from touchpulse_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# A header name that is not UTF-8 must reach decode_record (a dead letter), not fail the
+# fetch inside aiokafka on every poll: every consumer of this process fetches leniently.
+kafka_records.install()
+
+#: The dead-letter reason of an event outside ingest's time window (ingest's problem code).
+TIME_WINDOW = "time_window"
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Ingest's time window, which scoring applies to every record it reads."""
+
+    max_future: timedelta
+    max_past: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TimeWindow:
+        return cls(
+            max_future=timedelta(seconds=settings.ingest_max_clock_skew_s),
+            max_past=timedelta(hours=settings.ingest_max_event_age_hours),
+        )
 
 
 @dataclass(frozen=True)
@@ -128,9 +156,12 @@ class Engine:
         topics: Topics,
         source: Source,
         clock: Callable[[], datetime],
+        window: TimeWindow | None = None,
         mute_interventions: bool = False,
     ) -> None:
         self.catalogue = catalogue
+        # None only where a test feeds records by hand; the services pass their settings'.
+        self.window = window
         self.topics = topics
         self.source = source
         self.clock = clock
@@ -152,6 +183,10 @@ class Engine:
                 continue
             except UnscorableEvent as exc:
                 report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
+                continue
+            late = self._time_problem(record, result)
+            if late is not None:
+                report.dead_letters.append(_dead(record, TIME_WINDOW, late))
                 continue
             decoded.append((record, result.event, result.received_at))
 
@@ -178,6 +213,19 @@ class Engine:
                 "scoring.dead_letter_flood", dead=len(report.dead_letters), batch=len(records)
             )
         self.last_report = report
+
+    def _time_problem(self, record: Any, result: Any) -> str | None:
+        """Ingest's time window, anchored on a time the record carries (never this clock):
+        a replay long after the fact judges the record as live scoring did."""
+        if self.window is None:
+            return None
+        timestamp = getattr(record, "timestamp", None)
+        return check_record_time_window(
+            result,
+            timestamp if isinstance(timestamp, int) else None,
+            max_future=self.window.max_future,
+            max_past=self.window.max_past,
+        )
 
     async def _drop_erased(
         self,
@@ -232,6 +280,20 @@ class Engine:
         new = {(r["source"], r["event_id"]) for r in rows}
         return [item for item in items if item[1].identity in new]
 
+    async def _release(self, conn: Conn, refused: Sequence[ExperienceEventV1]) -> None:
+        """Events claimed by the dedupe but dead-lettered while judged are not processed:
+        their rows go in the same transaction, so a corrected resend is applied."""
+        if not refused:
+            return
+        await conn.execute(
+            """
+            DELETE FROM processed_event
+            WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+            """,
+            [e.source for e in refused],
+            [e.event_id for e in refused],
+        )
+
     async def _apply_events(
         self,
         conn: Conn,
@@ -251,6 +313,7 @@ class Engine:
             )
         states = await self._load(conn, catalogue, list(work), refs, [e for _, e, _ in fresh])
         by_event = {e.identity: (r, received) for r, e, received in fresh}
+        refused: list[ExperienceEventV1] = []
         for customer, pending in work.items():
             state = states[customer]
             for event in pending.events:
@@ -259,11 +322,13 @@ class Engine:
                 except UnscorableEvent as exc:
                     record, _ = by_event[event.identity]
                     report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
+                    refused.append(event)
                     continue
                 report.applied += 1
                 report.received.append(by_event[event.identity][1])
                 # The newest event time applied: what health is read at (see _settle).
                 pending.as_of = max(pending.as_of or event.occurred_at, event.occurred_at)
+        await self._release(conn, refused)
         await self._settle(
             conn, catalogue=catalogue, states=states, work=work, now=now, report=report
         )

@@ -13,6 +13,7 @@ import asyncpg
 import typer
 
 from touchpulse_scoring.domain import CatalogueError, load_catalogue_file
+from touchpulse_scoring.engine import TimeWindow
 from touchpulse_scoring.replay import ReplayError, ReplayReport, replay
 from touchpulse_scoring.service import main_async
 from touchpulse_shared.logs import configure_logging
@@ -81,6 +82,7 @@ def replay_command(
                 topic=settings.events_topic,
                 profiles_topic=settings.profiles_topic,
                 catalogue=catalogue,
+                window=TimeWindow.from_settings(settings),
             )
         )
     except ReplayError as exc:

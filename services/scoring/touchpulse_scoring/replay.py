@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from touchpulse_scoring import profiles
 from touchpulse_scoring.consumer import claim_batch, mark_caught_up, store_offsets
 from touchpulse_scoring.domain import Catalogue
-from touchpulse_scoring.engine import Engine, Source, Topics
+from touchpulse_scoring.engine import Engine, Source, TimeWindow, Topics
 from touchpulse_shared.db.migrate import migrate_url
 
 log = structlog.get_logger(__name__)
@@ -92,6 +92,7 @@ async def replay(
     catalogue: Catalogue,
     now: datetime | None = None,
     outbox_wait_s: float = OUTBOX_WAIT_S,
+    window: TimeWindow | None = None,
 ) -> ReplayReport:
     """Load ``profiles_topic`` into ``scratch_url``, replay ``topic`` from its beginning
     there, and compare with ``live_url``."""
@@ -110,6 +111,8 @@ async def replay(
             health="replay.health", interventions="replay.interventions", dead_letters="replay.dlq"
         ),
         clock=lambda: now or datetime.now(UTC),
+        # Live scoring's window, anchored on times the records carry: judged alike.
+        window=window,
         mute_interventions=True,
     )
     consumer = _reader(bootstrap_servers)

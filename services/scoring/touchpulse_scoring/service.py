@@ -27,6 +27,7 @@ from touchpulse_scoring.consumer import ConsumerRunner
 from touchpulse_scoring.engine import (
     Engine,
     Source,
+    TimeWindow,
     Topics,
     expire_interventions,
     record_follow_ups,
@@ -92,6 +93,7 @@ class ScoringService:
                 partitions=self._partition_count,
             ),
             clock=clock,
+            window=TimeWindow.from_settings(settings),
             mute_interventions=mute_interventions,
         )
         self.stopping = asyncio.Event()

@@ -50,12 +50,16 @@ from touchpulse_shared.contract.events import (
     parse_native_batch,
 )
 from touchpulse_shared.contract.record import (
+    INGEST_PRODUCER,
     RECORD_CONTENT_TYPE,
     DecodedRecord,
     KafkaRecord,
+    check_record_time_window,
     decode_record,
     encode_record,
     encode_records,
+    receipt_time,
+    window_anchor,
 )
 from touchpulse_shared.contract.schema import export_json_schemas, json_schemas, render_schema
 
@@ -66,6 +70,7 @@ __all__ = [
     "DATASCHEMA",
     "EVENT_ADAPTER",
     "EVENT_LIST_ADAPTER",
+    "INGEST_PRODUCER",
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_NAME_LENGTH",
     "MAX_ATTRIBUTE_STRING_LENGTH",
@@ -90,6 +95,7 @@ __all__ = [
     "KafkaRecord",
     "RecordRejected",
     "RejectReason",
+    "check_record_time_window",
     "check_time_window",
     "decode_record",
     "encode_record",
@@ -107,9 +113,11 @@ __all__ = [
     "parse_event_json",
     "parse_native_batch",
     "parse_structured",
+    "receipt_time",
     "render_schema",
     "to_batch",
     "to_binary",
     "to_structured",
     "to_structured_json",
+    "window_anchor",
 ]

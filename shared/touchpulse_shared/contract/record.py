@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from pydantic import ValidationError
@@ -26,7 +26,9 @@ from touchpulse_shared.contract.events import (
     EVENT_ADAPTER,
     SCHEMA_ID,
     ExperienceEventV1,
+    check_time_window,
     event_to_json,
+    format_rfc3339,
 )
 
 RECORD_CONTENT_TYPE: Final = "application/vnd.touchpulse.event.v1+json"
@@ -38,6 +40,9 @@ HEADER_RECEIVED_AT: Final = "touchpulse-received-at"
 HEADER_CE_ID: Final = "ce_id"
 HEADER_CE_SOURCE: Final = "ce_source"
 HEADER_CE_TYPE: Final = "ce_type"
+
+#: The producer name ingest writes; its receipt time is the instant ingest judged the event at.
+INGEST_PRODUCER: Final = "ingest"
 
 MAX_PRODUCER_LENGTH: Final = 64
 _PRODUCER = re.compile(rf"[!-~]{{1,{MAX_PRODUCER_LENGTH}}}")
@@ -67,6 +72,60 @@ def format_received_at(value: datetime) -> str:
     if value.utcoffset() is None:
         raise ValueError("received_at must be timezone-aware")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def receipt_time(value: datetime) -> datetime:
+    """``value`` in UTC truncated to the millisecond: exactly what ``touchpulse-received-at``
+    carries, so the instant ingest judges an event's time window at is the one it stamps."""
+    if value.utcoffset() is None:
+        raise ValueError("received_at must be timezone-aware")
+    utc = value.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def window_anchor(decoded: DecodedRecord, timestamp_ms: int | None) -> datetime:
+    """The instant a record's ``occurred_at`` is judged against (the time window).
+
+    A time the record carries, never the reader's clock, so that a replay long after the
+    fact judges each record exactly as live scoring did: the receipt time ingest stamped
+    (the very instant ingest judged the event at) for records ingest wrote, the Kafka
+    record timestamp for any other producer's (the broker bounds how far ahead of its clock
+    a producer may date a record, ``log.message.timestamp.after.max.ms``), and the receipt
+    time when a record has no timestamp.
+    """
+    if decoded.producer == INGEST_PRODUCER or timestamp_ms is None or timestamp_ms < 0:
+        return decoded.received_at
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+
+
+def check_record_time_window(
+    decoded: DecodedRecord,
+    timestamp_ms: int | None,
+    *,
+    max_future: timedelta,
+    max_past: timedelta,
+) -> str | None:
+    """Ingest's time-window rule applied to a consumed record: why it violates it, or None.
+
+    Besides ``occurred_at`` against the anchor (:func:`window_anchor`), a receipt time later
+    than the record's own timestamp by more than ``max_future`` is refused: an event cannot
+    be received after it was written, so such a header is forged or broken, and trusting it
+    would let a record move its own window (a receipt time in 2999 for an event in 2999).
+    """
+    if timestamp_ms is not None and timestamp_ms >= 0:
+        written = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+        if decoded.received_at - written > max_future:
+            return (
+                f"{HEADER_RECEIVED_AT} {format_rfc3339(decoded.received_at)} is later than the"
+                f" record's timestamp {format_rfc3339(written)}: an event cannot be received"
+                " after it was written"
+            )
+    return check_time_window(
+        decoded.event,
+        now=window_anchor(decoded, timestamp_ms),
+        max_future=max_future,
+        max_past=max_past,
+    )
 
 
 def encode_record(event: ExperienceEventV1, *, producer: str, received_at: datetime) -> KafkaRecord:
@@ -114,10 +173,18 @@ def decode_record(
 ) -> DecodedRecord:
     """Judge a consumed record; raises ``RecordRejected`` with the dead-letter reason.
 
-    Checks run in this order, so the reason is the most basic thing wrong: producer, schema,
-    headers, value present, value JSON, event valid, key, routing headers. When a header
-    occurs more than once the last one counts (as Kafka's ``lastHeader``).
+    Checks run in this order, so the reason is the most basic thing wrong: header names,
+    producer, schema, headers, value present, value JSON, event valid, key, routing
+    headers. When a header occurs more than once the last one counts (as Kafka's
+    ``lastHeader``).
     """
+    for name, _ in headers:
+        if not _is_utf8(name):
+            # The consumer's fetcher keeps such a name's bytes as lone surrogates.
+            raise RecordRejected(
+                RejectReason.BAD_HEADER,
+                f"a header name is not UTF-8: {name.encode('utf-8', 'surrogateescape')!r}",
+            )
     found: dict[str, bytes | None] = dict(headers)
 
     producer = _header_text(found, HEADER_PRODUCER)
@@ -165,6 +232,14 @@ def decode_record(
                 f"{header}={found[header]!r} disagrees with the value ({expected!r})",
             )
     return DecodedRecord(event=event, producer=producer, received_at=received_at)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _header_text(found: dict[str, bytes | None], name: str) -> str | None:
