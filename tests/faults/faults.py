@@ -439,15 +439,19 @@ class SessionTerminate(Fault):
             else:
                 self._commit_rounds(h, app, tables, deadline)
         else:
-            while time.monotonic() < deadline:
-                rows = h.sql(
-                    "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
-                    " WHERE application_name = $1 AND state = $2 AND pid <> pg_backend_pid()",
-                    app,
-                    _PG_STATE[self.state],
+            with h.db() as killer:
+                # One held session polling every few ms: short-lived states (a sweep's
+                # statement, its idle moment inside a transaction) are caught too.
+                self._killed += h.loop.call(
+                    _terminate_while(
+                        killer,
+                        app,
+                        _PG_STATE[self.state],
+                        deadline,
+                        0.002 if self.state != "idle" else 0.5,
+                    ),
+                    timeout=self.hold_s + 30,
                 )
-                self._killed += sum(1 for r in rows if r["ok"])
-                time.sleep(0.01 if self.state != "idle" else 0.5)
         self.notes.append(f"{self._killed} {app} session(s) terminated {self.state}")
 
     def _commit_rounds(
@@ -525,6 +529,21 @@ class SessionTerminate(Fault):
             answer = httpx.get(f"{service.url}/healthz", timeout=5)
             if answer.status_code != 200:
                 self.notes.append(f"FAIL: {service.name} /healthz {answer.status_code}")
+
+
+async def _terminate_while(
+    conn: asyncpg.Connection, app: str, state: str, deadline: float, every_s: float
+) -> int:
+    killed = 0
+    while time.monotonic() < deadline:
+        killed += await conn.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND state = $2 AND pid <> pg_backend_pid()",
+            app,
+            state,
+        )
+        await asyncio.sleep(every_s)
+    return killed
 
 
 async def _api_traffic(h: Harness, stopping: asyncio.Event, errors: list[int]) -> None:
