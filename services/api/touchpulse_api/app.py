@@ -130,12 +130,22 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrate_url(database_url)
+        # No statement cache (here and for the dispatcher): a statement prepared before a
+        # migration changed its table fails inside a transaction ("cached statement plan is
+        # invalid"), a 500 per pooled connection; re-planning each query costs far less.
         pool = await create_pool(
-            database_url, service="api", role="requests", min_size=2, max_size=10
+            database_url,
+            service="api",
+            role="requests",
+            min_size=2,
+            max_size=10,
+            statement_cache_size=0,
         )
         # Its own pool: the dispatcher's sessions are named apart from the requests', and a
         # burst of requests cannot starve deliveries (nor the reverse).
-        dispatcher_pool = await create_pool(database_url, service="api", role="webhooks")
+        dispatcher_pool = await create_pool(
+            database_url, service="api", role="webhooks", statement_cache_size=0
+        )
         loops = Loops()
         dispatcher_state = loops.register("webhook_dispatcher", DISPATCHER_STUCK_AFTER_S)
         metrics.watch_loops(loops)

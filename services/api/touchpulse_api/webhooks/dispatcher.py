@@ -469,7 +469,10 @@ async def serve(settings: Settings, *, timeout_s: float, lease_s: float) -> None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    pool = await create_pool(settings.database_url, service="webhooks", role="dispatcher")
+    # No statement cache, as in the api: a migration must not fail its transactions.
+    pool = await create_pool(
+        settings.database_url, service="webhooks", role="dispatcher", statement_cache_size=0
+    )
     try:
         dispatcher = WebhookDispatcher(
             pool,
