@@ -63,6 +63,8 @@ def _schemas() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    # An empty batch is refused (400): the document says a batch holds at least one event.
+    schemas["ExperienceEventBatchV1"]["properties"]["events"]["minItems"] = 1
     return schemas
 
 
@@ -127,7 +129,7 @@ def install_openapi(app: FastAPI) -> None:
         document["components"]["securitySchemes"] = {
             "apiKey": {"type": "http", "scheme": "bearer", "description": "tpk_… API key"}
         }
-        cloudevents_batch = {"type": "array", "items": _ref("CloudEventV1")}
+        cloudevents_batch = {"type": "array", "minItems": 1, "items": _ref("CloudEventV1")}
         one = document["paths"]["/v1/events"]["post"]
         one["requestBody"] = {
             "required": True,
