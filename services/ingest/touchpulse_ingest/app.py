@@ -55,6 +55,7 @@ from touchpulse_shared.contract import (
     parse_event_json,
     parse_native_batch,
     parse_structured,
+    receipt_time,
 )
 from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.http.access import authenticate
@@ -185,6 +186,9 @@ class _Judged:
     accepted: list[ExperienceEventV1]
     rejected: list[dict[str, Any]]
     catalogue: Catalogue
+    #: The instant the time window was judged at, stamped on the records as their receipt
+    #: time (to the millisecond the header carries): scoring judges the window at it again.
+    received_at: datetime
 
 
 def _judge(
@@ -201,10 +205,10 @@ def _judge(
     """
     settings = ingest.settings
     catalogue = ingest.current_catalogue()
-    now = ingest.clock()
+    now = receipt_time(ingest.clock())
     max_future = timedelta(seconds=settings.ingest_max_clock_skew_s)
     max_past = timedelta(hours=settings.ingest_max_event_age_hours)
-    judged = _Judged([], [], catalogue)
+    judged = _Judged([], [], catalogue, now)
     for index, item in enumerate(items):
         where = () if prefix is None else (*prefix, index)
         if isinstance(item, ItemError):
@@ -259,6 +263,7 @@ async def _produce(
     principal: Principal,
     events: Sequence[ExperienceEventV1],
     catalogue: Catalogue,
+    received_at: datetime,
 ) -> None:
     """Rate-limit, then hand every event to Kafka and wait for all acknowledgements."""
     wait = ingest.limiter.take(principal.key_id, len(events), ingest.monotonic())
@@ -273,7 +278,7 @@ async def _produce(
             "events per second",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    records = encode_records(events, producer=PRODUCER_NAME, received_at=ingest.clock())
+    records = encode_records(events, producer=PRODUCER_NAME, received_at=received_at)
     started = time.perf_counter()
     try:
         await ingest.producer.produce(
@@ -311,7 +316,7 @@ async def _single(
         if verdict["status"] == 403:
             raise Problem(403, "forbidden", "Forbidden", verdict["detail"])
         raise _invalid("The event is not acceptable", verdict["errors"])
-    await _produce(ingest, principal, judged.accepted, judged.catalogue)
+    await _produce(ingest, principal, judged.accepted, judged.catalogue, judged.received_at)
     return JSONResponse(
         {"status": "accepted", "source": event.source, "event_id": event.event_id},
         status_code=202,
@@ -344,7 +349,7 @@ async def _batch(
                 "items": [verdicts[i] for i in sorted(verdicts)],
             },
         )
-    await _produce(ingest, principal, judged.accepted, judged.catalogue)
+    await _produce(ingest, principal, judged.accepted, judged.catalogue, judged.received_at)
     results = iter(judged.accepted)
     body_items = []
     for index in range(len(items)):
