@@ -33,7 +33,7 @@ test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 fuzz: setup ## Long abuse runs: thousands of Schemathesis cases against ingest and the api
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse tests/api/test_fuzz.py -p no:cacheprovider
 
-soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL, links, retention) under load, several rounds; 30 min at most
+soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL and its sessions, links, retention) under load, several rounds; 38 min at most
 	$(BIN)/python -m tests.faults --soak
 
 bench: setup ## Every benchmark on one broker and database: ingest, scoring, scale-out, api (about 11 min)

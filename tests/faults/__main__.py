@@ -16,7 +16,7 @@ def main() -> int:
     mode.add_argument("--quick", action="store_true", help="a few faults (the make test set)")
     mode.add_argument("--soak", action="store_true", help="every fault, several rounds")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every fault (soak)")
-    parser.add_argument("--minutes", type=float, default=28.0, help="global deadline (soak)")
+    parser.add_argument("--minutes", type=float, default=36.0, help="global deadline (soak)")
     parser.add_argument("--rate", type=float, default=150.0, help="events per second offered")
     parser.add_argument("--members", type=int, default=2, help="scoring members (soak)")
     parser.add_argument("--only", default="", help="comma-separated fault names (soak)")
