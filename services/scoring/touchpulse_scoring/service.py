@@ -108,9 +108,18 @@ class ScoringService:
         # tells them apart in pg_stat_activity, and one role's stall cannot starve another.
         url = self.database_url
         pool = await create_pool(url, service="scoring", role="consumer", min_size=2, max_size=4)
-        outbox_pool = await create_pool(url, service="scoring", role="outbox", max_size=2)
-        sweep_pool = await create_pool(url, service="scoring", role="sweep", max_size=2)
-        gauges_pool = await create_pool(url, service="scoring", role="gauges", max_size=1)
+        # The background loops' pools keep no statement cache: a migration that changes a
+        # table must not fail their transactions ("cached statement plan is invalid"); the
+        # consumer's hot path keeps its cache and handles that case (consumer._apply).
+        outbox_pool = await create_pool(
+            url, service="scoring", role="outbox", max_size=2, statement_cache_size=0
+        )
+        sweep_pool = await create_pool(
+            url, service="scoring", role="sweep", max_size=2, statement_cache_size=0
+        )
+        gauges_pool = await create_pool(
+            url, service="scoring", role="gauges", max_size=1, statement_cache_size=0
+        )
         pools = [pool, outbox_pool, sweep_pool, gauges_pool]
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
