@@ -932,6 +932,13 @@ async def test_key_text_postgresql_cannot_store_and_conditional_rules_are_docume
     writer = next(s for s in shapes if s["title"] == "EventsKeyIn")
     assert "source" in writer["required"]
     assert writer["properties"]["scopes"]["contains"] == {"const": "events:write"}
+    # The calling key cannot revoke itself (the fuzzer's stateful phase did, and tested
+    # nothing but 401s after it); it still works afterwards.
+    listed = await api.http.get("/v1/keys", headers=headers)
+    own = next(k["key_id"] for k in listed.json() if k["name"] == "keys-admin")
+    refused = await api.http.delete(f"/v1/keys/{own}", headers=headers)
+    assert refused.status_code == 409, refused.text
+    assert (await api.http.get("/v1/keys", headers=headers)).status_code == 200
     assert await api.ready()
 
 
@@ -995,6 +1002,8 @@ async def test_the_document_and_the_behaviour_agree(api: Service) -> None:
         ("TRACE", "/v1/webhooks/wh_aaaaaaaaaaaaaaaaaaaaaaaaaa", "DELETE, GET, PATCH"),
         ("DELETE", "/v1/customers/C-1/profile", "GET, PUT"),
         ("PUT", "/v1/interventions", "GET"),
+        # What the document says of the most specific path: not DELETE /v1/customers/{id}.
+        ("OPTIONS", "/v1/customers/at-risk", "GET"),
     ]:
         response = await api.http.request(method, path, headers=headers)
         assert response.status_code == 405, (method, path, response.text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -48,11 +49,27 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+_PARAMETER = re.compile(r"\\\{[^/]*?\\\}")
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at the request's path (asked of the routes the way
-    the router asks them, so included routers and path parameters count)."""
+    """The methods the path allows, as the OpenAPI document says: those of the most
+    specific documented path template it fits (``/v1/customers/at-risk`` rather than
+    ``/v1/customers/{customer_id}``). A path the document leaves out (``/metrics``) allows
+    what the routes serve there."""
+    path: str = request.scope.get("path", "")
+    document: dict[str, Any] = request.app.openapi()
+    best: tuple[int, list[str]] | None = None
+    for template, operations in document.get("paths", {}).items():
+        pattern = _PARAMETER.sub("[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path) is None:
+            continue
+        literal = len(_PARAMETER.sub("", re.escape(template)))
+        methods = sorted(m.upper() for m in operations if m.upper() in _METHODS)
+        if best is None or literal > best[0]:
+            best = (literal, methods)
+    if best is not None:
+        return best[1]
     routes = request.app.router.routes
     return sorted(
         method

@@ -162,7 +162,16 @@ async def list_all(context: ContextDep, _: Admin) -> list[KeyOut]:
 
 
 @router.delete("/{key_id}", status_code=204)
-async def revoke(key_id: str, context: ContextDep, _: Admin) -> Response:
+async def revoke(key_id: str, context: ContextDep, admin: Admin) -> Response:
+    """Revoke a key at once. Not the key making the request (409): an admin would lock
+    themselves out mid-session; another admin key or ``touchpulse keys revoke`` does it."""
+    if key_id == admin.key_id:
+        raise Problem(
+            409,
+            "conflict",
+            "Conflict",
+            "A key cannot revoke itself; use another admin key or `touchpulse keys revoke`",
+        )
     if not await revoke_key(context.pool, key_id, now=context.clock()):
         raise Problem(404, "not-found", "Not Found", f"No active key {key_id!r}")
     return Response(status_code=204)
