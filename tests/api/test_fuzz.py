@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.abuse.conftest import fuzz_examples
 from tests.abuse.test_fuzz import fuzz_timeout_s, schemathesis
+from tests.abuse.test_nasty_payloads import _open_intervention
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.settings import Settings
@@ -59,6 +61,22 @@ async def _prepare(url: str) -> str:
         await conn.close()
 
 
+async def _seed(url: str, database_url: str, key: str) -> None:
+    """Something for every read to find and every workflow move to act on, so the phases
+    test more than 404s: interventions in each state, profiles, a webhook subscription."""
+    for n, state in enumerate(("open", "open", "acknowledged", "open")):
+        await _open_intervention(database_url, f"iv-fuzz-{n}", state)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+        for n in range(3):
+            profile = {"segment": "premium", "customer_since": "2026-01-01", "value": n + 1}
+            made = await http.put(f"/v1/customers/C-iv-fuzz-{n}/profile", json=profile)
+            assert made.status_code == 201, made.text
+        hook = {"url": "https://93.184.216.34/hooks", "kinds": ["intervention.opened"]}
+        made = await http.post("/v1/webhooks", json=hook)
+        assert made.status_code == 201, made.text
+
+
 @pytest.fixture
 def api(base_settings: Settings, fresh_database: str) -> Iterator[tuple[str, str]]:
     key = asyncio.run(_prepare(fresh_database))
@@ -76,6 +94,7 @@ def api(base_settings: Settings, fresh_database: str) -> Iterator[tuple[str, str
     service = RunningService(spec, settings, new_run_dir(settings.state_dir))
     service.start()
     try:
+        asyncio.run(_seed(service.url, fresh_database, key))
         yield service.url, key
     finally:
         service.stop()
