@@ -10,16 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.contract.test_events import aware_datetimes, events, valid_event
+from touchpulse_scoring.dlq import DeadLetter
 from touchpulse_shared.contract import (
     RECORD_CONTENT_TYPE,
     SCHEMA_ID,
+    DecodedRecord,
     ExperienceEventV1,
     KafkaRecord,
     RecordRejected,
     RejectReason,
+    check_record_time_window,
     decode_record,
     encode_record,
     event_to_json,
+    receipt_time,
+    window_anchor,
 )
 from touchpulse_shared.contract.record import format_received_at
 
@@ -250,3 +255,78 @@ def test_reasons_are_stable_strings() -> None:
         "invalid_event",
         "key_mismatch",
     }
+
+
+# -- header names that are not UTF-8, and the time window's twin ---------------------------------
+
+
+def test_a_header_name_that_is_not_utf8_is_a_bad_header() -> None:
+    # The consumer's fetcher keeps such a name's bytes as lone surrogates.
+    encoded = record()
+    name = b"x-\xff".decode("utf-8", "surrogateescape")
+    caught = rejection(encoded.key, encoded.value, [*encoded.headers, (name, b"v")])
+    assert caught.reason is RejectReason.BAD_HEADER
+    assert "b'x-\\xff'" in caught.detail
+
+
+def test_a_dead_letter_escapes_a_header_name_that_is_not_utf8() -> None:
+    name = b"x-\xff\xfe".decode("utf-8", "surrogateescape")
+    dead = DeadLetter("t", 0, 1, b"k", b"v", [(name, b"\xff"), ("ok", b"1")], "bad_header", "d")
+    headers = dead.record_headers(RECEIVED_AT)
+    assert headers[:2] == [("x-\\xff\\xfe", b"\xff"), ("ok", b"1")]
+    assert all(n.encode() for n, _ in headers)  # every name can be written again
+
+
+def test_receipt_time_is_what_the_header_carries() -> None:
+    stamped = receipt_time(RECEIVED_AT)
+    assert stamped == datetime(2024, 5, 1, 12, 30, 1, 123000, tzinfo=UTC)
+    decoded = decode_record(*_parts(encode_record(EVENT, producer="ingest", received_at=stamped)))
+    assert decoded.received_at == stamped
+
+
+def _parts(encoded: KafkaRecord) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return encoded.key, encoded.value, encoded.headers
+
+
+WINDOW = {"max_future": timedelta(minutes=15), "max_past": timedelta(days=90)}
+
+
+def _decoded(occurred_at: datetime, producer: str, received_at: datetime) -> DecodedRecord:
+    event = EVENT.model_copy(update={"occurred_at": occurred_at})
+    return decode_record(*_parts(encode_record(event, producer=producer, received_at=received_at)))
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def test_ingest_records_are_judged_at_their_receipt_time_whenever_they_are_read() -> None:
+    # Accepted by ingest at the edge of the window: the same verdict, read at any time.
+    stamped = receipt_time(RECEIVED_AT)  # what ingest judged at and stamped
+    edge = _decoded(stamped - WINDOW["max_past"], "ingest", stamped)
+    written = _ms(stamped + timedelta(milliseconds=3))
+    assert window_anchor(edge, written) == stamped
+    assert check_record_time_window(edge, written, **WINDOW) is None
+    year_2999 = datetime(2999, 1, 1, tzinfo=UTC)
+    message = check_record_time_window(
+        _decoded(year_2999, "ingest", RECEIVED_AT), written, **WINDOW
+    )
+    assert message is not None
+    assert "in the future" in message
+
+
+def test_other_producers_are_judged_at_the_record_timestamp() -> None:
+    written = RECEIVED_AT - timedelta(days=100)
+    decoded = _decoded(written - timedelta(hours=1), "backfill", RECEIVED_AT - timedelta(days=100))
+    assert window_anchor(decoded, _ms(written)) == written.replace(microsecond=123000)
+    assert check_record_time_window(decoded, _ms(written), **WINDOW) is None
+    # No timestamp on the record (-1): the receipt time.
+    assert window_anchor(decoded, -1) == decoded.received_at
+
+
+def test_a_receipt_time_later_than_the_record_is_refused() -> None:
+    year_2999 = datetime(2999, 1, 1, tzinfo=UTC)
+    forged = _decoded(year_2999, "ingest", year_2999)
+    message = check_record_time_window(forged, _ms(RECEIVED_AT), **WINDOW)
+    assert message is not None
+    assert "cannot be received after it was written" in message
