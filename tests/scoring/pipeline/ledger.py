@@ -14,7 +14,9 @@ from touchpulse_scoring.domain import load_catalogue_file
 from touchpulse_shared.contract import EVENT_ADAPTER, ExperienceEventV1
 
 CATALOGUE = load_catalogue_file("deploy/promises.yaml")
-START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+# Three weeks ago at 09:00 UTC: inside the time window scoring applies like ingest (90 days
+# by default), with the corpora's longest (2,500 events 7 minutes apart) in the past.
+START = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=21)
 KINDS = ("call", "invoice", "survey", "delivery")
 
 
