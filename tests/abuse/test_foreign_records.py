@@ -22,7 +22,9 @@ import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
 from tests.abuse.test_poison import _dead_letters, service_stopped
@@ -35,6 +37,7 @@ from tests.scoring.pipeline.conftest import (  # the fixture is re-used here by 
 )
 from tests.scoring.pipeline.ledger import make_event
 from touchpulse_shared.contract import ExperienceEventV1, KafkaRecord, encode_record
+from touchpulse_shared.kafka.records import read_batch_leniently
 from touchpulse_shared.stack.kafka import kafka_libs
 
 JAVA_PRODUCER = Path(__file__).parent / "java" / "ForeignProducer.java"
@@ -217,3 +220,34 @@ async def _dead_letter_header_names(run: Pipeline) -> list[str]:
                         return [name for name, _ in record.headers]
     finally:
         await consumer.stop()
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2, 3, 4])  # none, gzip, snappy, lz4, zstd
+def test_the_lenient_reader_reads_what_aiokafka_reads(codec: int) -> None:
+    builder = DefaultRecordBatchBuilder(2, codec, 0, -1, -1, 0, batch_size=1 << 20)
+    for n in range(5):
+        builder.append(
+            n,
+            timestamp=1_700_000_000_000 + n,
+            key=None if n == 2 else f"k{n}".encode(),
+            value=None if n == 3 else b"v" * n,
+            headers=[("a", b"1"), ("b", None)] if n % 2 else [],
+        )
+    raw = bytes(builder.build())
+    expected = [
+        (r.offset, r.timestamp, r.key, r.value, list(r.headers)) for r in DefaultRecordBatch(raw)
+    ]
+    got = [(r.offset, r.timestamp, r.key, r.value, r.headers) for r in read_batch_leniently(raw)]
+    assert got == expected
+
+
+def test_the_lenient_reader_keeps_an_undecodable_name_as_surrogates() -> None:
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, 0, batch_size=1 << 20)
+    builder.append(0, timestamp=1, key=b"k", value=b"v", headers=[(PLACEHOLDER, b"x")])
+    raw = bytearray(builder.build())
+    at = bytes(raw).index(PLACEHOLDER.encode())
+    raw[at : at + len(UNDECODABLE)] = UNDECODABLE
+    (record,) = read_batch_leniently(bytes(raw))
+    ((name, value),) = record.headers
+    assert name.encode("utf-8", "surrogateescape") == UNDECODABLE
+    assert value == b"x"
