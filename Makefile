@@ -30,8 +30,10 @@ run: setup ## Start Kafka, PostgreSQL and every service; Ctrl-C stops all of it
 test: setup ## Run the test suite against a real local Kafka and PostgreSQL
 	$(BIN)/python -m pytest
 
-fuzz: setup ## Long abuse runs: thousands of Schemathesis cases against ingest and the api
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse tests/api/test_fuzz.py -p no:cacheprovider
+fuzz: setup ## Long abuse runs: Schemathesis with every check and the stateful phase, 1,000 examples per operation, against ingest and the api, and the abuse suite
+	@start=$$(date +%s); \
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse/test_fuzz.py tests/api/test_fuzz.py tests/abuse -p no:cacheprovider --durations=5; \
+	status=$$?; echo "make fuzz: $$(( $$(date +%s) - start )) s"; exit $$status
 
 soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL and its sessions, links, retention) under load, several rounds; 38 min at most
 	$(BIN)/python -m tests.faults --soak
