@@ -1010,3 +1010,28 @@ async def test_the_document_and_the_behaviour_agree(api: Service) -> None:
         assert response.headers.get("allow") == allowed, (method, path, response.headers)
         assert response.headers["content-type"] == PROBLEM
     assert await api.ready()
+
+
+async def test_the_ingest_document_and_behaviour_agree(ingest: Service) -> None:
+    """An empty batch is refused, and the document now says a batch holds an event; an
+    undeclared method is a 405 whose Allow lists the path's methods."""
+    key = await ingest.keys.make("agree", [Scope.EVENTS_WRITE], source=SOURCE)
+    headers = Service.bearer(key)
+    document = (await ingest.http.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    assert schemas["ExperienceEventBatchV1"]["properties"]["events"]["minItems"] == 1
+    batch = document["paths"]["/v1/events/batch"]["post"]["requestBody"]["content"]
+    assert batch["application/cloudevents-batch+json"]["schema"]["minItems"] == 1
+    for content_type, body in [
+        (JSON, b'{"events": []}'),
+        ("application/cloudevents-batch+json", b"[]"),
+    ]:
+        empty = await ingest.http.post(
+            "/v1/events/batch", content=body, headers={**headers, "content-type": content_type}
+        )
+        assert empty.status_code == 400, empty.text
+    for method, path in [("TRACE", "/v1/events"), ("GET", "/v1/events/batch")]:
+        response = await ingest.http.request(method, path, headers=headers)
+        assert response.status_code == 405, response.text
+        assert response.headers.get("allow") == "POST", response.headers
+    assert await ingest.ready()
