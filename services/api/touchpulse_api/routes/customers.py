@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from touchpulse_api import cursors
 from touchpulse_api.catalogue import current_catalogue
@@ -299,15 +299,17 @@ async def get_profile(customer_id: str, context: ContextDep, _: HealthReader) ->
     responses={201: {"model": ProfileOut, "description": "Created"}},
 )
 async def put_profile(
-    customer_id: str, profile: ProfileIn, context: ContextDep, _: Admin, response: Response
+    customer_id: Annotated[str, Path(min_length=1, max_length=128)],
+    profile: ProfileIn,
+    context: ContextDep,
+    _: Admin,
+    response: Response,
 ) -> ProfileOut:
     """Create or replace what the CRM knows: segment, tenure, value and reach.
 
     The profile also goes to the compacted profiles topic (key: customer id) through the
     outbox, in the same transaction, so ``touchpulse-scoring replay`` rebuilds with it.
     """
-    if not 1 <= len(customer_id) <= 128:
-        raise Problem(422, "invalid-request", "Invalid Request", "customer_id is 1-128 characters")
     async with context.pool.acquire() as conn, conn.transaction():
         # Scoring's lock: a batch of this customer's events sees the profile before or
         # after this write, never beside it, and updated_at (the clock after the lock)
