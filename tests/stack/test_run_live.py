@@ -176,6 +176,11 @@ def test_the_live_view_reads_like_the_system() -> None:
         "expected": {"op": "<=", "target": 48.0, "unit": "hours"},
         "actual": None,
     }
+    slot = {  # a promised slot's hours, as a person would read them
+        "promise_id": "delivery-as-promised",
+        "expected": {"op": "<=", "target": 47.69833333333333, "unit": "hours"},
+        "actual": 52.016666666666666,
+    }
     before = Snapshot(at=10.0, accepted=100, scored=90, rejected=1)
     after = Snapshot(
         at=15.0,
@@ -187,7 +192,13 @@ def test_the_live_view_reads_like_the_system() -> None:
         outcomes={"delivery": (3, 10), "web": (1, 20), "survey": (0, 5)},
         open_interventions=1,
         newest=[
-            {"customer_id": "C-9", "health_at_open": 31.2, "priority": 18.8, "gaps": [gap, never]}
+            {
+                "customer_id": "C-9",
+                "health_at_open": 31.2,
+                "priority": 18.8,
+                "gaps": [gap, never],
+            },
+            {"customer_id": "C-10", "health_at_open": 44.0, "priority": 6.0, "gaps": [slot]},
         ],
     )
     text = render(before, after)
@@ -202,4 +213,5 @@ def test_the_live_view_reads_like_the_system() -> None:
     assert "C-9  (health 31, priority 18.8)" in text
     assert "call-answer-time: expected wait_seconds <= 60, actual 420" in text
     assert "delivery-within-48h: expected hours <= 48, actual never came" in text
+    assert "delivery-as-promised: expected hours <= 47.7, actual 52.02" in text
     assert "no customer scored yet" in render(None, Snapshot(at=1.0))

@@ -118,8 +118,9 @@ def _gap(gap: dict[str, Any]) -> str:
 def _number(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, float):
+        # A person reads this: 47.7 hours, not 47.69833333333333.
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value)
 
 
