@@ -31,6 +31,7 @@ import httpx
 
 from tests.conftest import writer_and_crm_keys
 from tests.faults.proxy import FaultProxy
+from tests.faults.receiver import WebhookReceiver
 from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import Settings, load_settings
 from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
@@ -185,6 +186,7 @@ class Harness:
         self.loop = Loop()
         self.kafka_proxy = FaultProxy("kafka")
         self.pg_proxy = FaultProxy("postgres")
+        self.receiver = WebhookReceiver()
         self.kafka: ProxiedKafka | None = None
         self.postgres: LocalPostgres | None = None
         self.scoring_members = scoring_members
@@ -202,6 +204,7 @@ class Harness:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.loop.call(self.kafka_proxy.start())
         self.loop.call(self.pg_proxy.start())
+        self.loop.call(self.receiver.start())
         self.postgres = LocalPostgres(workdir=self.workdir / "postgres")
         self.postgres.start()
         self.pg_proxy.target_port = self.postgres.port
@@ -234,6 +237,8 @@ class Harness:
                 "scoring_state_metrics_interval_s": 5.0,
                 "log_level": "INFO",
                 "log_format": "json",
+                # The webhook receiver is on loopback (see subscribe_webhooks).
+                "webhook_allow_private_targets": True,
             }
         )
         self.key, self.crm_key = self.loop.call(self._keys())
@@ -249,8 +254,32 @@ class Harness:
         )
         self.ingest.start()
         self.api.start()
+        self.subscribe_webhooks()
         for _ in range(self.scoring_members):
             self.add_member()
+
+    def subscribe_webhooks(self) -> None:
+        """A subscription to every intervention kind, to the local receiver: the
+        interventions the load opens become deliveries, so the dispatcher has work."""
+        assert self.api is not None
+        answer = httpx.post(
+            f"{self.api.url}/v1/webhooks",
+            headers={"Authorization": f"Bearer {self.crm_key}"},
+            json={
+                "url": self.receiver.url,
+                "kinds": [
+                    "intervention.opened",
+                    "intervention.attached",
+                    "intervention.acknowledged",
+                    "intervention.resolved",
+                    "intervention.expired",
+                ],
+                "description": "fault runs: local receiver",
+            },
+            timeout=10,
+        )
+        if answer.status_code != 201:
+            raise StackError(f"webhook subscription refused: {answer.status_code} {answer.text}")
 
     def add_member(self, *, wait: bool = True) -> Service:
         self._member_seq += 1
@@ -280,6 +309,8 @@ class Harness:
         with contextlib.suppress(Exception):
             self.loop.call(self.kafka_proxy.close(), timeout=10)
             self.loop.call(self.pg_proxy.close(), timeout=10)
+        with contextlib.suppress(Exception):
+            self.loop.call(self.receiver.close(), timeout=10)
         self.loop.close()
 
     def __enter__(self) -> Harness:

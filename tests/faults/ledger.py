@@ -6,6 +6,12 @@ connection error) with the same event ids, with backoff, as the contract tells c
 to. Some items are deliberately bad (an invalid field, an event too far in the future,
 a source the key may not write, a body that is not JSON, a wrong content type): they must
 be answered 4xx, never 5xx, and must never reach the state.
+
+Some good events are orders (``order.placed``, which opens the 48-hour delivery deadline)
+back-dated so that their deadline falls due a few seconds after they are sent: the sweep
+then expires deadlines all through every phase (a breach it writes and commits). Half of
+them get their ``delivery.completed`` later, after the due time (a late fulfilment that
+supersedes the breach); the others never do.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ from tests.scoring.pipeline.ledger import KINDS, event_shape
 # by then, so only a real bug leaves an event without a definitive answer.
 SETTLE_S = 120.0
 REQUEST_TIMEOUT_S = 10.0
+# Orders: their share of good events, the seconds after sending their deadline falls due,
+# and the share of them fulfilled (late).
+ORDER_SHARE = 0.06
+ORDER_DUE_AFTER_S = (1.0, 10.0)
+ORDER_FULFILLED = 0.5
+DELIVERY_WITHIN = timedelta(hours=48)  # delivery-within-48h in deploy/promises.yaml
 
 
 @dataclass
@@ -95,6 +107,8 @@ class LoadDriver:
         self.rng = random.Random(seed)
         self.customers = [f"F-{i}" for i in range(customers)]
         self._seq = 0
+        #: orders still to be fulfilled: (due at, customer, journey id)
+        self._orders: list[tuple[datetime, str, str]] = []
 
     def _id(self, phase: str, bad: bool = False) -> str:
         self._seq += 1
@@ -104,7 +118,28 @@ class LoadDriver:
 
     def _good(self, phase: str) -> tuple[str, dict[str, Any]]:
         event_id = self._id(phase)
-        return event_id, _event(event_id, self.rng.choice(self.customers), self.rng, self.source)
+        now = datetime.now(UTC)
+        if self._orders and self._orders[0][0] < now - timedelta(seconds=1):
+            # The delivery, late: its deadline fell due (and may have been expired) already.
+            _, customer, journey = self._orders.pop(0)
+            event = _event(event_id, customer, self.rng, self.source)
+            event["touchpoint"], event["type"], event["measures"] = event_shape(
+                "delivery", self.rng
+            )
+            event["occurred_at"] = now.isoformat()
+            event["journey_id"] = journey
+            return event_id, event
+        customer = self.rng.choice(self.customers)
+        event = _event(event_id, customer, self.rng, self.source)
+        if self.rng.random() < ORDER_SHARE:
+            due = now + timedelta(seconds=self.rng.uniform(*ORDER_DUE_AFTER_S))
+            event["touchpoint"], event["type"], event["measures"] = "sales", "order.placed", {}
+            event["occurred_at"] = (due - DELIVERY_WITHIN).isoformat()
+            event["journey_id"] = f"order-{event_id}"
+            if self.rng.random() < ORDER_FULFILLED:
+                self._orders.append((due, customer, event["journey_id"]))
+                self._orders.sort()
+        return event_id, event
 
     def _bad_item(self, phase: str) -> tuple[str, dict[str, Any]]:
         event_id = self._id(phase, bad=True)
