@@ -396,7 +396,10 @@ class Engine:
             state = states[customer]
             deadlines.extend(pending.deadlines.values())
             early.extend(pending.early.items())
-            as_of = max(state.as_of or pending.as_of or now, pending.as_of or now)
+            # Only times of applied events (or due times swept) count; the wall clock only
+            # for a customer with neither, who then has no health to read.
+            known = [t for t in (state.as_of, pending.as_of) if t is not None]
+            as_of = max(known, default=now)
             advanced = state.as_of is None or as_of > state.as_of
             if not pending.outcomes and not (advanced and state.health):
                 continue

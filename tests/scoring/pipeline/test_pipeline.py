@@ -7,7 +7,7 @@ import asyncio
 import math
 import random
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -194,3 +194,34 @@ async def test_a_deadline_that_passes_breaches_and_a_late_delivery_records_the_r
         assert late[0]["gap"] == 24.0  # hours past the promise
         assert orjson.loads(late[0]["actual"]) == 72.0
         assert math.isclose(late[0]["score"], 0.5)  # 24 h late of a 48 h tolerance
+
+
+async def test_an_event_dead_lettered_while_judged_leaves_the_customers_health_alone(
+    pipeline: Pipeline,
+) -> None:
+    """Health is read at the newest event time *applied*: an event refused while judged (a
+    due_at that is not a time) must not move it — once, it moved it to the wall clock."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    call = make_event(1, "E-1", at, "call", random.Random(5))
+    bad = EVENT_ADAPTER.validate_python(
+        {
+            "event_id": "promise-bad",
+            "source": "delivery-prod",
+            "customer_id": "E-1",
+            "touchpoint": "delivery",
+            "type": "delivery.promised",
+            "occurred_at": at + timedelta(hours=1),
+            "journey_id": "order-1",
+            "attributes": {"due_at": "tomorrow-ish"},
+        }
+    )
+    async with running_scoring(pipeline.settings):
+        await pipeline.produce([call])
+        await pipeline.wait_for("SELECT count(*) FROM journey_health", 1)
+        before = await pipeline.fetch("SELECT score, as_of FROM journey_health")
+        history = await pipeline.fetchval("SELECT count(*) FROM journey_health_history")
+        await pipeline.produce([bad])
+        await pipeline.wait_for("SELECT coalesce(sum(next_offset), 0) FROM consumer_offset", 2)
+    after = await pipeline.fetch("SELECT score, as_of FROM journey_health")
+    assert [tuple(r) for r in after] == [tuple(r) for r in before] == [(before[0]["score"], at)]
+    assert await pipeline.fetchval("SELECT count(*) FROM journey_health_history") == history
