@@ -337,14 +337,9 @@ class Engine:
         self, event: ExperienceEventV1, catalogue: Catalogue, state: CustomerState, pending: _Work
     ) -> None:
         judged = judge_event(event, catalogue, state.profile, state.deadlines, state.early)
-        state.deadlines.update(judged.deadlines)
+        judged.fold_into(state.deadlines, state.early)
         pending.deadlines.update(judged.deadlines)
-        for ref, fulfilment in judged.early.items():
-            if fulfilment is None:
-                state.early.pop(ref, None)
-            else:
-                state.early[ref] = fulfilment
-            pending.early[ref] = fulfilment
+        pending.early.update(judged.early)
         pending.outcomes.extend(judged.outcomes)
 
     async def _load(

@@ -56,12 +56,7 @@ class Book:
 
     def take(self, item: ExperienceEventV1, profile: CustomerProfile) -> None:
         judged = judge_event(item, CAT, profile, self.deadlines, self.early)
-        self.deadlines.update(judged.deadlines)
-        for ref, fulfilment in judged.early.items():
-            if fulfilment is None:
-                self.early.pop(ref, None)
-            else:
-                self.early[ref] = fulfilment
+        judged.fold_into(self.deadlines, self.early)
         self.apply(judged.outcomes)
 
     def sweep(self, now: datetime) -> None:

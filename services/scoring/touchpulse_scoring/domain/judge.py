@@ -7,7 +7,7 @@ changes; nothing is mutated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from touchpulse_scoring.domain.catalogue import Catalogue
@@ -34,6 +34,20 @@ class Judged:
     outcomes: tuple[Outcome, ...] = ()
     deadlines: Mapping[DeadlineRef, Deadline] = field(default_factory=dict)
     early: Mapping[DeadlineRef, Fulfilment | None] = field(default_factory=dict)
+
+    def fold_into(
+        self,
+        deadlines: MutableMapping[DeadlineRef, Deadline],
+        early: MutableMapping[DeadlineRef, Fulfilment],
+    ) -> None:
+        """Carry the changes into a customer's in-memory deadlines and early fulfilments,
+        so the next event of the same batch sees them."""
+        deadlines.update(self.deadlines)
+        for ref, fulfilment in self.early.items():
+            if fulfilment is None:
+                early.pop(ref, None)
+            else:
+                early[ref] = fulfilment
 
 
 def judge_event(
