@@ -18,68 +18,23 @@ least once, which compacted topics (latest value per key) and the dead-letter to
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from touchpulse_shared.db import Conn
+# The row format and the insert are shared with the api, which writes records here too.
+from touchpulse_shared.db.outbox import decode_headers, insert_outbox, outbox_row
+
+# insert_outbox and outbox_row: still imported from here by scoring's batch path.
+__all__ = ["BATCH", "insert_outbox", "outbox_row", "publish_once"]
 
 log = structlog.get_logger(__name__)
 
 # Any fixed 64-bit number: "the outbox publisher" among advisory locks.
 _PUBLISHER_LOCK = 0x6F7574626F78_01
 BATCH = 1000
-
-
-def outbox_row(
-    topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
-) -> tuple[str, bytes | None, bytes | None, str]:
-    """A row for ``kafka_outbox`` (header values kept as latin-1 text in JSON)."""
-    encoded = orjson.dumps([_header_entry(name, raw) for name, raw in headers]).decode()
-    return (topic, key, value, encoded)
-
-
-def _header_entry(name: str, raw: bytes) -> list[str]:
-    text = raw.decode("latin-1")
-    if "\x00" in name or "\x00" in text:
-        # jsonb cannot hold \u0000, and a dead letter keeps a foreign producer's headers as
-        # they came: such a header goes as base64, marked, so the batch can still commit.
-        return [_b64(name.encode()), _b64(raw), "base64"]
-    return [name, text]
-
-
-def _header(entry: list[str]) -> tuple[str, bytes]:
-    if len(entry) == 3 and entry[2] == "base64":
-        return base64.b64decode(entry[0]).decode(), base64.b64decode(entry[1])
-    name, text = entry
-    return name, text.encode("latin-1")
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-async def insert_outbox(
-    conn: Conn, rows: Sequence[tuple[str, bytes | None, bytes | None, str]]
-) -> None:
-    if not rows:
-        return
-    topics, keys, values, headers = zip(*rows, strict=True)
-    await conn.execute(
-        """
-        INSERT INTO kafka_outbox (topic, key, value, headers)
-        SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])
-        """,
-        list(topics),
-        list(keys),
-        list(values),
-        list(headers),
-    )
 
 
 async def publish_once(
@@ -96,7 +51,7 @@ async def publish_once(
             return 0
         futures: list[asyncio.Future[Any]] = []
         for row in rows:
-            headers = [_header(entry) for entry in orjson.loads(row["headers"])]
+            headers = decode_headers(row["headers"])
             futures.append(
                 await producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
             )

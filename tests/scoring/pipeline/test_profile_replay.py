@@ -24,10 +24,10 @@ from tests.api.endpoints.conftest import (  # the fixture is re-used here by nam
 )
 from tests.conftest import unique
 from tests.scoring.pipeline.conftest import Pipeline
-from touchpulse_scoring import profiles
 from touchpulse_scoring.domain import load_catalogue_file
 from touchpulse_scoring.replay import replay
 from touchpulse_shared.auth import Scope, create_key
+from touchpulse_shared.contract import profiles
 from touchpulse_shared.simulator import Incident, Simulator, SimulatorConfig, post_paced
 from touchpulse_shared.simulator import post_profiles as put_profiles
 from touchpulse_shared.stack.services import settings_env

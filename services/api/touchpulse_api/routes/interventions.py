@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from touchpulse_api import cursors
+from touchpulse_api import cursors, queries
 from touchpulse_api.context import ApiContext, ContextDep, HealthReader, InterventionWriter
 from touchpulse_api.models import Acknowledge, InterventionOut, InterventionsPage, Resolve
 from touchpulse_scoring.domain import (
@@ -16,12 +16,7 @@ from touchpulse_scoring.domain import (
     acknowledge,
     resolve,
 )
-from touchpulse_scoring.store import (
-    intervention_from_row,
-    intervention_json,
-    lock_customers,
-    record_interventions,
-)
+from touchpulse_scoring.store import intervention_from_row, intervention_json
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/interventions", tags=["interventions"])
@@ -54,23 +49,13 @@ async def list_interventions(
     )
     states = state or ["open", "acknowledged"]
     async with context.pool.acquire() as conn:
-        rows = await conn.fetch(
-            """
-            SELECT i.*, j.score AS health_now FROM intervention i
-            LEFT JOIN journey_health j USING (customer_id)
-            WHERE i.state = ANY($1::text[])
-              AND ($2::float8 IS NULL OR i.priority >= $2)
-              AND ($3::text IS NULL OR i.customer_id = $3)
-              AND ($4::float8 IS NULL OR (i.priority, i.intervention_id) < ($4, $5))
-            ORDER BY i.priority DESC, i.intervention_id DESC
-            LIMIT $6
-            """,
-            states,
-            min_priority,
-            customer_id,
-            None if after is None else after[0],
-            None if after is None else after[1],
-            limit + 1,
+        rows = await queries.list_interventions(
+            conn,
+            states=states,
+            min_priority=min_priority,
+            customer_id=customer_id,
+            after=None if after is None else (after[0], after[1]),
+            limit=limit + 1,
         )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -92,13 +77,7 @@ async def get_intervention(
 ) -> InterventionOut:
     """One intervention with the gaps that triggered it and the recommended actions."""
     async with context.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            """
-            SELECT i.*, j.score AS health_now FROM intervention i
-            LEFT JOIN journey_health j USING (customer_id) WHERE i.intervention_id = $1
-            """,
-            intervention_id,
-        )
+        row = await queries.read_intervention(conn, intervention_id)
     if row is None:
         raise Problem(404, "not-found", "Not Found", f"No intervention {intervention_id!r}")
     return _out(intervention_from_row(row), row["health_now"])
@@ -112,22 +91,12 @@ async def _change(
 ) -> InterventionOut:
     """Apply a workflow move under the customer's lock, with its outbox rows, atomically."""
     async with context.pool.acquire() as conn, conn.transaction():
-        customer = await conn.fetchval(
-            "SELECT customer_id FROM intervention WHERE intervention_id = $1", intervention_id
-        )
-        if customer is None:
+        found = await queries.lock_intervention(conn, intervention_id)
+        if found is None:
             raise Problem(404, "not-found", "Not Found", f"No intervention {intervention_id!r}")
-        # The same lock scoring takes, so a batch never overwrites this move or vice versa.
-        await lock_customers(conn, [customer])
-        row = await conn.fetchrow(
-            "SELECT * FROM intervention WHERE intervention_id = $1", intervention_id
-        )
-        assert row is not None  # noqa: S101 - locked and known to exist
-        health = await conn.fetchval(
-            "SELECT score FROM journey_health WHERE customer_id = $1", customer
-        )
+        current, health = found
         try:
-            updated: Intervention = change(intervention_from_row(row), health)
+            updated: Intervention = change(current, health)
         except IllegalTransition as exc:
             raise Problem(409, "illegal-transition", "Conflict", str(exc)) from None
         except InvalidCommand as exc:
@@ -138,7 +107,9 @@ async def _change(
                 str(exc),
                 errors=[{"pointer": f"/{exc.field}", "detail": str(exc), "code": "invalid"}],
             ) from None
-        await record_interventions(conn, context.settings.interventions_topic, [(kind, updated)])
+        await queries.write_intervention_move(
+            conn, context.settings.interventions_topic, kind, updated
+        )
     return _out(updated, health)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from touchpulse_api import queries
 from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ContextDep, HealthReader
 from touchpulse_api.models import UTC_MIN, Instant, OrgGap, OrgGaps, PromisesOut
@@ -30,21 +31,7 @@ async def organisation_gaps(
     # At the start of the calendar the window is what there is of it.
     since = since or (until - WINDOW if until - UTC_MIN > WINDOW else UTC_MIN)
     async with context.pool.acquire() as conn:
-        rows = await conn.fetch(
-            """
-            SELECT touchpoint, promise_id, count(*) AS events,
-                   count(*) FILTER (WHERE NOT met) AS breaches,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY gap) FILTER (WHERE NOT met)
-                       AS median_gap,
-                   percentile_cont(0.9) WITHIN GROUP (ORDER BY gap) FILTER (WHERE NOT met)
-                       AS p90_gap,
-                   count(DISTINCT customer_id) FILTER (WHERE NOT met) AS customers_affected
-            FROM outcome WHERE occurred_at >= $1 AND occurred_at < $2
-            GROUP BY touchpoint, promise_id
-            """,
-            since,
-            until,
-        )
+        rows = await queries.organisation_gaps(conn, since=since, until=until)
     items = [
         OrgGap(
             touchpoint=r["touchpoint"],

@@ -2,9 +2,10 @@
 
 The api writes each profile upsert to ``kafka_outbox`` in the transaction that changes
 ``customer_profile`` (and erasure a tombstone, a null value), so the topic holds, per
-customer, the latest profile Touchpulse received: the record :func:`replay` rebuilds
+customer, the latest profile Touchpulse received: the record scoring's replay rebuilds
 ``customer_profile`` from before it replays the events. Live scoring keeps reading the
-table (see docs/scoring.md, "Replay").
+table (see docs/scoring.md, "Replay"). A wire format written by one service and read by
+another, so it lives in the shared contract.
 
 The value is a small versioned JSON document::
 
@@ -27,7 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from touchpulse_scoring.outbox import outbox_row
+from touchpulse_shared.db.outbox import OutboxRow, outbox_row
 
 VERSION = 1
 CONTENT_TYPE = b"application/json"
@@ -105,17 +106,13 @@ def from_row(row: Mapping[str, Any] | asyncpg.Record) -> ProfileRecord:
     )
 
 
-def profile_outbox_row(
-    topic: str, profile: ProfileRecord
-) -> tuple[str, bytes | None, bytes | None, str]:
+def profile_outbox_row(topic: str, profile: ProfileRecord) -> OutboxRow:
     return outbox_row(
         topic, profile.customer_id.encode(), encode(profile), [("content-type", CONTENT_TYPE)]
     )
 
 
-def tombstone_outbox_row(
-    topic: str, customer_id: str
-) -> tuple[str, bytes | None, bytes | None, str]:
+def tombstone_outbox_row(topic: str, customer_id: str) -> OutboxRow:
     return outbox_row(topic, customer_id.encode(), None)
 
 
