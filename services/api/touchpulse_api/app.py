@@ -25,7 +25,7 @@ from touchpulse_api.routes import customers, erasure, interventions, keys, organ
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_shared.auth import KeyVerifier
 from touchpulse_shared.db.migrate import migrate_url
-from touchpulse_shared.db.pool import create_pool
+from touchpulse_shared.db.pool import create_pool, keep_session
 from touchpulse_shared.http.app import (
     RejectNulMiddleware,
     RequestMetricsMiddleware,
@@ -133,6 +133,8 @@ def build_app(
         # No statement cache (here and for the dispatcher): a statement prepared before a
         # migration changed its table fails inside a transaction ("cached statement plan is
         # invalid"), a 500 per pooled connection; re-planning each query costs far less.
+        # No reset query on release (keep_session says why that is safe here): a
+        # request's connection goes back to the pool without a round trip of its own.
         pool = await create_pool(
             database_url,
             service="api",
@@ -140,6 +142,7 @@ def build_app(
             min_size=2,
             max_size=10,
             statement_cache_size=0,
+            reset=keep_session,
         )
         # Its own pool: the dispatcher's sessions are named apart from the requests', and a
         # burst of requests cannot starve deliveries (nor the reverse).

@@ -86,6 +86,22 @@ class Connection(asyncpg.Connection):
             raise self._lost(exc) from exc
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's ``reset=`` for users that never change session state: nothing is sent.
+
+    By default asyncpg resets a connection on every release with a query of its own
+    (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``): a round trip
+    and a server-side statement per request, undoing session state the api never creates.
+    Every api request runs single statements or transactions; its advisory locks are
+    transaction-scoped (``pg_advisory_xact_lock``, released at COMMIT or ROLLBACK); it
+    declares no cursor outside a transaction, LISTENs to nothing and SETs no session
+    setting (``application_name`` is a startup parameter, not a SET). What asyncpg still
+    does with ``reset=`` given — roll back a transaction left open, drop listeners —
+    happens before this is called. A pool whose users do change session state keeps the
+    default.
+    """
+
+
 async def create_pool(
     url: str, *, service: str, role: str, min_size: int = 1, max_size: int = 4, **kwargs: Any
 ) -> asyncpg.Pool:

@@ -10,18 +10,13 @@ change that is meant to alter the answer regenerates them with
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.api.health.rich import CALM, PROFILE_ONLY, READ_AT, RICH, build
-from touchpulse_api.app import build_app
-from touchpulse_shared.auth import Scope, create_key
-from touchpulse_shared.db.migrate import migrate_url
-from touchpulse_shared.settings import Settings
+from tests.api.health.rich import CALM, PROFILE_ONLY, RICH
 
 pytestmark = pytest.mark.postgres
 
@@ -37,31 +32,6 @@ CASES = {
     "profile-only": (f"/v1/customers/{PROFILE_ONLY}/health", 200),
     "unknown": ("/v1/customers/G-nobody/health", 404),
 }
-
-
-@pytest.fixture
-async def api(base_settings: Settings, fresh_database: str) -> AsyncIterator[httpx.AsyncClient]:
-    await migrate_url(fresh_database)
-    await build(fresh_database)
-    settings = base_settings.model_copy(
-        update={
-            "database_url": fresh_database,
-            "auth_cache_s": 0.0,
-            "api_rate_limit_per_s": 1_000_000.0,
-            "api_rate_limit_burst": 1_000_000.0,
-        }
-    )
-    app = build_app(settings, clock=lambda: READ_AT)
-    async with app.router.lifespan_context(app):
-        key, _ = await create_key(
-            app.state.api.pool, name="golden", scopes=[Scope.HEALTH_READ], now=READ_AT
-        )
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://api",
-            headers={"Authorization": f"Bearer {key}"},
-        ) as client:
-            yield client
 
 
 async def test_health_answers_are_the_stored_bytes(api: httpx.AsyncClient) -> None:

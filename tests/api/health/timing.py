@@ -94,7 +94,7 @@ async def main(requests: int, profile: bool) -> None:
             print(f"health read: {wall:8.0f} µs wall {cpu:8.0f} µs CPU per request ({requests})")
             print(f"bare route:  {bare_wall:8.0f} µs wall {bare_cpu:8.0f} µs CPU per request")
             if profiler is not None:
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(120)
         finally:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             await admin.close()

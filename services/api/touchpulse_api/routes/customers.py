@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from touchpulse_api import cursors, queries
 from touchpulse_api.catalogue import current_catalogue
-from touchpulse_api.context import Admin, ContextDep, HealthReader
+from touchpulse_api.context import Admin, ContextDep, HealthReader, ReaderContext
 from touchpulse_api.models import (
     AtRiskCustomer,
     AtRiskPage,
@@ -48,8 +48,7 @@ def outcome_out(row: Any) -> OutcomeOut:
 @router.get("/{customer_id}/health", response_model=CustomerHealth)
 async def customer_health(
     customer_id: str,
-    context: ContextDep,
-    _: HealthReader,
+    context: ReaderContext,
     trend_days: Annotated[int, Query(ge=1, le=365, description="days of history")] = 30,
 ) -> CustomerHealth:
     """Journey health, band, per-touchpoint health, trend, freshness and what moves it most."""
