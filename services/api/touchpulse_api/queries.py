@@ -25,7 +25,7 @@ from touchpulse_scoring.domain import (
     Outcome,
     TouchpointHealth,
 )
-from touchpulse_scoring.store import intervention_from_row, record_interventions
+from touchpulse_scoring.intervention_table import intervention_from_row, record_interventions
 from touchpulse_shared.contract.profiles import (
     from_row,
     profile_outbox_row,

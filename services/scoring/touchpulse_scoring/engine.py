@@ -47,25 +47,25 @@ from touchpulse_scoring.domain import (
     judge_event,
     record_follow_up,
 )
-from touchpulse_scoring.outbox import insert_outbox, outbox_row
+from touchpulse_scoring.intervention_table import (
+    intervention_from_row,
+    intervention_record,
+    record_interventions,
+    write_interventions,
+    write_webhook_events,
+)
 from touchpulse_scoring.store import (
     CustomerState,
     JourneyRow,
     breach_window_start,
-    intervention_from_row,
-    intervention_record,
     load_recent_outcomes,
     load_state,
-    lock_customers,
     outcome_from_row,
-    record_interventions,
     write_deadlines,
     write_early_fulfilments,
     write_health,
-    write_interventions,
     write_journeys,
     write_outcomes,
-    write_webhook_events,
 )
 from touchpulse_shared.contract import (
     ExperienceEventV1,
@@ -75,6 +75,8 @@ from touchpulse_shared.contract import (
     format_rfc3339,
 )
 from touchpulse_shared.db import Conn
+from touchpulse_shared.db.locks import lock_customers
+from touchpulse_shared.db.outbox import insert_outbox, outbox_row
 from touchpulse_shared.kafka import records as kafka_records
 from touchpulse_shared.settings import Settings
 

@@ -24,11 +24,8 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
-# The row format and the insert are shared with the api, which writes records here too.
-from touchpulse_shared.db.outbox import decode_headers, insert_outbox, outbox_row
-
-# insert_outbox and outbox_row: still imported from here by scoring's batch path.
-__all__ = ["BATCH", "insert_outbox", "outbox_row", "publish_once"]
+# Rows are written through touchpulse_shared.db.outbox, by scoring and the api alike.
+from touchpulse_shared.db.outbox import decode_headers
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ alike), so two writers never interleave on one customer and never deadlock.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,16 +23,12 @@ from touchpulse_scoring.domain import (
     DeadlineRef,
     Expected,
     Fulfilment,
-    Gap,
     Intervention,
-    InterventionState,
     Outcome,
     ReopenGuard,
     TouchpointHealth,
-    Trigger,
-    TriggerKind,
 )
-from touchpulse_scoring.outbox import insert_outbox, outbox_row
+from touchpulse_scoring.intervention_table import intervention_from_row
 from touchpulse_shared.db import Conn
 
 
@@ -52,18 +48,6 @@ class CustomerState:
     breaches: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     current: Intervention | None = None
     guard: ReopenGuard = NO_GUARD
-
-
-async def lock_customers(conn: Conn, customers: Iterable[str]) -> None:
-    # Sorted by the lock key itself, so every writer acquires in the same order.
-    await conn.execute(
-        """
-        SELECT pg_advisory_xact_lock(k) FROM (
-            SELECT DISTINCT hashtextextended(c, 7) AS k FROM unnest($1::text[]) AS c ORDER BY 1
-        ) AS keys
-        """,
-        sorted(set(customers)),
-    )
 
 
 async def load_state(
@@ -261,96 +245,6 @@ def deadline_from_row(row: Any) -> Deadline:
     )
 
 
-def _gap_json(gap: Gap) -> dict[str, Any]:
-    return {
-        "outcome_key": gap.outcome_key,
-        "promise_id": gap.promise_id,
-        "touchpoint": gap.touchpoint,
-        "expected": {
-            "op": gap.expected.op,
-            "target": gap.expected.target,
-            "unit": gap.expected.unit,
-        },
-        "actual": gap.actual,
-        "gap": gap.gap,
-        "score": gap.score,
-        "severity": gap.severity,
-        "occurred_at": gap.occurred_at,
-        "event_ids": list(gap.event_ids),
-        "action": gap.action,
-    }
-
-
-def _gap_from_json(data: Mapping[str, Any]) -> Gap:
-    expected = data["expected"]
-    return Gap(
-        outcome_key=data["outcome_key"],
-        promise_id=data["promise_id"],
-        touchpoint=data["touchpoint"],
-        expected=Expected(op=expected["op"], target=expected["target"], unit=expected["unit"]),
-        actual=data["actual"],
-        gap=data["gap"],
-        score=data["score"],
-        severity=data["severity"],
-        occurred_at=datetime.fromisoformat(data["occurred_at"]),
-        event_ids=tuple(data["event_ids"]),
-        action=data["action"],
-    )
-
-
-def intervention_json(intervention: Intervention) -> dict[str, Any]:
-    """The intervention as it travels: outbox, topic, webhooks, API."""
-    return {
-        "intervention_id": intervention.intervention_id,
-        "customer_id": intervention.customer_id,
-        "state": intervention.state.value,
-        "triggers": [
-            {"kind": t.kind.value, "detail": t.detail, "promise_id": t.promise_id}
-            for t in intervention.triggers
-        ],
-        "gaps": [_gap_json(g) for g in intervention.gaps],
-        "actions": list(intervention.actions),
-        "priority": intervention.priority,
-        "threshold": intervention.threshold,
-        "health_at_open": intervention.health_at_open,
-        "opened_at": intervention.opened_at,
-        "updated_at": intervention.updated_at,
-        "acknowledged_at": intervention.acknowledged_at,
-        "assignee": intervention.assignee,
-        "resolved_at": intervention.resolved_at,
-        "outcome_note": intervention.outcome_note,
-        "health_at_resolve": intervention.health_at_resolve,
-        "closed_at": intervention.closed_at,
-    }
-
-
-def intervention_from_row(row: Any) -> Intervention:
-    return Intervention(
-        intervention_id=row["intervention_id"],
-        customer_id=row["customer_id"],
-        state=InterventionState(row["state"]),
-        triggers=tuple(
-            Trigger(kind=TriggerKind(t["kind"]), detail=t["detail"], promise_id=t["promise_id"])
-            for t in orjson.loads(row["triggers"])
-        ),
-        gaps=tuple(_gap_from_json(g) for g in orjson.loads(row["gaps"])),
-        actions=tuple(row["actions"]),
-        priority=row["priority"],
-        threshold=row["threshold"],
-        health_at_open=row["health_at_open"],
-        opened_at=row["opened_at"],
-        updated_at=row["updated_at"],
-        acknowledged_at=row["acknowledged_at"],
-        assignee=row["assignee"],
-        resolved_at=row["resolved_at"],
-        outcome_note=row["outcome_note"],
-        health_at_resolve=row["health_at_resolve"],
-        closed_at=row["closed_at"],
-        follow_up_at=row["follow_up_at"],
-        follow_up_health=row["follow_up_health"],
-    )
-
-
 # --- writes -----------------------------------------------------------------------------
 
 
@@ -543,83 +437,5 @@ async def write_early_fulfilments(
         )
 
 
-async def write_interventions(conn: Conn, interventions: Sequence[Intervention]) -> None:
-    for iv in interventions:
-        doc = intervention_json(iv)
-        await conn.execute(
-            """
-            INSERT INTO intervention AS i (intervention_id, customer_id, state, triggers, gaps,
-                actions, priority, threshold, health_at_open, opened_at, acknowledged_at,
-                assignee, resolved_at, outcome_note, health_at_resolve, closed_at,
-                follow_up_at, follow_up_health, updated_at)
-            VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                    $15, $16, $17, $18, $19)
-            ON CONFLICT (intervention_id) DO UPDATE SET
-                state = EXCLUDED.state, triggers = EXCLUDED.triggers, gaps = EXCLUDED.gaps,
-                actions = EXCLUDED.actions, priority = EXCLUDED.priority,
-                acknowledged_at = EXCLUDED.acknowledged_at, assignee = EXCLUDED.assignee,
-                resolved_at = EXCLUDED.resolved_at, outcome_note = EXCLUDED.outcome_note,
-                health_at_resolve = EXCLUDED.health_at_resolve, closed_at = EXCLUDED.closed_at,
-                follow_up_at = EXCLUDED.follow_up_at,
-                follow_up_health = EXCLUDED.follow_up_health, updated_at = EXCLUDED.updated_at
-            """,
-            iv.intervention_id,
-            iv.customer_id,
-            iv.state.value,
-            _json(doc["triggers"]),
-            _json(doc["gaps"]),
-            list(iv.actions),
-            iv.priority,
-            iv.threshold,
-            iv.health_at_open,
-            iv.opened_at,
-            iv.acknowledged_at,
-            iv.assignee,
-            iv.resolved_at,
-            iv.outcome_note,
-            iv.health_at_resolve,
-            iv.closed_at,
-            iv.follow_up_at,
-            iv.follow_up_health,
-            iv.updated_at,
-        )
-
-
-async def write_webhook_events(conn: Conn, events: Sequence[tuple[str, Intervention]]) -> None:
-    for kind, iv in events:
-        await conn.execute(
-            """
-            INSERT INTO webhook_outbox (kind, intervention_id, customer_id, payload)
-            VALUES ($1, $2, $3, $4::jsonb)
-            """,
-            kind,
-            iv.intervention_id,
-            iv.customer_id,
-            _json(intervention_json(iv)),
-        )
-
-
 def breach_window_start(events_at: Iterable[datetime], within_days: float) -> datetime:
     return min(events_at) - timedelta(days=within_days)
-
-
-def intervention_record(
-    topic: str, kind: str, intervention: Intervention
-) -> tuple[str, bytes | None, bytes | None, str]:
-    """The ``interventions.v1`` outbox row announcing one lifecycle move."""
-    return outbox_row(
-        topic,
-        intervention.intervention_id.encode(),
-        orjson.dumps({"kind": kind, **intervention_json(intervention)}, option=orjson.OPT_UTC_Z),
-        [("content-type", b"application/json")],
-    )
-
-
-async def record_interventions(
-    conn: Conn, topic: str, moves: Sequence[tuple[str, Intervention]]
-) -> None:
-    """Store lifecycle moves with their webhook and topic announcements, in the caller's
-    transaction: whoever moves an intervention (scoring, the sweep, the api) does all three."""
-    await write_interventions(conn, [iv for _, iv in moves])
-    await write_webhook_events(conn, moves)
-    await insert_outbox(conn, [intervention_record(topic, kind, iv) for kind, iv in moves])

@@ -18,7 +18,7 @@ from touchpulse_scoring.engine import (
     expire_interventions,
     record_follow_ups,
 )
-from touchpulse_scoring.store import intervention_from_row, write_interventions
+from touchpulse_scoring.intervention_table import intervention_from_row, write_interventions
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 from touchpulse_shared.db.migrate import migrate_url
 

@@ -16,7 +16,7 @@ from touchpulse_scoring.domain import (
     acknowledge,
     resolve,
 )
-from touchpulse_scoring.store import intervention_from_row, intervention_json
+from touchpulse_scoring.intervention_table import intervention_from_row, intervention_json
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/interventions", tags=["interventions"])
