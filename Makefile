@@ -53,10 +53,11 @@ bench-scale: setup ## Benchmark scoring with one and with two instances on 6 par
 bench-api: setup ## Benchmark the customer-health read against a bare ASGI route, while the pipeline ingests
 	$(BIN)/python -m tests.bench.api
 
-lint: $(STAMP) ## ruff (format check + lint) and mypy --strict
+lint: $(STAMP) ## ruff (format check + lint), mypy --strict and the import contracts (lint-imports)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
