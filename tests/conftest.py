@@ -88,6 +88,18 @@ async def topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[str]:
 @pytest.fixture
 async def fresh_database(database_url: str) -> AsyncIterator[str]:
     """The URL of a new, empty database, dropped after the test."""
+    async for url in _new_database(database_url):
+        yield url
+
+
+@pytest.fixture
+async def other_fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A second new, empty database, for tests that compare two runs."""
+    async for url in _new_database(database_url):
+        yield url
+
+
+async def _new_database(database_url: str) -> AsyncIterator[str]:
     base, _, _ = database_url.rpartition("/")
     name = unique("test").replace("-", "_")
     admin = await asyncpg.connect(f"{base}/postgres")

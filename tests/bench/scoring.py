@@ -1923,6 +1923,8 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
         # more than it corrects. Time spent waiting in epoll is left out of the shares.
         profiler = cProfile.Profile()
 
+        batches: list[int] = []
+
         async def consume() -> tuple[int, float]:
             service = ScoringService(service_settings)
             task = asyncio.create_task(service.run())
@@ -1937,6 +1939,8 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
                         profiler.enable()
                     await asyncio.sleep(THROUGHPUT_POLL_S)
                 profiler.disable()
+                if service.runner is not None:
+                    batches.append(service.runner.batches)
             finally:
                 service.stopping.set()
                 await conn.close()
@@ -1963,8 +1967,9 @@ def profile(plan: Plan, settings: Settings, *, dump: Path | None = None, top: in
     lines = [
         f"scoring under cProfile: {counted:,} events in {wall_s:.1f} s "
         f"({counted / wall_s:,.0f} events/s with the profiler's overhead), "
-        f"{sum(e[2] for e in waiting.values()):.2f} s of it waiting in epoll; the rest, "
-        "by area (own time; isinstance() on ABCs is asyncpg encoding array elements):",
+        f"{sum(e[2] for e in waiting.values()):.2f} s of it waiting in epoll; "
+        f"{sum(batches):,} batch transactions, {plan.events / max(1, sum(batches)):,.0f} "
+        "records each on average; the rest, by area (own time; isinstance() on ABCs is asyncpg encoding array elements):",
         table(
             ["area", "share of own time"],
             [[a, f"{t / total:.1%}"] for a, t in sorted(areas.items(), key=lambda i: -i[1])],

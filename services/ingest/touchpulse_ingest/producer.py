@@ -22,9 +22,9 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
 from touchpulse_shared.contract.record import KafkaRecord
+from touchpulse_shared.kafka.partitioner import Partitioner
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,6 @@ REQUEST_TIMEOUT_MS = 10_000
 # Bound on stopping a producer whose broker is gone (aiokafka #1101: stop() can hang).
 STOP_TIMEOUT_S = 5.0
 # Customer keys whose partition is remembered (~100 B each): a few MB at most.
-_PARTITION_CACHE_MAX = 100_000
 
 
 class ProduceUnavailable(Exception):
@@ -57,7 +56,7 @@ class EventProducer:
         self.client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._partitions: int | None = None
-        self._partition_cache: dict[bytes, int] = {}
+        self._partitioner: Partitioner | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._replaced = 0
         # Set while a live producer is installed; waited on by start-up and tests.
@@ -106,7 +105,6 @@ class EventProducer:
                 try:
                     await producer.start()
                     self._partitions = len(await producer.partitions_for(self.topic))
-                    self._partition_cache.clear()
                 except (KafkaError, OSError) as exc:
                     log.warning("ingest.producer.start_failed", error=str(exc))
                     with contextlib.suppress(Exception):
@@ -132,22 +130,14 @@ class EventProducer:
         await self._discard()
 
     def partition_for(self, key: bytes) -> int:
-        """Kafka's default partitioner (murmur2), so any client puts a customer in one place.
-
-        aiokafka's murmur2 is pure Python and customers recur, so results are cached (the
-        cache is bounded and dropped whenever the partition count changes).
-        """
+        """Kafka's default partitioner (murmur2), so any client puts a customer in one place
+        (cached; a new partition count starts a new cache)."""
         partitions = self._partitions
         if partitions is None:
             raise ProduceUnavailable("the producer has not started")
-        cached = self._partition_cache.get(key)
-        if cached is not None:
-            return cached
-        if len(self._partition_cache) >= _PARTITION_CACHE_MAX:
-            self._partition_cache.clear()
-        partition: int = (murmur2(key) & 0x7FFFFFFF) % partitions
-        self._partition_cache[key] = partition
-        return partition
+        if self._partitioner is None or self._partitioner.partitions != partitions:
+            self._partitioner = Partitioner(partitions)
+        return self._partitioner(key)
 
     async def produce(self, records: Sequence[KafkaRecord], *, within_s: float) -> None:
         """Return once Kafka acknowledged every record; else raise ProduceUnavailable."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,14 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from touchpulse_scoring.store import (
+    Rewind,
+    claim_batch,
+    mark_caught_up,
+    skip_to,
+    store_offsets,
+    stored_offsets,
+)
 from touchpulse_shared.db import Conn
 
 log = structlog.get_logger(__name__)
@@ -52,117 +60,9 @@ class Batch:
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
 
-BatchHandler = Callable[[Conn, list[Any]], Awaitable[None]]
-
-
-class Rewind(Exception):
-    """Records are missing between the stored offset and the batch: seek back and refetch."""
-
-    def __init__(self, positions: Mapping[TopicPartition, int]) -> None:
-        super().__init__(f"rewinding {dict(positions)}")
-        self.positions = dict(positions)
-
-
-async def stored_offsets(
-    conn: Conn, group: str, partitions: Sequence[TopicPartition]
-) -> dict[TopicPartition, int]:
-    rows = await conn.fetch(
-        """
-        SELECT topic, partition, next_offset FROM consumer_offset
-        WHERE consumer_group = $1 AND (topic, partition) IN (
-            SELECT * FROM unnest($2::text[], $3::int[]))
-        """,
-        group,
-        [tp.topic for tp in partitions],
-        [tp.partition for tp in partitions],
-    )
-    return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-
-
-async def claim_batch(conn: Conn, group: str, records: Sequence[Any]) -> list[Any]:
-    """Inside the batch transaction: lock the offsets, keep only records not yet applied.
-
-    The row locks make two members that both believe they own a partition (a rebalance in
-    flight) take turns; the second then sees the first's offsets and drops the records.
-    """
-    first: dict[TopicPartition, int] = {}
-    for record in records:
-        first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
-    partitions = sorted(first)
-    # A partition this group never read starts where the consumer was placed: its beginning.
-    await conn.execute(
-        """
-        INSERT INTO consumer_offset (consumer_group, topic, partition, next_offset)
-        SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
-        ON CONFLICT DO NOTHING
-        """,
-        group,
-        [tp.topic for tp in partitions],
-        [tp.partition for tp in partitions],
-        [first[tp] for tp in partitions],
-    )
-    rows = await conn.fetch(
-        """
-        SELECT topic, partition, next_offset FROM consumer_offset
-        WHERE consumer_group = $1 AND (topic, partition) IN (
-            SELECT * FROM unnest($2::text[], $3::int[]))
-        ORDER BY topic, partition
-        FOR UPDATE
-        """,
-        group,
-        [tp.topic for tp in partitions],
-        [tp.partition for tp in partitions],
-    )
-    stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-    gaps = {tp: stored[tp] for tp, offset in first.items() if offset > stored[tp]}
-    if gaps:
-        # The consumer was positioned past what was applied (e.g. fetching began before the
-        # positions were restored, aiokafka #738): go back rather than skip.
-        raise Rewind(gaps)
-    return [r for r in records if r.offset >= stored[TopicPartition(r.topic, r.partition)]]
-
-
-async def store_offsets(
-    conn: Conn, group: str, records: Sequence[Any]
-) -> dict[TopicPartition, int]:
-    nexts: dict[TopicPartition, int] = {}
-    newest: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        nexts[tp] = max(nexts.get(tp, 0), record.offset + 1)
-        newest[tp] = max(newest.get(tp, 0), record.timestamp)
-    await conn.execute(
-        """
-        UPDATE consumer_offset AS c SET next_offset = u.n, updated_at = now(),
-            watermark = greatest(c.watermark, to_timestamp(u.ms / 1000.0))
-        FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(t, p, n, ms)
-        WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
-          AND c.next_offset < u.n
-        """,
-        group,
-        [tp.topic for tp in nexts],
-        [tp.partition for tp in nexts],
-        list(nexts.values()),
-        [newest[tp] for tp in nexts],
-    )
-    return nexts
-
-
-async def mark_caught_up(
-    conn: Conn, group: str, partitions: Sequence[TopicPartition], at: datetime
-) -> None:
-    """These partitions have nothing unapplied: they are applied up to ``at``."""
-    await conn.execute(
-        """
-        UPDATE consumer_offset AS c SET watermark = greatest(c.watermark, $4)
-        FROM unnest($2::text[], $3::int[]) AS u(t, p)
-        WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
-        """,
-        group,
-        [tp.topic for tp in partitions],
-        [tp.partition for tp in partitions],
-        at,
-    )
+#: Applies a batch's records inside its transaction and returns what it did, which the
+#: runner hands to ``on_batch`` once the transaction has committed.
+BatchHandler = Callable[[Conn, list[Any]], Awaitable[Any]]
 
 
 class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -191,7 +91,7 @@ class ConsumerRunner:
         topic: str,
         handler: BatchHandler,
         max_records: int,
-        on_batch: Callable[[int, float], None] = lambda n, s: None,
+        on_batch: Callable[[int, float, Any], None] = lambda n, s, r: None,
         on_data_lost: Callable[[TopicPartition, int], None] = lambda tp, n: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -236,7 +136,7 @@ class ConsumerRunner:
             started = time.perf_counter()
             try:
                 async with self.processing:
-                    await self._apply(records)
+                    result = await self._apply(records)
             except Rewind as exc:
                 await self._rewind(exc.positions)
                 continue
@@ -247,7 +147,7 @@ class ConsumerRunner:
                 continue
             backoff = _BACKOFF_START_S
             self.batches += 1
-            self.on_batch(len(records), time.perf_counter() - started)
+            self.on_batch(len(records), time.perf_counter() - started, result)
 
     async def _idle(self) -> None:
         """Nothing fetched: partitions at their end are applied up to now (at most once a
@@ -286,25 +186,15 @@ class ConsumerRunner:
                 )
                 self.on_data_lost(tp, start - stored)
                 async with self.pool.acquire() as conn:
-                    await conn.execute(
-                        """
-                        UPDATE consumer_offset SET next_offset = $4, updated_at = now()
-                        WHERE consumer_group = $1 AND topic = $2 AND partition = $3
-                          AND next_offset < $4
-                        """,
-                        self.group,
-                        tp.topic,
-                        tp.partition,
-                        start,
-                    )
+                    await skip_to(conn, self.group, tp, start)
                 offset = start
             log.warning("scoring.batch.rewind", topic=tp.topic, partition=tp.partition, to=offset)
             self.consumer.seek(tp, offset)
 
-    async def _apply(self, records: list[Any]) -> None:
+    async def _apply(self, records: list[Any]) -> Any:
         async with self.pool.acquire() as conn:
             try:
-                nexts = await self._apply_in_transaction(conn, records)
+                nexts, result = await self._apply_in_transaction(conn, records)
             except asyncpg.InvalidCachedStatementError as exc:
                 # DDL (a migration) changed a table under a statement this connection had
                 # prepared: the transaction was aborted, nothing of the batch applied, and
@@ -315,19 +205,20 @@ class ConsumerRunner:
                     error=str(exc),
                     records=len(records),
                 )
-                nexts = await self._apply_in_transaction(conn, records)
+                nexts, result = await self._apply_in_transaction(conn, records)
         # After the database commit: a hint for lag tooling, never the source of truth.
         with contextlib.suppress(CommitFailedError, KafkaError):
             await self.consumer.commit(nexts)
+        return result
 
     async def _apply_in_transaction(
         self, conn: Conn, records: list[Any]
-    ) -> dict[TopicPartition, int]:
+    ) -> tuple[dict[TopicPartition, int], Any]:
         async with conn.transaction():
             fresh = await claim_batch(conn, self.group, records)
             # Called even with nothing fresh, so what it reports is always this batch's.
-            await self.handler(conn, fresh)
-            return await store_offsets(conn, self.group, records)
+            result = await self.handler(conn, fresh)
+            return await store_offsets(conn, self.group, records), result
 
     async def _wait_for_database(
         self, records: list[Any], delay: float, stopping: asyncio.Event

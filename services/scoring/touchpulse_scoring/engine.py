@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import structlog
-from aiokafka.partitioner import murmur2
 
 from touchpulse_scoring.dlq import DeadLetter
 from touchpulse_scoring.domain import (
@@ -42,13 +41,13 @@ from touchpulse_scoring.domain import (
     expire_deadline,
     expire_overdue,
     explain,
+    explanation_needed,
     fulfilment_refs,
     is_new,
     judge_event,
     record_follow_up,
 )
 from touchpulse_scoring.intervention_table import (
-    intervention_from_row,
     intervention_record,
     record_interventions,
     write_interventions,
@@ -58,15 +57,25 @@ from touchpulse_scoring.store import (
     CustomerState,
     JourneyRow,
     breach_window_start,
+    claim_events,
+    follow_up_customers,
+    load_due_deadlines,
+    load_erasures,
+    load_follow_ups,
+    load_outcomes_by_key,
     load_recent_outcomes,
     load_state,
-    outcome_from_row,
+    load_unacknowledged,
+    load_watermarks,
+    release_events,
+    unacknowledged_customers,
     write_deadlines,
     write_early_fulfilments,
     write_health,
     write_journeys,
     write_outcomes,
 )
+from touchpulse_scoring.windows import Windows
 from touchpulse_shared.contract import (
     ExperienceEventV1,
     RecordRejected,
@@ -78,6 +87,7 @@ from touchpulse_shared.db import Conn
 from touchpulse_shared.db.locks import lock_customers
 from touchpulse_shared.db.outbox import insert_outbox, outbox_row
 from touchpulse_shared.kafka import records as kafka_records
+from touchpulse_shared.kafka.partitioner import partition_of
 from touchpulse_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -160,6 +170,7 @@ class Engine:
         clock: Callable[[], datetime],
         window: TimeWindow | None = None,
         mute_interventions: bool = False,
+        window_capacity: int = 100_000,
     ) -> None:
         self.catalogue = catalogue
         # None only where a test feeds records by hand; the services pass their settings'.
@@ -169,9 +180,9 @@ class Engine:
         self.clock = clock
         # Replays rebuild state without opening interventions or sending webhooks.
         self.mute_interventions = mute_interventions
-        self.last_report = Report()
+        self.windows = Windows(window_capacity)
 
-    async def handle(self, conn: Conn, records: list[Any]) -> None:
+    async def handle(self, conn: Conn, records: list[Any]) -> Report:
         catalogue = self.catalogue()
         now = self.clock()
         report = Report(records=len(records))
@@ -214,7 +225,7 @@ class Engine:
             log.error(
                 "scoring.dead_letter_flood", dead=len(report.dead_letters), batch=len(records)
             )
-        self.last_report = report
+        return report
 
     def _time_problem(self, record: Any, result: Any) -> str | None:
         """Ingest's time window, anchored on a time the record carries (never this clock):
@@ -236,16 +247,9 @@ class Engine:
         report: Report,
     ) -> list[tuple[Any, ExperienceEventV1, datetime]]:
         """Events of an erased customer received before the erasure are never applied."""
-        rows = await conn.fetch(
-            """
-            SELECT customer_id, erased_at FROM erased_customer
-            WHERE customer_id = ANY($1::text[])
-            """,
-            sorted({e.customer_id for _, e, _ in decoded}),
-        )
-        if not rows:
+        erased = await load_erasures(conn, {e.customer_id for _, e, _ in decoded})
+        if not erased:
             return decoded
-        erased = {r["customer_id"]: r["erased_at"] for r in rows}
         kept = [
             item
             for item in decoded
@@ -264,37 +268,13 @@ class Engine:
         if not firsts:
             return []
         items = list(firsts.values())
-        rows = await conn.fetch(
-            """
-            INSERT INTO processed_event (source, event_id, customer_id, topic, partition, "offset")
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                                 $6::bigint[])
-            ON CONFLICT DO NOTHING
-            RETURNING source, event_id
-            """,
-            [e.source for _, e, _ in items],
-            [e.event_id for _, e, _ in items],
-            [e.customer_id for _, e, _ in items],
-            [r.topic for r, _, _ in items],
-            [r.partition for r, _, _ in items],
-            [r.offset for r, _, _ in items],
-        )
-        new = {(r["source"], r["event_id"]) for r in rows}
+        new = await claim_events(conn, [(record, event) for record, event, _ in items])
         return [item for item in items if item[1].identity in new]
 
     async def _release(self, conn: Conn, refused: Sequence[ExperienceEventV1]) -> None:
         """Events claimed by the dedupe but dead-lettered while judged are not processed:
         their rows go in the same transaction, so a corrected resend is applied."""
-        if not refused:
-            return
-        await conn.execute(
-            """
-            DELETE FROM processed_event
-            WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-            """,
-            [e.source for e in refused],
-            [e.event_id for e in refused],
-        )
+        await release_events(conn, [e.identity for e in refused])
 
     async def _apply_events(
         self,
@@ -357,7 +337,6 @@ class Engine:
         return await load_state(
             conn,
             customers,
-            outcome_keys=(),
             deadline_refs=refs,
             breach_window_start=breach_window_start((e.occurred_at for e in events), window),
             recovery_margin=policy.interventions.recovery_margin,
@@ -380,7 +359,8 @@ class Engine:
         evidence behind the health decays toward the prior.
         """
         keys = {(o.customer_id, o.outcome_key) for w in work.values() for o in w.outcomes}
-        await _load_standing(conn, states, keys)
+        for found in await load_outcomes_by_key(conn, keys):
+            states[found.customer_id].outcomes[found.outcome_key] = found
         policy = catalogue.policy
         outcome_rows: list[Outcome] = []
         health_rows: list[tuple[str, str, TouchpointHealth]] = []
@@ -389,6 +369,7 @@ class Engine:
         early: list[tuple[DeadlineRef, Fulfilment | None]] = []
         outbox = []
         judged: list[tuple[str, Journey, datetime, Applied]] = []
+        work_applied: dict[str, Applied] = {}
         for customer, pending in work.items():
             state = states[customer]
             deadlines.extend(pending.deadlines.values())
@@ -403,6 +384,7 @@ class Engine:
             applied = apply_outcomes(
                 state.health, state.outcomes, pending.outcomes, half_life_days=policy.half_life_days
             )
+            work_applied[customer] = applied
             recorded = {o.outcome_key: applied.current[o.outcome_key] for o in applied.recorded}
             outcome_rows.extend(recorded.values())
             report.outcomes.extend(recorded.values())
@@ -422,12 +404,13 @@ class Engine:
             if state.current is not None or any(not o.met for o in applied.recorded):
                 # Triggers need a fresh breach; an open case follows every change.
                 judged.append((customer, journey, as_of, applied))
-        moves = await self._decide(conn, catalogue, states, judged)
+        moves, windows = await self._decide(conn, catalogue, states, judged)
         report.opened.extend(iv for kind, iv in moves if kind == "intervention.opened")
         outbox.extend(intervention_record(self.topics.interventions, k, iv) for k, iv in moves)
         await write_outcomes(conn, outcome_rows)
         await write_health(conn, health_rows, now)
-        await write_journeys(conn, journeys, now)
+        revisions = await write_journeys(conn, journeys, now)
+        self._keep_windows(states, work_applied, windows, revisions)
         await write_deadlines(conn, deadlines)
         await write_early_fulfilments(conn, early)
         await write_interventions(conn, [iv for _, iv in moves])
@@ -441,17 +424,45 @@ class Engine:
         catalogue: Catalogue,
         states: dict[str, CustomerState],
         judged: Sequence[tuple[str, Journey, datetime, Applied]],
-    ) -> list[tuple[str, Intervention]]:
+    ) -> tuple[list[tuple[str, Intervention]], dict[str, list[Outcome]]]:
         """Open or attach interventions; each case carries the health explanation's breaches
-        at this moment (the same set and ranking the api explains health with)."""
+        at this moment (the same set and ranking the api explains health with).
+
+        Also returns, per customer explained, its standing outcomes after this batch (a
+        superset of its newest), for the windows kept in memory."""
         policy = catalogue.policy
-        recent = await load_recent_outcomes(conn, [c for c, _, _, _ in judged])
+        needed = [
+            (customer, journey, as_of, applied)
+            for customer, journey, as_of, applied in judged
+            if explanation_needed(
+                catalogue=catalogue,
+                health=journey.score,
+                previous_health=states[customer].journey_score,
+                is_new=is_new(states[customer].profile, as_of, policy),
+                outcomes=applied.recorded,
+                breaches=states[customer].breaches,
+                current=states[customer].current,
+                guard=states[customer].guard,
+                evidence=journey.evidence,
+            )
+        ]
+        # The rest decide "none" whatever their explanation says: neither read nor scored.
+        recent: dict[str, Sequence[Outcome]] = {}
+        for customer, _, _, _ in needed:
+            kept = self.windows.get(customer, states[customer].revision)
+            if kept is not None:
+                recent[customer] = kept
+        recent.update(
+            await load_recent_outcomes(conn, [c for c, _, _, _ in needed if c not in recent])
+        )
         moves: list[tuple[str, Intervention]] = []
-        for customer, journey, as_of, applied in judged:
+        windows: dict[str, list[Outcome]] = {}
+        for customer, journey, as_of, applied in needed:
             state = states[customer]
             # The customer's standing outcomes: the stored ones, with this batch's in place.
             standing = {o.outcome_key: o for o in recent.get(customer, ())}
             standing.update(applied.current)
+            windows[customer] = list(standing.values())
             explained = explain(applied.health, standing.values(), catalogue, as_of)
             decision = decide(
                 catalogue=catalogue,
@@ -471,7 +482,31 @@ class Engine:
             )
             if decision.kind != "none" and decision.intervention is not None:
                 moves.append((f"intervention.{decision.kind}", decision.intervention))
-        return moves
+        return moves, windows
+
+    def _keep_windows(
+        self,
+        states: dict[str, CustomerState],
+        applied: dict[str, Applied],
+        explained: dict[str, list[Outcome]],
+        revisions: dict[str, str],
+    ) -> None:
+        """Keep each written customer's newest outcomes as of its new journey revision.
+
+        Known exactly only where nothing was superseded (a superseded outcome can leave the
+        window and let an older, unread one in) and where the outcomes before the batch were
+        known: read for the explanation, or kept and still current."""
+        for customer, revision in revisions.items():
+            done = applied.get(customer)
+            before: Sequence[Outcome] | None = explained.get(customer)
+            if before is None:
+                before = self.windows.get(customer, states[customer].revision)
+            if done is None or done.superseded or before is None:
+                self.windows.drop(customer)
+                continue
+            standing = {o.outcome_key: o for o in before}
+            standing.update(done.current)
+            self.windows.put(customer, revision, standing.values())
 
     async def _applied_past_due(
         self, conn: Conn, refs: set[DeadlineRef], rows: Sequence[Any]
@@ -481,24 +516,14 @@ class Engine:
         partitions = self.source.partitions()
         if not partitions:
             return set()
-        marks = {
-            r["partition"]: r["watermark"]
-            for r in await conn.fetch(
-                """
-                SELECT partition, watermark FROM consumer_offset
-                WHERE consumer_group = $1 AND topic = $2
-                """,
-                self.source.group,
-                self.source.topic,
-            )
-        }
+        marks = await load_watermarks(conn, self.source.group, self.source.topic)
         due = {
             DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]): r["due_at"]
             for r in rows
         }
         ready = set()
         for ref in refs:
-            mark = marks.get(partition_of(ref.customer_id, partitions))
+            mark = marks.get(partition_of(ref.customer_id.encode(), partitions))
             if mark is not None and mark >= due[ref]:
                 ready.add(ref)
         return ready
@@ -514,14 +539,7 @@ class Engine:
         catalogue = self.catalogue()
         now = self.clock()
         report = Report()
-        rows = await conn.fetch(
-            """
-            SELECT customer_id, promise_id, journey_key, due_at FROM deadline
-            WHERE state = 'open' AND due_at < $1 ORDER BY due_at LIMIT $2
-            """,
-            now,
-            limit,
-        )
+        rows = await load_due_deadlines(conn, now, limit)
         if not rows:
             return report
         refs = {DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]) for r in rows}
@@ -534,7 +552,6 @@ class Engine:
         states = await load_state(
             conn,
             customers,
-            outcome_keys=(),
             deadline_refs=refs,
             # The breaches are dated at their due times: the history reaches back from those.
             breach_window_start=breach_window_start([r["due_at"] for r in rows], window),
@@ -566,24 +583,13 @@ async def expire_interventions(conn: Conn, catalogue: Catalogue, now: datetime, 
     """
     policy = catalogue.policy.interventions
     cutoff = now - timedelta(days=policy.expire_unacknowledged_days)
-    rows = await conn.fetch(
-        "SELECT customer_id FROM intervention WHERE state = 'open' AND opened_at <= $1 LIMIT 500",
-        cutoff,
-    )
-    if not rows:
+    customers = await unacknowledged_customers(conn, cutoff)
+    if not customers:
         return 0
-    customers = sorted({r["customer_id"] for r in rows})
     await lock_customers(conn, customers)
     expired: list[Intervention] = []
-    for row in await conn.fetch(
-        """
-        SELECT * FROM intervention
-        WHERE customer_id = ANY($1::text[]) AND state = 'open' AND opened_at <= $2
-        """,
-        customers,
-        cutoff,
-    ):
-        ended = expire_overdue(intervention_from_row(row), now=now, policy=policy)
+    for found in await load_unacknowledged(conn, customers, cutoff):
+        ended = expire_overdue(found, now=now, policy=policy)
         if ended is not None:
             expired.append(ended)
     await record_interventions(conn, topic, [("intervention.expired", iv) for iv in expired])
@@ -594,51 +600,17 @@ async def record_follow_ups(conn: Conn, catalogue: Catalogue, now: datetime) -> 
     """Record each resolved intervention's health some days later: did the action help?"""
     policy = catalogue.policy.interventions
     cutoff = now - timedelta(days=policy.follow_up_days)
-    rows = await conn.fetch(
-        """
-        SELECT customer_id FROM intervention
-        WHERE state = 'resolved' AND follow_up_at IS NULL AND resolved_at <= $1 LIMIT 500
-        """,
-        cutoff,
-    )
-    if not rows:
+    customers = await follow_up_customers(conn, cutoff)
+    if not customers:
         return 0
-    customers = sorted({r["customer_id"] for r in rows})
     await lock_customers(conn, customers)
-    done: list[Intervention] = []
-    for row in await conn.fetch(
-        """
-        SELECT i.*, j.score AS health_now FROM intervention i
-        LEFT JOIN journey_health j USING (customer_id)
-        WHERE i.customer_id = ANY($1::text[]) AND i.state = 'resolved'
-          AND i.follow_up_at IS NULL AND i.resolved_at <= $2
-        """,
-        customers,
-        cutoff,
-    ):
-        done.append(record_follow_up(intervention_from_row(row), now=now, health=row["health_now"]))
+    done = [
+        record_follow_up(found, now=now, health=health)
+        for found, health in await load_follow_ups(conn, customers, cutoff)
+    ]
     await write_interventions(conn, done)
     await write_webhook_events(conn, [("intervention.followed_up", iv) for iv in done])
     return len(done)
-
-
-async def _load_standing(
-    conn: Conn, states: dict[str, CustomerState], keys: set[tuple[str, str]]
-) -> None:
-    """The outcomes standing under the keys about to be written (for supersession)."""
-    if not keys:
-        return
-    ordered = sorted(keys)
-    for row in await conn.fetch(
-        """
-        SELECT o.* FROM outcome o
-        JOIN unnest($1::text[], $2::text[]) AS k(c, key)
-          ON o.customer_id = k.c AND o.outcome_key = k.key
-        """,
-        [c for c, _ in ordered],
-        [k for _, k in ordered],
-    ):
-        states[row["customer_id"]].outcomes[row["outcome_key"]] = outcome_from_row(row)
 
 
 def _health_record(
@@ -673,12 +645,6 @@ def _journey_row(customer: str, journey: Journey, as_of: datetime, *, changed: b
         as_of=as_of,
         changed=changed,
     )
-
-
-def partition_of(customer_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (ingest's) puts a customer's events on."""
-    partition: int = (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
-    return partition
 
 
 def _dead(record: Any, reason: str, detail: str) -> DeadLetter:

@@ -30,9 +30,9 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from touchpulse_scoring.consumer import claim_batch, mark_caught_up, store_offsets
 from touchpulse_scoring.domain import Catalogue
 from touchpulse_scoring.engine import Engine, Source, TimeWindow, Topics
+from touchpulse_scoring.store import claim_batch, mark_caught_up, store_offsets
 from touchpulse_shared.contract import profiles
 from touchpulse_shared.db.migrate import migrate_url
 

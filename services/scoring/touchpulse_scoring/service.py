@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import orjson
@@ -26,6 +25,7 @@ from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.consumer import ConsumerRunner
 from touchpulse_scoring.engine import (
     Engine,
+    Report,
     Source,
     TimeWindow,
     Topics,
@@ -35,7 +35,6 @@ from touchpulse_scoring.engine import (
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
 from touchpulse_scoring.state_figures import read_backlogs, read_state_figures
-from touchpulse_shared.db import Conn
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.kafka.topics import DEAD_LETTER_MAX_MESSAGE_BYTES
@@ -95,6 +94,7 @@ class ScoringService:
             clock=clock,
             window=TimeWindow.from_settings(settings),
             mute_interventions=mute_interventions,
+            window_capacity=settings.scoring_window_outcomes,
         )
         self.stopping = asyncio.Event()
         self.runner: ConsumerRunner | None = None
@@ -154,7 +154,7 @@ class ScoringService:
             pool=pool,
             group=self.settings.scoring_group_id,
             topic=self.settings.events_topic,
-            handler=self._handle,
+            handler=self.engine.handle,
             max_records=self.settings.scoring_max_batch,
             on_batch=self._on_batch,
             on_data_lost=lambda tp, n: self.metrics.data_lost.inc(n),
@@ -208,11 +208,7 @@ class ScoringService:
                     async with asyncio.timeout(5):
                         await each.close()
 
-    async def _handle(self, conn: Conn, records: list[Any]) -> None:
-        await self.engine.handle(conn, records)
-
-    def _on_batch(self, records: int, seconds: float) -> None:
-        report = self.engine.last_report
+    def _on_batch(self, records: int, seconds: float, report: Report) -> None:
         metrics = self.metrics
         metrics.batch_records.observe(records)
         metrics.batch_duration.observe(seconds)

@@ -8,12 +8,13 @@ alike), so two writers never interleave on one customer and never deadlock.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 from touchpulse_scoring.domain import (
     EXPLAIN_WINDOW,
@@ -29,6 +30,7 @@ from touchpulse_scoring.domain import (
     TouchpointHealth,
 )
 from touchpulse_scoring.intervention_table import intervention_from_row
+from touchpulse_shared.contract import ExperienceEventV1
 from touchpulse_shared.db import Conn
 
 
@@ -48,13 +50,63 @@ class CustomerState:
     breaches: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     current: Intervention | None = None
     guard: ReopenGuard = NO_GUARD
+    #: The journey row's revision (its xmin): what a kept explanation window is checked by.
+    revision: str | None = None
+
+
+async def load_erasures(conn: Conn, customers: Iterable[str]) -> dict[str, datetime]:
+    """When each of these customers was erased, for those that were."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, erased_at FROM erased_customer
+        WHERE customer_id = ANY($1::text[])
+        """,
+        sorted(set(customers)),
+    )
+    return {r["customer_id"]: r["erased_at"] for r in rows}
+
+
+async def claim_events(
+    conn: Conn, items: Sequence[tuple[Any, ExperienceEventV1]]
+) -> set[tuple[str, str]]:
+    """Record these events (each with its Kafka record) as processed; return the identities
+    not processed before. The dedupe on ``(source, event_id)``, in the batch transaction."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO processed_event (source, event_id, customer_id, topic, partition, "offset")
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                             $6::bigint[])
+        ON CONFLICT DO NOTHING
+        RETURNING source, event_id
+        """,
+        [e.source for _, e in items],
+        [e.event_id for _, e in items],
+        [e.customer_id for _, e in items],
+        [r.topic for r, _ in items],
+        [r.partition for r, _ in items],
+        [r.offset for r, _ in items],
+    )
+    return {(r["source"], r["event_id"]) for r in rows}
+
+
+async def release_events(conn: Conn, identities: Sequence[tuple[str, str]]) -> None:
+    """Forget that these events were processed (claimed, then dead-lettered when judged)."""
+    if not identities:
+        return
+    await conn.execute(
+        """
+        DELETE FROM processed_event
+        WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+        """,
+        [source for source, _ in identities],
+        [event_id for _, event_id in identities],
+    )
 
 
 async def load_state(
     conn: Conn,
     customers: Sequence[str],
     *,
-    outcome_keys: Iterable[tuple[str, str]],
     deadline_refs: Iterable[DeadlineRef],
     breach_window_start: datetime,
     recovery_margin: float,
@@ -76,23 +128,16 @@ async def load_state(
             s=row["s"], w=row["w"], t_ref=row["t_ref"], outcomes=row["outcomes"]
         )
     for row in await conn.fetch(
-        "SELECT customer_id, score, as_of FROM journey_health WHERE customer_id = ANY($1::text[])",
+        """
+        SELECT customer_id, score, as_of, xmin::text AS revision FROM journey_health
+        WHERE customer_id = ANY($1::text[])
+        """,
         customers,
     ):
-        states[row["customer_id"]].journey_score = row["score"]
-        states[row["customer_id"]].as_of = row["as_of"]
-    keys = sorted(set(outcome_keys))
-    if keys:
-        for row in await conn.fetch(
-            """
-            SELECT o.* FROM outcome o
-            JOIN unnest($1::text[], $2::text[]) AS k(c, key)
-              ON o.customer_id = k.c AND o.outcome_key = k.key
-            """,
-            [c for c, _ in keys],
-            [k for _, k in keys],
-        ):
-            states[row["customer_id"]].outcomes[row["outcome_key"]] = outcome_from_row(row)
+        state = states[row["customer_id"]]
+        state.journey_score = row["score"]
+        state.as_of = row["as_of"]
+        state.revision = row["revision"]
     refs = sorted(set(deadline_refs), key=lambda r: (r.customer_id, r.promise_id, r.journey_key))
     if refs:
         for row in await _fetch_by_refs(conn, "deadline", refs):
@@ -186,6 +231,110 @@ def outcome_from_row(row: Any) -> Outcome:
     )
 
 
+async def load_outcomes_by_key(conn: Conn, keys: Iterable[tuple[str, str]]) -> list[Outcome]:
+    """The outcomes standing under these (customer, outcome key) pairs, where any stands:
+    what an outcome about to be written would supersede."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return []
+    return [
+        outcome_from_row(row)
+        for row in await conn.fetch(
+            """
+            SELECT o.* FROM outcome o
+            JOIN unnest($1::text[], $2::text[]) AS k(c, key)
+              ON o.customer_id = k.c AND o.outcome_key = k.key
+            """,
+            [c for c, _ in ordered],
+            [k for _, k in ordered],
+        )
+    ]
+
+
+async def load_watermarks(conn: Conn, group: str, topic: str) -> dict[int, datetime]:
+    """How far in event time each partition of ``topic`` is applied by ``group``."""
+    rows = await conn.fetch(
+        """
+        SELECT partition, watermark FROM consumer_offset
+        WHERE consumer_group = $1 AND topic = $2
+        """,
+        group,
+        topic,
+    )
+    return {r["partition"]: r["watermark"] for r in rows}
+
+
+async def load_due_deadlines(conn: Conn, now: datetime, limit: int) -> list[Any]:
+    """Open deadlines past due, oldest first, read without locks (the sweep re-reads them
+    under its customers' locks)."""
+    rows: list[Any] = await conn.fetch(
+        """
+        SELECT customer_id, promise_id, journey_key, due_at FROM deadline
+        WHERE state = 'open' AND due_at < $1 ORDER BY due_at LIMIT $2
+        """,
+        now,
+        limit,
+    )
+    return rows
+
+
+async def unacknowledged_customers(conn: Conn, cutoff: datetime) -> list[str]:
+    """Customers with an open intervention opened at or before ``cutoff`` (no locks)."""
+    rows = await conn.fetch(
+        "SELECT customer_id FROM intervention WHERE state = 'open' AND opened_at <= $1 LIMIT 500",
+        cutoff,
+    )
+    return sorted({r["customer_id"] for r in rows})
+
+
+async def load_unacknowledged(
+    conn: Conn, customers: Sequence[str], cutoff: datetime
+) -> list[Intervention]:
+    """Their open interventions opened at or before ``cutoff``, re-read under their locks."""
+    return [
+        intervention_from_row(row)
+        for row in await conn.fetch(
+            """
+            SELECT * FROM intervention
+            WHERE customer_id = ANY($1::text[]) AND state = 'open' AND opened_at <= $2
+            """,
+            customers,
+            cutoff,
+        )
+    ]
+
+
+async def follow_up_customers(conn: Conn, cutoff: datetime) -> list[str]:
+    """Customers with an intervention resolved by ``cutoff`` and no follow-up yet."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id FROM intervention
+        WHERE state = 'resolved' AND follow_up_at IS NULL AND resolved_at <= $1 LIMIT 500
+        """,
+        cutoff,
+    )
+    return sorted({r["customer_id"] for r in rows})
+
+
+async def load_follow_ups(
+    conn: Conn, customers: Sequence[str], cutoff: datetime
+) -> list[tuple[Intervention, float | None]]:
+    """Those interventions, re-read under the locks, each with the customer's health now."""
+    return [
+        (intervention_from_row(row), row["health_now"])
+        for row in await conn.fetch(
+            """
+            SELECT i.*, j.score AS health_now FROM intervention i
+            LEFT JOIN journey_health j USING (customer_id)
+            WHERE i.customer_id = ANY($1::text[]) AND i.state = 'resolved'
+              AND i.follow_up_at IS NULL AND i.resolved_at <= $2
+            """,
+            customers,
+            cutoff,
+        )
+    ]
+
+
 async def load_recent_outcomes(conn: Conn, customers: Sequence[str]) -> dict[str, list[Outcome]]:
     """Each customer's newest outcomes, as many as a health explanation looks at."""
     found: dict[str, list[Outcome]] = defaultdict(list)
@@ -196,7 +345,8 @@ async def load_recent_outcomes(conn: Conn, customers: Sequence[str]) -> dict[str
         SELECT o.* FROM unnest($1::text[]) AS c(id)
         CROSS JOIN LATERAL (
             SELECT * FROM outcome WHERE customer_id = c.id
-            ORDER BY occurred_at DESC, outcome_key DESC LIMIT $2
+            -- Code-point order, as the explanation's window orders in Python.
+            ORDER BY occurred_at DESC, outcome_key COLLATE "C" DESC LIMIT $2
         ) AS o
         """,
         sorted(set(customers)),
@@ -326,10 +476,11 @@ class JourneyRow:
     changed: bool
 
 
-async def write_journeys(conn: Conn, rows: Sequence[JourneyRow], now: datetime) -> None:
+async def write_journeys(conn: Conn, rows: Sequence[JourneyRow], now: datetime) -> dict[str, str]:
+    """Upsert journey rows; return each row's new revision (this transaction's id)."""
     if not rows:
-        return
-    await conn.execute(
+        return {}
+    written = await conn.fetch(
         """
         INSERT INTO journey_health AS j (customer_id, score, band, weakest_touchpoint, as_of,
             updated_at)
@@ -339,6 +490,7 @@ async def write_journeys(conn: Conn, rows: Sequence[JourneyRow], now: datetime) 
             score = EXCLUDED.score, band = EXCLUDED.band,
             weakest_touchpoint = EXCLUDED.weakest_touchpoint,
             as_of = GREATEST(j.as_of, EXCLUDED.as_of), updated_at = EXCLUDED.updated_at
+        RETURNING customer_id, xmin::text AS revision
         """,
         [r.customer_id for r in rows],
         [r.score for r in rows],
@@ -359,6 +511,7 @@ async def write_journeys(conn: Conn, rows: Sequence[JourneyRow], now: datetime) 
             [r.band for r in changed],
             now,
         )
+    return {r["customer_id"]: r["revision"] for r in written}
 
 
 async def write_deadlines(conn: Conn, deadlines: Sequence[Deadline]) -> None:
@@ -439,3 +592,132 @@ async def write_early_fulfilments(
 
 def breach_window_start(events_at: Iterable[datetime], within_days: float) -> datetime:
     return min(events_at) - timedelta(days=within_days)
+
+
+# --- the batch's offsets, stored with its effect --------------------------------------
+
+
+class Rewind(Exception):
+    """Records are missing between the stored offset and the batch: seek back and refetch."""
+
+    def __init__(self, positions: Mapping[TopicPartition, int]) -> None:
+        super().__init__(f"rewinding {dict(positions)}")
+        self.positions = dict(positions)
+
+
+async def stored_offsets(
+    conn: Conn, group: str, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    rows = await conn.fetch(
+        """
+        SELECT topic, partition, next_offset FROM consumer_offset
+        WHERE consumer_group = $1 AND (topic, partition) IN (
+            SELECT * FROM unnest($2::text[], $3::int[]))
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+    )
+    return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+async def claim_batch(conn: Conn, group: str, records: Sequence[Any]) -> list[Any]:
+    """Inside the batch transaction: lock the offsets, keep only records not yet applied.
+
+    The row locks make two members that both believe they own a partition (a rebalance in
+    flight) take turns; the second then sees the first's offsets and drops the records.
+    """
+    first: dict[TopicPartition, int] = {}
+    for record in records:
+        first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+    partitions = sorted(first)
+    # A partition this group never read starts where the consumer was placed: its beginning.
+    await conn.execute(
+        """
+        INSERT INTO consumer_offset (consumer_group, topic, partition, next_offset)
+        SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
+        ON CONFLICT DO NOTHING
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+        [first[tp] for tp in partitions],
+    )
+    rows = await conn.fetch(
+        """
+        SELECT topic, partition, next_offset FROM consumer_offset
+        WHERE consumer_group = $1 AND (topic, partition) IN (
+            SELECT * FROM unnest($2::text[], $3::int[]))
+        ORDER BY topic, partition
+        FOR UPDATE
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+    )
+    stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    gaps = {tp: stored[tp] for tp, offset in first.items() if offset > stored[tp]}
+    if gaps:
+        # The consumer was positioned past what was applied (e.g. fetching began before the
+        # positions were restored, aiokafka #738): go back rather than skip.
+        raise Rewind(gaps)
+    return [r for r in records if r.offset >= stored[TopicPartition(r.topic, r.partition)]]
+
+
+async def store_offsets(
+    conn: Conn, group: str, records: Sequence[Any]
+) -> dict[TopicPartition, int]:
+    nexts: dict[TopicPartition, int] = {}
+    newest: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        nexts[tp] = max(nexts.get(tp, 0), record.offset + 1)
+        newest[tp] = max(newest.get(tp, 0), record.timestamp)
+    await conn.execute(
+        """
+        UPDATE consumer_offset AS c SET next_offset = u.n, updated_at = now(),
+            watermark = greatest(c.watermark, to_timestamp(u.ms / 1000.0))
+        FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(t, p, n, ms)
+        WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
+          AND c.next_offset < u.n
+        """,
+        group,
+        [tp.topic for tp in nexts],
+        [tp.partition for tp in nexts],
+        list(nexts.values()),
+        [newest[tp] for tp in nexts],
+    )
+    return nexts
+
+
+async def mark_caught_up(
+    conn: Conn, group: str, partitions: Sequence[TopicPartition], at: datetime
+) -> None:
+    """These partitions have nothing unapplied: they are applied up to ``at``."""
+    await conn.execute(
+        """
+        UPDATE consumer_offset AS c SET watermark = greatest(c.watermark, $4)
+        FROM unnest($2::text[], $3::int[]) AS u(t, p)
+        WHERE c.consumer_group = $1 AND c.topic = u.t AND c.partition = u.p
+        """,
+        group,
+        [tp.topic for tp in partitions],
+        [tp.partition for tp in partitions],
+        at,
+    )
+
+
+async def skip_to(conn: Conn, group: str, tp: TopicPartition, offset: int) -> None:
+    """Move a partition's stored next offset forward to ``offset`` (records before it were
+    deleted by retention before they were applied: reported as data lost)."""
+    await conn.execute(
+        """
+        UPDATE consumer_offset SET next_offset = $4, updated_at = now()
+        WHERE consumer_group = $1 AND topic = $2 AND partition = $3
+          AND next_offset < $4
+        """,
+        group,
+        tp.topic,
+        tp.partition,
+        offset,
+    )

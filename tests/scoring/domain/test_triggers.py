@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.scoring.domain.support import T0, catalogue, outcome
 from touchpulse_scoring.domain import (
@@ -21,6 +25,7 @@ from touchpulse_scoring.domain import (
     acknowledge,
     decide,
     expire_intervention,
+    explanation_needed,
     resolve,
 )
 
@@ -297,3 +302,94 @@ def test_breaches_before_the_last_case_closed_do_not_count_for_breadth() -> None
     later = _on("call_centre", T0 + 2 * DAY, "call-answer-time")
     decision = _decide([later], health=90.0, policy=STRICT, breaches=history, guard=closed)
     assert decision.kind == "none"
+
+
+# --- explanation_needed: exact, so scoring may skip the explanation's cost ----------------
+
+_PROMISES = ("call-answer-time", "items-missing", "invoice-correct")
+
+
+@st.composite
+def _decision_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    def breach() -> Outcome:
+        day = draw(st.integers(0, 30))
+        return _breach(
+            T0 + day * DAY,
+            promise_id=draw(st.sampled_from(_PROMISES)),
+            critical=draw(st.booleans()) and draw(st.booleans()),
+        )
+
+    batch = [breach() if draw(st.booleans()) else _kept() for _ in range(draw(st.integers(0, 3)))]
+    history: dict[str, list[datetime]] = {}
+    for _ in range(draw(st.integers(0, 3))):
+        history.setdefault(draw(st.sampled_from(_PROMISES)), []).append(
+            T0 + draw(st.integers(-20, 30)) * DAY
+        )
+    closed = draw(st.one_of(st.none(), st.integers(-30, 10)))
+    guard = (
+        NO_GUARD
+        if closed is None
+        else ReopenGuard(
+            closed_at=T0 + closed * DAY,
+            health_at_close=draw(st.floats(0, 100)),
+            recovered=draw(st.booleans()),
+        )
+    )
+    return {
+        "catalogue": draw(st.sampled_from((CAT, STRICT))),
+        "health": draw(st.one_of(st.none(), st.floats(0, 100))),
+        "previous_health": draw(st.one_of(st.none(), st.floats(0, 100))),
+        "is_new": draw(st.booleans()),
+        "outcomes": batch,
+        "breaches": history,
+        "guard": guard,
+        "evidence": draw(st.floats(0, 20)),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(_decision_inputs(), st.lists(st.integers(0, 40), max_size=6))
+def test_without_a_needed_explanation_every_explanation_decides_none(
+    inputs: dict[str, Any], days: list[int]
+) -> None:
+    """When explanation_needed says no, decide says ``none`` whatever the explanation is —
+    so scoring skips reading and scoring the customer's newest outcomes with no effect."""
+    if explanation_needed(current=None, **inputs):
+        return
+    for explained in (None, [], [_breach(T0 + d * DAY) for d in days]):
+        decision = decide(
+            customer_id="C-1",
+            now=T0 + 40 * DAY,
+            profile=NO_PROFILE,
+            current=None,
+            explained=explained,
+            **inputs,
+        )
+        assert decision.kind == "none", (inputs, explained)
+
+
+def test_an_explanation_is_needed_for_an_open_case_and_for_a_trigger_in_reach() -> None:
+    opened = _decide([_breach(critical=True)], health=90.0).intervention
+    assert opened is not None
+    common: dict[str, Any] = {
+        "catalogue": CAT,
+        "previous_health": None,
+        "is_new": False,
+        "breaches": {},
+        "guard": NO_GUARD,
+    }
+    assert explanation_needed(health=90.0, outcomes=[_kept()], current=opened, **common)
+    assert explanation_needed(
+        health=90.0, outcomes=[_breach(critical=True)], current=None, **common
+    )
+    assert explanation_needed(health=10.0, outcomes=[_breach()], current=None, **common)
+    assert not explanation_needed(health=90.0, outcomes=[_breach()], current=None, **common)
+    assert not explanation_needed(health=10.0, outcomes=[_kept()], current=None, **common)
+    # Under the line but on too little evidence: no low-health trigger, so none either way.
+    assert not explanation_needed(
+        health=10.0,
+        outcomes=[_breach()],
+        current=None,
+        evidence=0.5,
+        **{**common, "catalogue": STRICT},
+    )

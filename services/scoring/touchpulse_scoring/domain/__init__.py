@@ -44,6 +44,7 @@ from touchpulse_scoring.domain.explain import (
     EXPLAIN_WINDOW,
     Explained,
     explain,
+    window,
 )
 from touchpulse_scoring.domain.health import (
     EMPTY,
@@ -109,6 +110,7 @@ from touchpulse_scoring.domain.triggers import (
     Decision,
     ReopenGuard,
     decide,
+    explanation_needed,
 )
 
 __all__ = [
@@ -175,6 +177,7 @@ __all__ = [
     "expire_intervention",
     "expire_overdue",
     "explain",
+    "explanation_needed",
     "follow_up_due",
     "fulfil_deadline",
     "fulfil_with",
@@ -202,4 +205,5 @@ __all__ = [
     "supersedes",
     "touchpoint_values",
     "weakest_touchpoint",
+    "window",
 ]

@@ -212,6 +212,51 @@ def decide(
     return Decision(kind="opened", intervention=opened, triggers=triggers, guard=guard)
 
 
+def explanation_needed(
+    *,
+    catalogue: Catalogue,
+    health: float | None,
+    previous_health: float | None,
+    is_new: bool,
+    outcomes: Sequence[Outcome],
+    breaches: BreachHistory,
+    current: Intervention | None,
+    guard: ReopenGuard,
+    evidence: float = float("inf"),
+) -> bool:
+    """Whether :func:`decide`, given these arguments, can depend on ``explained``.
+
+    The explanation costs the customer's newest outcomes read and every breach among them
+    re-scored; a customer with no open case and no trigger in reach (only breaches that
+    neither repeat, nor spread, nor are critical, and health at or above the line) decides
+    ``none`` whatever it says. Exact, not a heuristic: when this is False, ``decide`` returns
+    ``none`` for every ``explained`` (a property test holds it to that).
+    """
+    if current is not None:
+        return True  # an open case follows the explanation
+    broken = [o for o in outcomes if not o.met]
+    if not broken:
+        return False
+    policy = catalogue.policy.interventions
+    threshold = policy.threshold_for(is_new=is_new)
+    guard = guard.observe(guard.health_at_close, policy, is_new=is_new)
+    guard = guard.observe(previous_health, policy, is_new=is_new)
+    guard = guard.observe(health, policy, is_new=is_new)
+    if _triggers(
+        broken,
+        breaches,
+        guard=guard,
+        policy=policy,
+        health=None,
+        threshold=threshold,
+        catalogue=catalogue,
+    ):
+        return True
+    # Only the low-health trigger is left, and ``explained`` only decides whether it has
+    # enough standing breaches behind it.
+    return health is not None and health < threshold and evidence >= policy.min_evidence
+
+
 def _triggers(
     broken: Sequence[Outcome],
     breaches: BreachHistory,
