@@ -11,17 +11,15 @@ a history point per batch that moved the score, and an open intervention.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from touchpulse_scoring.domain import load_catalogue_file
+from tests.scoring.pipeline.ledger import CATALOGUE, EngineRecord
 from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 
-CATALOGUE = load_catalogue_file("deploy/promises.yaml")
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 #: The api's clock: a few days after the last event.
 READ_AT = START + timedelta(days=48)
@@ -29,18 +27,6 @@ RICH = "G-rich"
 CALM = "G-calm"
 PROFILE_ONLY = "G-profile-only"
 GROUP, TOPIC = "golden", "golden.events"
-
-
-@dataclass(frozen=True)
-class _Record:
-    """The attributes of an aiokafka ConsumerRecord the engine reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 def _engine(now: datetime) -> Engine:
@@ -235,7 +221,7 @@ async def build(url: str) -> None:
                     EVENT_ADAPTER.validate_python(e), producer="ingest", received_at=now
                 )
                 records.append(
-                    _Record(TOPIC, 0, offset, encoded.key, encoded.value, encoded.headers)
+                    EngineRecord(TOPIC, 0, offset, encoded.key, encoded.value, encoded.headers)
                 )
                 offset += 1
             async with conn.transaction():

@@ -6,6 +6,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,19 @@ CATALOGUE = load_catalogue_file("deploy/promises.yaml")
 # by default), with the corpora's longest (2,500 events 7 minutes apart) in the past.
 START = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=21)
 KINDS = ("call", "invoice", "survey", "delivery")
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """The attributes of an aiokafka ConsumerRecord the engine reads: what a test hands
+    ``Engine.handle`` when it drives the engine without a broker."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
 
 
 def event_shape(kind: str, rng: random.Random) -> tuple[str, str, dict[str, Any]]:

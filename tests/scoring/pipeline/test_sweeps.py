@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
-from tests.scoring.pipeline.ledger import CATALOGUE, START
+from tests.scoring.pipeline.ledger import CATALOGUE, START, EngineRecord
 from touchpulse_scoring.domain import acknowledge, resolve
 from touchpulse_scoring.engine import (
     Engine,
@@ -25,23 +24,11 @@ from touchpulse_shared.db.migrate import migrate_url
 TOPICS = Topics(health="h", interventions="i", dead_letters="d")
 
 
-@dataclass(frozen=True)
-class _Record:
-    """The attributes of an aiokafka ConsumerRecord the engine reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-def _record(offset: int, **event: object) -> _Record:
+def _record(offset: int, **event: object) -> EngineRecord:
     encoded = encode_record(
         EVENT_ADAPTER.validate_python(event), producer="ingest", received_at=START
     )
-    return _Record("events", 0, offset, encoded.key, encoded.value, encoded.headers)
+    return EngineRecord("events", 0, offset, encoded.key, encoded.value, encoded.headers)
 
 
 def _engine(now: datetime) -> Engine:
