@@ -72,4 +72,4 @@ lock: ## Re-resolve requirements.lock from pyproject.toml (needs network to PyPI
 	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-header -o requirements.lock
 
 clean: ## Remove the virtualenv, caches and local state (Kafka jars included)
-	rm -rf $(VENV) .cache .touchpulse .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache .touchpulse .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
