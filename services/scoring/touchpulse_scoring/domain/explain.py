@@ -12,13 +12,19 @@ through several breaches). Only the :data:`EXPLAIN_WINDOW` newest outcomes are l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from touchpulse_scoring.domain.catalogue import Catalogue
 from touchpulse_scoring.domain.health import TouchpointHealth, health_at, replace_outcome
-from touchpulse_scoring.domain.journey import journey_health, touchpoint_values
+from touchpulse_scoring.domain.journey import (
+    counted,
+    journey_health,
+    score_of,
+    touchpoint_values,
+)
 from touchpulse_scoring.domain.outcomes import Outcome
 
 #: How many of a customer's newest outcomes an explanation looks at.
@@ -64,8 +70,11 @@ def explain(
     policy = catalogue.policy
     half_life = policy.half_life_days
     importance = catalogue.touchpoints
-    values = touchpoint_values(states, catalogue, at)
-    score = journey_health(values, importance, policy.weakest_link_lambda)
+    # Filtered and clamped once; each breach below changes one touchpoint's value.
+    raw = touchpoint_values(states, catalogue, at)
+    values = counted(raw, importance)
+    lam = policy.weakest_link_lambda
+    score = score_of(values, importance, lam)
     if score is None:
         return []
     found: list[Explained] = []
@@ -76,11 +85,19 @@ def explain(
         kept = _Kept(outcome.weight, outcome.occurred_at)
         if_kept = replace_outcome(state, outcome, kept, half_life_days=half_life)
         prior = policy.prior.for_touchpoint(outcome.touchpoint)
-        other = journey_health(
-            {**values, outcome.touchpoint: health_at(if_kept, at, prior, half_life_days=half_life)},
-            importance,
-            policy.weakest_link_lambda,
-        )
+        new = health_at(if_kept, at, prior, half_life_days=half_life)
+        touchpoint = outcome.touchpoint
+        if touchpoint in values:
+            # The same as scoring {**raw, touchpoint: new} whole: the filtered values with
+            # this one replaced in place (or dropped, with no data left).
+            trial = dict(values)
+            if new is None or math.isnan(new):
+                del trial[touchpoint]
+            else:
+                trial[touchpoint] = min(max(new, 0.0), 1.0)
+            other = score_of(trial, importance, lam)
+        else:
+            other = journey_health({**raw, touchpoint: new}, importance, lam)
         # Rounded so that float noise between equal breaches cannot reorder them.
         impact = round(score - (other if other is not None else score), 6)
         if impact != 0:

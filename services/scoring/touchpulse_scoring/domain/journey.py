@@ -41,7 +41,15 @@ def journey_health(
     weakest_link_lambda: float,
 ) -> float | None:
     """The 0-100 score from per-touchpoint H (``None`` = no data) and importances."""
-    values = _with_data(health, importance)
+    return score_of(_with_data(health, importance), importance, weakest_link_lambda)
+
+
+def score_of(
+    values: Mapping[str, float], importance: Mapping[str, float], weakest_link_lambda: float
+) -> float | None:
+    """:func:`journey_health` of H already clamped and limited to touchpoints with data and
+    importance (what :func:`counted` returns): callers that score many variants of one
+    customer's touchpoints (the explanation) filter once."""
     if not values:
         return None
     largest = max(importance[t] for t in values)
@@ -60,7 +68,10 @@ def weakest_touchpoint(
     health: Mapping[str, float | None], importance: Mapping[str, float]
 ) -> str | None:
     """The touchpoint with the lowest H; ties go to the more important, then by name."""
-    values = _with_data(health, importance)
+    return _weakest(_with_data(health, importance), importance)
+
+
+def _weakest(values: Mapping[str, float], importance: Mapping[str, float]) -> str | None:
     if not values:
         return None
     return min(values, key=lambda t: (values[t], -importance[t], t))
@@ -85,16 +96,23 @@ def assess(states: Mapping[str, TouchpointHealth], catalogue: Catalogue, at: dat
     same journey whatever order and batches they came in."""
     health = touchpoint_values(states, catalogue, at)
     importance = catalogue.touchpoints
-    score = journey_health(health, importance, catalogue.policy.weakest_link_lambda)
     counted = _with_data(health, importance)
+    score = score_of(counted, importance, catalogue.policy.weakest_link_lambda)
     half_life = catalogue.policy.half_life_days
     return Journey(
         score=score,
         band=None if score is None else catalogue.policy.bands.of(score),
-        weakest_touchpoint=weakest_touchpoint(health, importance),
+        weakest_touchpoint=_weakest(counted, importance),
         touchpoints=counted,
         evidence=sum(evidence(states[t], at, half_life_days=half_life) for t in sorted(counted)),
     )
+
+
+def counted(
+    health: Mapping[str, float | None], importance: Mapping[str, float]
+) -> dict[str, float]:
+    """H clamped to [0, 1], of the touchpoints with data and a known importance."""
+    return _with_data(health, importance)
 
 
 def _with_data(
