@@ -82,15 +82,19 @@ class _Scorer:
             await self.engine.sweep(conn)
 
 
-async def _run(url: str, capacity: int) -> tuple[_Scorer, dict[str, Any]]:
+async def _run(url: str, capacity: int, members: int = 1) -> tuple[_Scorer, dict[str, Any]]:
+    """Score the corpus in batches of 13; with ``members`` > 1, the batches go round the
+    members in turn, as a partition moves between members of the group and back."""
     await migrate_url(url)
-    scorer = _Scorer(capacity)
+    scorers = [_Scorer(capacity) for _ in range(members)]
     conn = await asyncpg.connect(url)
     try:
         events = corpus()
-        for first in range(0, len(events), 13):
+        for n, first in enumerate(range(0, len(events), 13)):
+            scorer = scorers[n % members]
+            scorer.offset = max(s.offset for s in scorers)
             await scorer.batch(conn, events[first : first + 13])
-        return scorer, await _state(conn)
+        return scorers[0], await _state(conn)
     finally:
         await conn.close()
 
@@ -125,6 +129,17 @@ async def test_kept_windows_leave_the_state_an_engine_keeping_nothing_leaves(
     assert kept.engine.windows.hits > 20
     assert len(with_windows["outcomes"]) > 200
     assert any(w["kind"] == "intervention.attached" for w in with_windows["webhooks"])
+
+
+async def test_a_customer_moving_between_members_and_back_is_judged_on_current_state(
+    fresh_database: str, other_fresh_database: str
+) -> None:
+    """Two members keep windows and take the customer's batches in turn: each comes back to
+    a window the other has since moved, notices by the revision, and reads it again."""
+    first, moved = await _run(fresh_database, capacity=100_000, members=2)
+    _, alone = await _run(other_fresh_database, capacity=0)
+    assert moved == alone
+    assert first.engine.windows.misses > 10  # it did come back to stale windows
 
 
 def _call(n: int, at: datetime, customer: str = RICH, wait: int = 700) -> dict[str, Any]:
