@@ -20,6 +20,9 @@ from tests.scoring.pipeline.ledger import CATALOGUE, EngineRecord
 from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 
+# What other tests take from here (CATALOGUE: the one the corpus is judged by).
+__all__ = ["CALM", "CATALOGUE", "PROFILE_ONLY", "READ_AT", "RICH", "START", "build", "corpus"]
+
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 #: The api's clock: a few days after the last event.
 READ_AT = START + timedelta(days=48)
