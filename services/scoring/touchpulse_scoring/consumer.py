@@ -106,6 +106,8 @@ class ConsumerRunner:
         self.clock = clock
         self._last_idle_mark = 0.0
         self.processing = asyncio.Lock()
+        self._pending_hint: dict[TopicPartition, int] = {}
+        self._hinting: asyncio.Task[None] | None = None
         self.last_progress = time.monotonic()
         self.batches = 0
 
@@ -206,10 +208,34 @@ class ConsumerRunner:
                     records=len(records),
                 )
                 nexts, result = await self._apply_in_transaction(conn, records)
-        # After the database commit: a hint for lag tooling, never the source of truth.
-        with contextlib.suppress(CommitFailedError, KafkaError):
-            await self.consumer.commit(nexts)
+        self._hint(nexts)
         return result
+
+    def _hint(self, nexts: dict[TopicPartition, int]) -> None:
+        """After the database commit, tell Kafka the offsets too: a hint for lag tooling,
+        never the source of truth, so the next batch does not wait for the broker's answer.
+        One commit in flight at a time (a later one never overtaken by an earlier); offsets
+        of batches that finish meanwhile are folded into the next."""
+        self._pending_hint.update(nexts)
+        if self._hinting is None or self._hinting.done():
+            self._hinting = asyncio.create_task(self._send_hints())
+
+    async def _send_hints(self) -> None:
+        while self._pending_hint:
+            offsets, self._pending_hint = self._pending_hint, {}
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, KafkaError):
+                pass  # a rebalance or a broker away: the next batch's hint covers it
+            except Exception as exc:  # a hint never stops the consumer (e.g. while stopping)
+                log.info("scoring.offsets_hint.failed", error=str(exc))
+                return
+
+    async def flush_hints(self) -> None:
+        """Wait (briefly) for the last offsets hint, so Kafka's lag tooling sees the end."""
+        if self._hinting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._hinting), 5)
 
     async def _apply_in_transaction(
         self, conn: Conn, records: list[Any]

@@ -21,7 +21,8 @@ async def _open_case(world: World) -> dict[str, Any]:
         )
     ).json()["items"]
     (case,) = [c for c in cases if c["customer_id"] == CUSTOMER]
-    return case
+    found: dict[str, Any] = case
+    return found
 
 
 async def test_api_writes_reach_the_next_batch_of_a_customer_scoring_keeps(world: World) -> None:
