@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,8 @@ ENV_PREFIX = "TOUCHPULSE_"
 CONFIG_FILE_ENV = "TOUCHPULSE_CONFIG_FILE"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+#: The dedupe window is at least the events topic's retention plus this.
+DEDUPE_MARGIN_HOURS = 24
 
 
 class ConfigError(ValueError):
@@ -162,6 +164,47 @@ class Settings(BaseSettings):
     scoring_stuck_after_s: float = Field(
         60.0, gt=0, description="/healthz fails when the consumer loop made no progress this long"
     )
+    # Lifecycle (docs/scoring.md, "Lifecycle"): what scoring's pruning loop keeps.
+    scoring_dedupe_window_hours: int = Field(
+        14 * 24,
+        ge=1,
+        description="the idempotency promise: a retry of an event (same source and event_id) "
+        "within this many hours of the first copy counts once; at least the events topic's "
+        "retention plus a day",
+    )
+    scoring_outcome_keep_days: int = Field(
+        0,
+        ge=0,
+        le=36_500,
+        description="keep every outcome at least this many days, beyond what the health "
+        "explanation and the intervention triggers need (0: only what they need)",
+    )
+    scoring_history_full_days: int = Field(
+        30,
+        ge=1,
+        le=36_500,
+        description="days of journey-health history kept at full resolution; older days keep "
+        "each customer's last and highest point of the day",
+    )
+    scoring_history_keep_days: int = Field(
+        400,
+        ge=366,
+        le=36_500,
+        description="days of journey-health history kept (at least a year: the api's "
+        "longest trend), removed by whole months past it",
+    )
+    scoring_lifecycle_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="how often the pruning loop looks for rows to remove when its last round "
+        "found none (a round that found its fill is followed at once by the next)",
+    )
+    scoring_lifecycle_batch_rows: int = Field(
+        5000,
+        ge=100,
+        le=100_000,
+        description="rows one pruning statement removes at most, in one short transaction",
+    )
 
     # --- api ---------------------------------------------------------------------------
     api_max_page_size: int = Field(200, ge=1, le=1000, description="page size cap of lists")
@@ -196,6 +239,19 @@ class Settings(BaseSettings):
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"'{server}' is not host:port")
+        return value
+
+    @field_validator("scoring_dedupe_window_hours")
+    @classmethod
+    def _dedupe_covers_the_topic(cls, value: int, info: ValidationInfo) -> int:
+        # Two copies of an event that are both still on the events topic must count once,
+        # whoever reads the topic again; the day covers clock skew and a scoring backlog.
+        retention = info.data.get("events_retention_hours")
+        if isinstance(retention, int) and value < retention + DEDUPE_MARGIN_HOURS:
+            raise ValueError(
+                f"must be at least the events topic's retention plus {DEDUPE_MARGIN_HOURS} "
+                f"hours ({retention + DEDUPE_MARGIN_HOURS})"
+            )
         return value
 
     @field_validator("database_url")

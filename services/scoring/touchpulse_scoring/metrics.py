@@ -7,6 +7,8 @@ customer id.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from touchpulse_scoring.state_figures import StateFigures
@@ -161,6 +163,20 @@ class ScoringMetrics:
             ["loop"],
             registry=registry,
         )
+        # Lifecycle (lifecycle.py): bounded labels, one per table the loop prunes.
+        self.lifecycle_rows_removed = Counter(
+            "touchpulse_scoring_lifecycle_rows_removed_total",
+            "Rows the lifecycle loop deleted, by table (processed_event, outcome, deadline, "
+            "early_fulfilment, journey_health_history)",
+            ["table"],
+            registry=registry,
+        )
+        self.lifecycle_partitions_dropped = Counter(
+            "touchpulse_scoring_lifecycle_partitions_dropped_total",
+            "Whole partitions the lifecycle loop dropped, by table (journey_health_history)",
+            ["table"],
+            registry=registry,
+        )
         self.catalogue_info = Gauge(
             "touchpulse_scoring_catalogue_info",
             "The promise catalogue in effect (value 1, version as a label)",
@@ -202,6 +218,13 @@ class ScoringMetrics:
         for name, (items, age_s) in backlogs.items():
             self.loop_backlog.labels(name).set(items)
             self.loop_backlog_age.labels(name).set(age_s)
+
+    def count_pruned(self, rows: Mapping[str, int], partitions: Mapping[str, int]) -> None:
+        """What one lifecycle round removed."""
+        for table, removed in rows.items():
+            self.lifecycle_rows_removed.labels(table).inc(removed)
+        for table, dropped in partitions.items():
+            self.lifecycle_partitions_dropped.labels(table).inc(dropped)
 
     def set_lag(self, lag: dict[int, int]) -> None:
         """Replace the per-partition lag: partitions moved to another instance drop out, so

@@ -21,6 +21,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from touchpulse_scoring import lifecycle
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.consumer import ConsumerRunner
 from touchpulse_scoring.engine import (
@@ -59,6 +60,8 @@ LOOP_STUCK_AFTER_S = {
     "state_gauges": 120.0,
     "consumer_lag": 120.0,
     "catalogue": 120.0,
+    # Ticks every second; a pruning round is a few statements of at most 30 s each.
+    "lifecycle": 300.0,
 }
 
 
@@ -130,7 +133,7 @@ class ScoringService:
             auto_offset_reset="earliest",
             max_poll_records=self.settings.scoring_max_batch,
             # Low fetch wait: latency matters more than fewer, fuller fetches here.
-            fetch_max_wait_ms=10,
+            fetch_max_wait_ms=50,
             isolation_level="read_committed",
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
@@ -175,6 +178,16 @@ class ScoringService:
                 self.settings.scoring_state_metrics_interval_s,
                 lambda: self._state(gauges_pool),
             ),
+            "lifecycle": (
+                lifecycle.TICK_S,
+                lifecycle.lifecycle_job(
+                    sweep_pool,
+                    settings=self.settings,
+                    catalogue=self.catalogue,
+                    clock=self.engine.clock,
+                    metrics=self.metrics,
+                ),
+            ),
         }
         for name in jobs:
             self.loops.register(name, self.loop_stuck_after_s[name])
@@ -187,7 +200,6 @@ class ScoringService:
         ]
         try:
             await runner.run(self.stopping)
-            await runner.flush_hints()
         finally:
             for task in background:
                 task.cancel()
