@@ -133,7 +133,7 @@ class ScoringService:
             auto_offset_reset="earliest",
             max_poll_records=self.settings.scoring_max_batch,
             # Low fetch wait: latency matters more than fewer, fuller fetches here.
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=10,
             isolation_level="read_committed",
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
@@ -200,6 +200,7 @@ class ScoringService:
         ]
         try:
             await runner.run(self.stopping)
+            await runner.flush_hints()
         finally:
             for task in background:
                 task.cancel()
