@@ -126,3 +126,16 @@ def test_the_example_file_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) ->
     example = Path(__file__).parents[1] / "deploy" / "touchpulse.example.toml"
     monkeypatch.setenv("TOUCHPULSE_CONFIG_FILE", str(example))
     assert load_settings().events_partitions == 6
+
+
+def test_the_dedupe_window_covers_the_events_topic_and_a_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The idempotency promise: two copies of an event both still on the topic count once."""
+    defaults = load_settings()
+    assert defaults.scoring_dedupe_window_hours >= defaults.events_retention_hours + 24
+    monkeypatch.setenv("TOUCHPULSE_EVENTS_RETENTION_HOURS", "400")
+    with pytest.raises(ConfigError, match=r"TOUCHPULSE_SCORING_DEDUPE_WINDOW_HOURS.*424"):
+        load_settings()
+    monkeypatch.setenv("TOUCHPULSE_SCORING_DEDUPE_WINDOW_HOURS", "424")
+    assert load_settings().scoring_dedupe_window_hours == 424
