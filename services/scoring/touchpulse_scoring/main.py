@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import typer
+import uvloop
 
 from touchpulse_scoring.domain import CatalogueError, load_catalogue_file
 from touchpulse_scoring.engine import TimeWindow
@@ -50,7 +51,8 @@ def run(ctx: typer.Context) -> None:
     gc.collect()
     gc.freeze()
     try:
-        asyncio.run(main_async(settings))
+        # uvloop: the standard loop's machinery was a fifth of scoring's own time.
+        uvloop.run(main_async(settings))
     except CatalogueError as exc:
         typer.echo(f"touchpulse-scoring: {exc}", err=True)
         raise typer.Exit(2) from None
