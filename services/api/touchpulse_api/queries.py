@@ -69,8 +69,10 @@ SELECT j.score, j.band, j.weakest_touchpoint, j.as_of, j.updated_at,
                    (extract(epoch FROM occurred_at) * 1000000)::int8, expected, actual, gap,
                    score, weight, severity, event_ids,
                    (extract(epoch FROM opened_at) * 1000000)::int8))
+        -- The explanation's window in code-point order, as scoring reads it and Python
+        -- orders it (a tie in time at the 200th outcome falls the same way everywhere).
         FROM (SELECT * FROM outcome WHERE customer_id = $1
-              ORDER BY occurred_at DESC, outcome_key DESC LIMIT $3) AS recent
+              ORDER BY occurred_at DESC, outcome_key COLLATE "C" DESC LIMIT $3) AS recent
         WHERE NOT met) AS breaches,
        (SELECT intervention_id FROM intervention
         WHERE customer_id = $1 AND state IN ('open', 'acknowledged')) AS open_intervention_id
