@@ -76,7 +76,7 @@ def replay_command(
     if created:
         asyncio.run(_create_database(live_url, scratch))
     try:
-        report = asyncio.run(
+        report = uvloop.run(
             replay(
                 live_url=live_url,
                 scratch_url=scratch,
