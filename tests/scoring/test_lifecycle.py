@@ -20,9 +20,12 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.scoring.pipeline.ledger import EngineRecord
 from touchpulse_api.app import build_app
+from touchpulse_api.metrics import ApiMetrics
+from touchpulse_api.webhooks import WebhookDispatcher
 from touchpulse_scoring.domain import EXPLAIN_WINDOW, Catalogue, load_catalogue_file
 from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_scoring.lifecycle import (
@@ -985,3 +988,73 @@ async def test_downsampled_history_keeps_the_reopen_guards_answer(
             )
         }
     assert best == {"G-peak": 65.0, "G-noon": 62.0}
+
+
+# --- the outboxes ---------------------------------------------------------------------------
+
+
+async def test_finished_webhook_deliveries_leave_after_their_retention_with_their_attempts(
+    db: asyncpg.Pool, base_settings: Settings
+) -> None:
+    """The other half of the outboxes' lifecycle (docs/scoring.md, "Lifecycle"): outbox rows
+    leave when they are published or fanned out; a delivery, once delivered, failed or
+    forbidden, stays in the log 30 days and then goes with its attempts, by the api's
+    dispatcher. A pending one stays however old."""
+    subscription = "wh_" + "a" * 26
+    async with db.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO webhook_subscription (id, url, kinds, nonce, created_at, updated_at)
+            VALUES ($1, 'https://crm.example/hook', ARRAY['intervention.opened'], $2, $3, $3)
+            """,
+            subscription,
+            bytes(16),
+            NOW - 100 * DAY,
+        )
+        deliveries = [
+            ("old-delivered", "delivered", NOW - 31 * DAY),
+            ("old-failed", "failed", NOW - 40 * DAY),
+            ("old-pending", "pending", NOW - 40 * DAY),
+            ("recent-delivered", "delivered", NOW - 29 * DAY),
+        ]
+        for n, (delivery, state, created) in enumerate(deliveries):
+            await conn.execute(
+                """
+                INSERT INTO webhook_delivery (id, subscription_id, outbox_id, kind,
+                    intervention_id, customer_id, payload, event_at, state, next_attempt_at,
+                    give_up_at, created_at)
+                VALUES ($1, $2, $3, 'intervention.opened', 'iv', 'W-1', '{}', $4, $5, $6,
+                        $4::timestamptz + interval '3 days', $4)
+                """,
+                delivery,
+                subscription,
+                n,
+                created,
+                state,
+                created if state == "pending" else None,
+            )
+            await conn.execute(
+                """
+                INSERT INTO webhook_attempt
+                    (delivery_id, attempt, attempted_at, status, duration_ms)
+                VALUES ($1, 1, $2, 200, 12)
+                """,
+                delivery,
+                created,
+            )
+    dispatcher = WebhookDispatcher(
+        db, base_settings, ApiMetrics(CollectorRegistry()), clock=lambda: NOW
+    )
+    try:
+        assert await dispatcher.prune() == 2
+    finally:
+        await dispatcher.aclose()
+    async with db.acquire() as conn:
+        assert await _remaining(conn, "SELECT id FROM webhook_delivery") == {
+            "old-pending",
+            "recent-delivered",
+        }
+        assert await _remaining(conn, "SELECT delivery_id FROM webhook_attempt") == {
+            "old-pending",
+            "recent-delivered",
+        }
