@@ -102,15 +102,25 @@ def health_at(
     state: TouchpointHealth, at: datetime, prior: Prior, *, half_life_days: float
 ) -> float | None:
     """H in [0, 1] with the prior, read at ``at``; ``None`` when no outcome counts."""
-    raw = state.value
-    if raw is None or state.t_ref is None:
+    # The innermost call of every health read and explanation (several per event): the
+    # checks of ``value`` and the decay of ``_decay`` written out, the same arithmetic.
+    t_ref, w = state.t_ref, state.w
+    if state.outcomes <= 0 or not w > 0.0 or t_ref is None:
         return None
-    if prior.weight <= 0.0:
-        return raw
-    factor = _decay(state.t_ref, at, half_life_days)
-    numerator = state.s * factor + prior.weight * prior.score
-    ratio = numerator / (state.w * factor + prior.weight)
-    return min(max(ratio, 0.0), 1.0)
+    weight = prior.weight
+    if weight <= 0.0:
+        return _clamp01(state.s / w)
+    # _MAX_EXPONENT is larger than REBASE_ABOVE: one cap is both of _decay's.
+    exponent = min((t_ref - at).total_seconds() / (half_life_days * _DAY), REBASE_ABOVE)
+    factor: float = 2.0**exponent
+    return _clamp01((state.s * factor + weight * prior.score) / (w * factor + weight))
+
+
+def _clamp01(ratio: float) -> float:
+    """``min(max(ratio, 0.0), 1.0)`` exactly (NaN and -0.0 included), without two calls."""
+    if ratio < 0.0:
+        return 0.0
+    return 1.0 if ratio > 1.0 else ratio
 
 
 def _decay(t_ref: datetime, at: datetime, half_life_days: float) -> float:
