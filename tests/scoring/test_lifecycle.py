@@ -451,7 +451,7 @@ async def test_pruning_changes_no_health_explanation_or_trigger_of_a_rich_custom
         edge = await conn.fetchval(
             """
             SELECT occurred_at FROM outcome WHERE customer_id = $1
-            ORDER BY occurred_at DESC, outcome_key DESC OFFSET $2 LIMIT 1
+            ORDER BY occurred_at DESC, outcome_key COLLATE "C" DESC OFFSET $2 LIMIT 1
             """,
             RICH,
             EXPLAIN_WINDOW - 1,
@@ -469,7 +469,8 @@ async def test_pruning_changes_no_health_explanation_or_trigger_of_a_rich_custom
         kept = await conn.fetch(
             """
             SELECT outcome_key, occurred_at, opened_at, actual = 'null'::jsonb AS absent,
-                   row_number() OVER (ORDER BY occurred_at DESC, outcome_key DESC) AS rank
+                   row_number() OVER (
+                       ORDER BY occurred_at DESC, outcome_key COLLATE "C" DESC) AS rank
             FROM outcome WHERE customer_id = $1
             """,
             RICH,

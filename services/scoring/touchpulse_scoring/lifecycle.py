@@ -531,7 +531,8 @@ async def _customers(
     An outcome goes only when all of these hold:
 
     - it is not among the customer's :data:`EXPLAIN_WINDOW` newest (by occurred_at, then
-      outcome_key, the order the health explanation and the intervention gaps read), so
+      outcome_key in code-point order: the order scoring's store, the api and the domain's
+      window read them in), so
       both stay what they were; outcomes only ever join a customer's history at a time
       within ``reach`` of now, so one outside the window never returns to it;
     - it and its deadline's opening are older than ``outcomes_before``: no trigger reads a
@@ -574,7 +575,7 @@ async def _customers(
                     CROSS JOIN LATERAL (
                         SELECT occurred_at, outcome_key FROM outcome
                         WHERE customer_id = c.id
-                        ORDER BY occurred_at DESC, outcome_key DESC
+                        ORDER BY occurred_at DESC, outcome_key COLLATE "C" DESC
                         OFFSET $2 LIMIT 1
                     ) AS e
                 ), doomed AS (
@@ -582,7 +583,8 @@ async def _customers(
                     FROM edge e
                     JOIN outcome o ON o.customer_id = e.customer_id
                      AND o.occurred_at <= e.occurred_at
-                     AND (o.occurred_at, o.outcome_key) < (e.occurred_at, e.outcome_key)
+                     AND (o.occurred_at, o.outcome_key COLLATE "C")
+                         < (e.occurred_at, e.outcome_key COLLATE "C")
                     WHERE o.occurred_at < $3 AND coalesce(o.opened_at, o.occurred_at) < $3
                       AND o.actual <> 'null'::jsonb
                     LIMIT $4
