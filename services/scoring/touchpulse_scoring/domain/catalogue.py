@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from touchpulse_scoring.domain.errors import CatalogueError, UnscorableEvent, UnscorableReason
+from touchpulse_scoring.domain.health import Prior
 from touchpulse_scoring.domain.policy import Policy
 from touchpulse_scoring.domain.promises import (
     MODEL_CONFIG,
@@ -127,6 +128,9 @@ class Catalogue:
     _opened_by: Mapping[str, tuple[DeadlinePromise, ...]] = field(init=False, repr=False)
     _fulfilled_by: Mapping[str, tuple[DeadlinePromise, ...]] = field(init=False, repr=False)
     _by_id: Mapping[str, Promise] = field(init=False, repr=False)
+    #: The policy's prior per catalogue touchpoint: asked for on every health read, and the
+    #: policy is a pydantic model whose lookups cost far more than this dict's.
+    _priors: dict[str, Prior] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_event: dict[tuple[str, str], tuple[MeasurePromise, ...]] = {}
@@ -159,6 +163,12 @@ class Catalogue:
         set_(self, "_opened_by", MappingProxyType(opened_by))
         set_(self, "_fulfilled_by", MappingProxyType(fulfilled_by))
         set_(self, "_by_id", MappingProxyType({p.id: p for p in self.promises}))
+        set_(self, "_priors", {t: self.policy.prior.for_touchpoint(t) for t in self.touchpoints})
+
+    def prior(self, touchpoint: str) -> Prior:
+        """The policy's prior for ``touchpoint`` (``policy.prior.for_touchpoint``)."""
+        known = self._priors.get(touchpoint)
+        return known if known is not None else self.policy.prior.for_touchpoint(touchpoint)
 
     def knows_touchpoint(self, touchpoint: str) -> bool:
         return touchpoint in self.touchpoints

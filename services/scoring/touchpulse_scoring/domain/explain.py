@@ -84,7 +84,7 @@ def explain(
             continue
         kept = _Kept(outcome.weight, outcome.occurred_at)
         if_kept = replace_outcome(state, outcome, kept, half_life_days=half_life)
-        prior = policy.prior.for_touchpoint(outcome.touchpoint)
+        prior = catalogue.prior(outcome.touchpoint)
         new = health_at(if_kept, at, prior, half_life_days=half_life)
         touchpoint = outcome.touchpoint
         if touchpoint in values:

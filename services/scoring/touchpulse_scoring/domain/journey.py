@@ -83,9 +83,7 @@ def touchpoint_values(
     """H per touchpoint with the policy's prior, read at ``at`` (the newest event time)."""
     policy = catalogue.policy
     return {
-        t: health_at(
-            state, at, policy.prior.for_touchpoint(t), half_life_days=policy.half_life_days
-        )
+        t: health_at(state, at, catalogue.prior(t), half_life_days=policy.half_life_days)
         for t, state in states.items()
     }
 

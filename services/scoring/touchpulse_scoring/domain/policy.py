@@ -5,9 +5,9 @@ Every field has the brief's default so a catalogue may state only what it change
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from touchpulse_scoring.domain.health import Prior
@@ -63,23 +63,15 @@ class HealthPrior(PriorTerms):
     """The prior for every touchpoint, with per-touchpoint overrides."""
 
     touchpoints: dict[str, PriorOverride] = Field(default_factory=dict)
-    # Asked for every touchpoint of every health read: built once, when the policy is
-    # parsed (it never changes after; equal policies build equal maps, so equality holds).
-    _default: Prior = PrivateAttr()
-    _overrides: dict[str, Prior] = PrivateAttr()
-
-    def model_post_init(self, context: Any, /) -> None:
-        self._default = Prior(score=self.score, weight=self.weight)
-        self._overrides = {
-            touchpoint: Prior(
-                score=self.score if override.score is None else override.score,
-                weight=self.weight if override.weight is None else override.weight,
-            )
-            for touchpoint, override in self.touchpoints.items()
-        }
 
     def for_touchpoint(self, touchpoint: str) -> Prior:
-        return self._overrides.get(touchpoint, self._default)
+        override = self.touchpoints.get(touchpoint)
+        if override is None:
+            return Prior(score=self.score, weight=self.weight)
+        return Prior(
+            score=self.score if override.score is None else override.score,
+            weight=self.weight if override.weight is None else override.weight,
+        )
 
 
 class RepeatBreaches(BaseModel):
