@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-scale bench-api fuzz soak
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-replay bench-scale bench-api bench-history fuzz soak
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,11 +47,17 @@ bench-ingest: setup ## Benchmark ingest against Kafka's ProducerPerformance and 
 bench-scoring: setup ## Benchmark scoring against an asyncpg upsert loop and Kafka's consumer tools
 	$(BIN)/python -m tests.bench.scoring
 
+bench-replay: setup ## Benchmark touchpulse-scoring replay rebuilding the topic against the asyncpg upsert loop
+	$(BIN)/python -m tests.bench.replay
+
 bench-scale: setup ## Benchmark scoring with one and with two instances on 6 partitions
 	$(BIN)/python -m tests.bench.scale
 
 bench-api: setup ## Benchmark the customer-health read against a bare ASGI route, while the pipeline ingests
 	$(BIN)/python -m tests.bench.api
+
+bench-history: setup ## Benchmark scoring and the health read on a year of history (2 M events) against an empty database
+	$(BIN)/python -m tests.bench.history
 
 lint: $(STAMP) ## ruff (format check + lint), mypy --strict and the import contracts (lint-imports)
 	$(BIN)/ruff format --check .

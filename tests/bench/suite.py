@@ -9,15 +9,21 @@ topics and a database of its own (removed when the stage ends):
 2. scoring (``tests/bench/scoring.py``): events per CPU-second against a plain asyncpg
    upsert loop and ``ConsumerPerformance``; event-to-health latency at fixed offered rates
    against ``EndToEndLatency``;
-3. scale (``tests/bench/scale.py``): one scoring instance against two on 6 partitions;
-4. api (``tests/bench/api.py``): the health read's maximum and its p99 under load.
+3. replay (``tests/bench/replay.py``): ``touchpulse-scoring replay`` rebuilding the scoring
+   corpus against the same upsert loop;
+4. scale (``tests/bench/scale.py``): one scoring instance against two on 6 partitions;
+5. api (``tests/bench/api.py``): the health read's maximum and its p99 under load;
+6. history (``tests/bench/history.py``): scoring's cost per event and the health read's
+   latency on a database holding a year of history against an empty one, and the bytes per
+   customer that year leaves before and after the lifecycle's pruning.
 
 Printed: one table of every figure beside its ceiling and their ratio, then the CPU per
 unit of work and the peak memory of every process, stage by stage. Written: one JSON file
 with the machine, the versions, the settings of every stage and every figure.
 
-Run ``python -m tests.bench [--quick]``; the result goes to
-``.touchpulse/bench/suite-<UTC time>.json`` (``--output`` names another file).
+Run ``python -m tests.bench [--quick | --smoke]``; the result goes to
+``.touchpulse/bench/suite-<UTC time>.json`` (``--output`` names another file). ``--smoke`` is
+``--quick`` with the replay and history stages in their smallest form (the smoke test's).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 import psutil
 
-from tests.bench import api, ingest, scale, scoring
+from tests.bench import api, history, ingest, replay, scale, scoring
 from tests.bench.common import (
     FIGURE_HEADER,
     Site,
@@ -53,33 +59,54 @@ from touchpulse_shared.settings import Settings
 
 say = sayer("bench")
 
+#: The suite's modes: the stages' full plans, their quick ones, or the quick ones with the
+#: replay and history stages at their smallest (the smoke test's).
+FULL, QUICK, SMOKE = "full", "quick", "smoke"
+#: The scoring corpus' pre-filled events in the suite: the scoring and replay stages'.
+SUITE_EVENTS = {FULL: 60_000, QUICK: 5_000, SMOKE: 5_000}
+
 #: The stages in the order they run, each with its plans for the full run and ``--quick``.
-#: The plans are the stages' own, trimmed where the suite must fit in 12 minutes on 2 cores
+#: The plans are the stages' own, trimmed where the suite must fit in 20 minutes on 2 cores
 #: (ingest runs 3 pairs instead of 4, scoring's pre-filled topic holds 60,000 events instead
-#: of 100,000) and its quick mode in about 90 s (scoring's topic: 5,000 instead of 10,000;
-#: ingest's and the api's measured windows shorter).
-STAGES: tuple[tuple[str, ModuleType, Callable[[bool], Any]], ...] = (
+#: of 100,000, and the replay rebuilds the same corpus) and its quick mode in a few minutes
+#: (scoring's topic: 5,000 instead of 10,000; ingest's and the api's measured windows
+#: shorter).
+STAGES: tuple[tuple[str, ModuleType, Callable[[str], Any]], ...] = (
     (
         "ingest",
         ingest,
-        lambda quick: (
-            dataclasses.replace(ingest.QUICK, duration_s=1.0, open_duration_s=1.5)
-            if quick
-            else dataclasses.replace(ingest.FULL, pairs=3)
+        lambda mode: (
+            dataclasses.replace(ingest.FULL, pairs=3)
+            if mode == FULL
+            else dataclasses.replace(ingest.QUICK, duration_s=1.0, open_duration_s=1.5)
         ),
     ),
     (
         "scoring",
         scoring,
-        lambda quick: dataclasses.replace(
-            scoring.QUICK if quick else scoring.FULL, events=5_000 if quick else 60_000
+        lambda mode: dataclasses.replace(
+            scoring.FULL if mode == FULL else scoring.QUICK, events=SUITE_EVENTS[mode]
         ),
     ),
-    ("scale", scale, lambda quick: scale.QUICK if quick else scale.FULL),
+    (
+        "replay",
+        replay,
+        lambda mode: dataclasses.replace(
+            replay.FULL if mode == FULL else replay.QUICK, events=SUITE_EVENTS[mode]
+        ),
+    ),
+    ("scale", scale, lambda mode: scale.FULL if mode == FULL else scale.QUICK),
     (
         "api",
         api,
-        lambda quick: dataclasses.replace(api.QUICK, open_duration_s=1.5) if quick else api.FULL,
+        lambda mode: (
+            api.FULL if mode == FULL else dataclasses.replace(api.QUICK, open_duration_s=1.5)
+        ),
+    ),
+    (
+        "history",
+        history,
+        lambda mode: {FULL: history.FULL, QUICK: history.QUICK, SMOKE: history.SMOKE}[mode],
     ),
 )
 
@@ -88,13 +115,26 @@ STAGES: tuple[tuple[str, ModuleType, Callable[[bool], Any]], ...] = (
 PROCESS_PHASES: Mapping[str, tuple[str, ...]] = {
     "ingest": ("ingest batch", "ingest single (closed)"),
     "scoring": ("scoring (pre-filled topic)",),
+    "replay": ("replay (pre-filled topic)",),
     "scale": ("1 instance", "2 instances"),
     "api": ("health (closed)", "health (open, ingesting)"),
+    "history": (
+        f"pre-loaded customers, {history.EMPTY}",
+        f"pre-loaded customers, {history.YEAR}",
+        f"health read, {history.EMPTY}",
+        f"health read, {history.YEAR}",
+    ),
 }
 PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
     "ingest": {"server": "ingest", "kafka": "kafka", "loadgen": "load generator"},
     "scoring": {
         "scoring": "scoring",
+        "postgres": "postgres",
+        "kafka": "kafka",
+        "bench": "bench process",
+    },
+    "replay": {
+        "replay": "replay",
         "postgres": "postgres",
         "kafka": "kafka",
         "bench": "bench process",
@@ -113,6 +153,13 @@ PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
         "scoring": "scoring",
         "kafka": "kafka",
         "loadgen": "load generator",
+    },
+    "history": {
+        "scoring": "scoring",
+        "api": "api",
+        "postgres": "postgres",
+        "kafka": "kafka",
+        "bench": "bench process",
     },
 }
 # How often the servers' memory is sampled (their peak within each stage).
@@ -180,7 +227,7 @@ class ServerMemory:
         return peaks
 
 
-def run(quick: bool, settings: Settings) -> dict[str, Any]:
+def run(mode: str, settings: Settings) -> dict[str, Any]:
     started = datetime.now(UTC)
     began = clock()
     stages: dict[str, dict[str, Any]] = {}
@@ -194,7 +241,7 @@ def run(quick: bool, settings: Settings) -> dict[str, Any]:
             for name, module, plan in STAGES:
                 say(f"stage {name}")
                 at = clock()
-                stages[name] = module.run(plan(quick), settings, site)
+                stages[name] = module.run(plan(mode), settings, site)
                 durations[name] = clock() - at
                 server_rss[name] = memory.take()
         finally:
@@ -203,7 +250,7 @@ def run(quick: bool, settings: Settings) -> dict[str, Any]:
     found = all_figures(stages)
     return {
         "benchmark": "suite",
-        "mode": "quick" if quick else "full",
+        "mode": mode,
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "wall_s": clock() - began,
@@ -352,14 +399,24 @@ def report(result: Mapping[str, Any]) -> str:
     details: Sequence[tuple[str, Callable[[dict[str, Any]], str], str]] = (
         ("ingest", ingest.cpu_table, "CPU µs per unit (cores), median over pairs"),
         ("scoring", scoring.cpu_table, "CPU µs per event or record (cores), median over pairs"),
+        ("replay", replay.cpu_table, "CPU µs per event (cores), median over pairs"),
         ("scale", scale.cpu_table, "CPU µs per event or record (cores), median over pairs"),
         ("api", api.cpu_table, "CPU µs per request served (cores), median over pairs"),
+        ("history", history.cpu_table, "CPU µs per event or request (cores)"),
     )
     for name, cpu_table, what in details:
         stage = result["stages"].get(name)
         if stage is not None:
             lines += ["", f"{name}: {what}; other = the rest of the machine:"]
             lines.append(cpu_table(stage["cpu"]))
+    stage = result["stages"].get("history")
+    if stage is not None:
+        lines += [
+            "",
+            "history: tables (MiB with indexes and TOAST) after the year, after the "
+            "lifecycle's pruning, and compacted:",
+            history.history_sizes(stage),
+        ]
     lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
 
@@ -368,14 +425,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = arguments(
         "python -m tests.bench",
         __doc__,
-        quick="every stage in its quick mode: one pair, short phases (about 90 s)",
+        quick="every stage in its quick mode: one pair, short phases (about 4 min)",
         output="suite",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="--quick with the replay and history stages at their smallest (the smoke test)",
+    )
     args = parser.parse_args(argv)
+    mode = SMOKE if args.smoke else QUICK if args.quick else FULL
 
     def body() -> int:
         settings = bench_settings()
-        publish(run(args.quick, settings), args.output, settings, "suite", report)
+        publish(run(mode, settings), args.output, settings, "suite", report)
         return 0
 
     return guarded(say, body)
