@@ -111,8 +111,9 @@ BACKGROUND_BATCH_EVENTS = 50
 BACKGROUND_CONNECTIONS = 4
 # Distinct health requests (random known customers), sent in turn.
 HEALTH_REQUESTS = 20_000
-# The issue's target.
-TARGET_P99_MS = 15.0
+# Issue 14's targets: p99 at half the maximum while ingesting, and the maximum against bare.
+TARGET_P99_MS = 10.0
+TARGET_MAX_VS_BARE = 0.15
 OPEN_LOOP_FRACTION = 0.5
 # Bounds for a loaded machine; every wait ends as soon as its condition holds.
 CATCH_UP_S = 180.0
@@ -724,8 +725,9 @@ def figures(pairs: Sequence[Pair], paced: OpenLoops) -> dict[str, Figure]:
     quiet = latency_summary(paced.health_quiet.latencies_s)
     bare_quiet = latency_summary(paced.bare_quiet.latencies_s)
     offered = paced.rate_per_s
-    target = f"< {TARGET_P99_MS:.0f} ms"
-    met = health["p99_ms"] < TARGET_P99_MS
+    target = f"<= {TARGET_P99_MS:.0f} ms"
+    met = health["p99_ms"] <= TARGET_P99_MS
+    max_vs_bare = Spread.of(ratio(p.health.units_per_s, p.bare.units_per_s) for p in pairs)
     background = paced.health_background
 
     def latency(
@@ -755,7 +757,9 @@ def figures(pairs: Sequence[Pair], paced: OpenLoops) -> dict[str, Figure]:
             statistics.median(p.health.units_per_s for p in pairs),
             "bare GET max requests/s",
             statistics.median(p.bare.units_per_s for p in pairs),
-            Spread.of(ratio(p.health.units_per_s, p.bare.units_per_s) for p in pairs),
+            max_vs_bare,
+            f">= {TARGET_MAX_VS_BARE} x bare",
+            max_vs_bare.median >= TARGET_MAX_VS_BARE,
         ),
         "health_rate_at_half": Figure(
             "health achieved requests/s (open loop, ingesting)",
@@ -1090,7 +1094,11 @@ def run(plan: Plan, settings: Settings, site: Site | None = None) -> dict[str, A
                     "max": TARGET_P99_MS,
                     "at": f"{OPEN_LOOP_FRACTION:.0%} of the health max, while ingesting",
                     "met": found["health_p99_vs_bare"].met,
-                }
+                },
+                "health_max_vs_bare": {
+                    "min": TARGET_MAX_VS_BARE,
+                    "met": found["health_max_vs_bare"].met,
+                },
             },
             "cpu": cpu_profile(pairs, paced),
             "peak_rss_bytes": rss,
