@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from touchpulse_shared.settings import ConfigError, load_settings
+from touchpulse_shared.settings import ConfigError, Settings, env_name, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -139,3 +140,20 @@ def test_the_dedupe_window_covers_the_events_topic_and_a_day(
         load_settings()
     monkeypatch.setenv("TOUCHPULSE_SCORING_DEDUPE_WINDOW_HOURS", "424")
     assert load_settings().scoring_dedupe_window_hours == 424
+
+
+def test_every_setting_is_a_row_of_the_readme_settings_table() -> None:
+    """Named in full, or as a ``_TAIL`` beside a sibling in its row (``TOUCHPULSE_INGEST_PORT``
+    / ``_API_PORT``: the tail replaces the end of the sibling's name)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    documented: set[str] = set()
+    for row in (line for line in readme.splitlines() if line.startswith("| `TOUCHPULSE_")):
+        named = row.split("|")[1]
+        full = re.findall(r"`(TOUCHPULSE_[A-Z0-9_]+)`", named)
+        documented.update(full)
+        for tail in re.findall(r"`(_[A-Z0-9_]+)`", named):
+            for name in full:
+                parts = name.split("_")
+                documented.update("_".join(parts[:k]) + tail for k in range(1, len(parts)))
+    missing = sorted(env_name(f) for f in Settings.model_fields if env_name(f) not in documented)
+    assert missing == [], f"settings missing from the README's table: {missing}"

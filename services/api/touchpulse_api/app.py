@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from touchpulse_api import webhooks
 from touchpulse_api.context import ApiContext, ContextDep
+from touchpulse_api.explanations import ExplanationCache
 from touchpulse_api.metrics import ApiMetrics
 from touchpulse_api.routes import customers, erasure, interventions, keys, organisation
 from touchpulse_scoring.catalogue_source import CatalogueSource
@@ -161,6 +162,7 @@ def build_app(
             metrics=metrics,
             catalogue=catalogue,
             clock=clock,
+            explanations=ExplanationCache(settings.api_explanation_cache),
         )
         stopping = asyncio.Event()
         dispatcher = asyncio.create_task(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
 
+from touchpulse_api.explanations import ExplanationCache
 from touchpulse_api.metrics import ApiMetrics
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_shared.auth import KeyVerifier, Principal, Scope
@@ -35,6 +36,8 @@ class ApiContext:
     catalogue: CatalogueSource
     clock: Callable[[], datetime] = utc_now
     monotonic: Callable[[], float] = time.monotonic
+    #: Health explanations kept between reads (none unless given a capacity).
+    explanations: ExplanationCache = field(default_factory=lambda: ExplanationCache(0))
 
 
 async def _context(request: Request) -> ApiContext:

@@ -54,16 +54,27 @@ def _instant(microseconds: int) -> datetime:
 # promises, so they are neither sent nor decoded. Touchpoint rows come in the order the
 # six-query read read them (none asked), so sums over them run in the same order.
 # Timestamps inside the aggregates travel as microseconds since the epoch (see _instant).
+#
+# The touchpoint states and the breaches are what the explanation is computed from, and
+# they change only with a write of the journey row (every writer of a customer's outcomes
+# or touchpoint health writes that row in the same transaction; erasure deletes it): the
+# row's revision (its xmin) says whether the explanation the api kept from an earlier read
+# still holds. The caller passes the revision it kept ($4, NULL for none); ``stale`` is
+# true unless the row is still at it, and only then are the two aggregates built and sent
+# (a scalar subquery in a CASE branch not taken is never run).
 _HEALTH = """
 SELECT j.score, j.band, j.weakest_touchpoint, j.as_of, j.updated_at,
+       j.xmin::text AS revision, k.stale,
        j.customer_id IS NOT NULL
            OR EXISTS (SELECT FROM customer_profile WHERE customer_id = $1) AS known,
+       CASE WHEN k.stale THEN
        (SELECT json_agg(json_build_array(
                    touchpoint, s, w, (extract(epoch FROM t_ref) * 1000000)::int8, outcomes))
-        FROM touchpoint_health WHERE customer_id = $1) AS touchpoints,
+        FROM touchpoint_health WHERE customer_id = $1) END AS touchpoints,
        (SELECT json_agg(json_build_array((extract(epoch FROM at) * 1000000)::int8, score)
                         ORDER BY at)
         FROM journey_health_history WHERE customer_id = $1 AND at >= $2) AS trend,
+       CASE WHEN k.stale THEN
        (SELECT json_agg(json_build_array(
                    outcome_key, promise_id, catalogue_version, touchpoint,
                    (extract(epoch FROM occurred_at) * 1000000)::int8, expected, actual, gap,
@@ -73,11 +84,14 @@ SELECT j.score, j.band, j.weakest_touchpoint, j.as_of, j.updated_at,
         -- orders it (a tie in time at the 200th outcome falls the same way everywhere).
         FROM (SELECT * FROM outcome WHERE customer_id = $1
               ORDER BY occurred_at DESC, outcome_key COLLATE "C" DESC LIMIT $3) AS recent
-        WHERE NOT met) AS breaches,
+        WHERE NOT met) END AS breaches,
        (SELECT intervention_id FROM intervention
         WHERE customer_id = $1 AND state IN ('open', 'acknowledged')) AS open_intervention_id
 FROM (VALUES (1)) AS one (n)
 LEFT JOIN journey_health j ON j.customer_id = $1
+CROSS JOIN LATERAL (
+    SELECT $4::text IS NULL OR j.xmin::text IS DISTINCT FROM $4::text AS stale
+) AS k
 """
 
 
@@ -91,34 +105,49 @@ class HealthRead:
     weakest_touchpoint: str | None
     as_of: datetime | None
     updated_at: datetime | None
-    states: dict[str, TouchpointHealth]
+    #: The journey row's revision (its xmin); None without a row.
+    revision: str | None
+    #: The touchpoint states and the breaches among the explanation's window of newest
+    #: outcomes; both None when the row is still at the revision the caller kept (then
+    #: neither was read: what the caller derived from them at that revision holds).
+    states: dict[str, TouchpointHealth] | None
+    breaches: list[Outcome] | None
     trend: list[tuple[datetime, float | None]]
-    #: The breaches among the explanation's window of newest outcomes.
-    breaches: list[Outcome]
     open_intervention_id: str | None
 
 
-async def read_health(conn: Conn, customer_id: str, *, trend_since: datetime) -> HealthRead | None:
-    """The customer's health inputs; None when neither scoring nor the CRM knows them."""
-    row = await conn.fetchrow(_HEALTH, customer_id, trend_since, EXPLAIN_WINDOW)
+async def read_health(
+    conn: Conn, customer_id: str, *, trend_since: datetime, kept_revision: str | None = None
+) -> HealthRead | None:
+    """The customer's health inputs; None when neither scoring nor the CRM knows them.
+
+    ``kept_revision``: the journey row's revision the caller holds an explanation for.
+    """
+    row = await conn.fetchrow(_HEALTH, customer_id, trend_since, EXPLAIN_WINDOW, kept_revision)
     assert row is not None  # noqa: S101 - one row from VALUES, whatever the join finds
     if not row["known"]:
         return None
-    touchpoints = row["touchpoints"]
     trend = row["trend"]
-    breaches = row["breaches"]
+    states: dict[str, TouchpointHealth] | None = None
+    breaches: list[Outcome] | None = None
+    if row["stale"]:
+        touchpoints = row["touchpoints"]
+        states = {
+            t: TouchpointHealth(s=s, w=w, t_ref=_instant(ref), outcomes=n)
+            for t, s, w, ref, n in (orjson.loads(touchpoints) if touchpoints else ())
+        }
+        found = row["breaches"]
+        breaches = [_breach(customer_id, b) for b in (orjson.loads(found) if found else ())]
     return HealthRead(
         score=row["score"],
         band=row["band"],
         weakest_touchpoint=row["weakest_touchpoint"],
         as_of=row["as_of"],
         updated_at=row["updated_at"],
-        states={
-            t: TouchpointHealth(s=s, w=w, t_ref=_instant(ref), outcomes=n)
-            for t, s, w, ref, n in (orjson.loads(touchpoints) if touchpoints else ())
-        },
+        revision=row["revision"],
+        states=states,
+        breaches=breaches,
         trend=[(_instant(at), score) for at, score in (orjson.loads(trend) if trend else ())],
-        breaches=[_breach(customer_id, b) for b in (orjson.loads(breaches) if breaches else ())],
         open_intervention_id=row["open_intervention_id"],
     )
 

@@ -21,7 +21,17 @@ from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 
 # What other tests take from here (CATALOGUE: the one the corpus is judged by).
-__all__ = ["CALM", "CATALOGUE", "PROFILE_ONLY", "READ_AT", "RICH", "START", "build", "corpus"]
+__all__ = [
+    "CALM",
+    "CATALOGUE",
+    "PROFILE_ONLY",
+    "READ_AT",
+    "RICH",
+    "START",
+    "build",
+    "corpus",
+    "score",
+]
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 #: The api's clock: a few days after the last event.
@@ -211,40 +221,46 @@ async def build(url: str) -> None:
             (START - timedelta(days=20)).date(),
             START - timedelta(days=1),
         )
-        events = corpus()
-        offset = 0
-        batch_size = 13
-        for first in range(0, len(events), batch_size):
-            batch = events[first : first + batch_size]
-            last = max(datetime.fromisoformat(e["occurred_at"]) for e in batch)
-            now = last + timedelta(minutes=2)
-            records = []
-            for e in batch:
-                encoded = encode_record(
-                    EVENT_ADAPTER.validate_python(e), producer="ingest", received_at=now
-                )
-                records.append(
-                    EngineRecord(TOPIC, 0, offset, encoded.key, encoded.value, encoded.headers)
-                )
-                offset += 1
-            async with conn.transaction():
-                await _engine(now).handle(conn, records)
-                # What the consumer records with the batch: applied up to here.
-                await conn.execute(
-                    """
-                    INSERT INTO consumer_offset
-                        (consumer_group, topic, partition, next_offset, watermark)
-                    VALUES ($1, $2, 0, $3, $4)
-                    ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
-                        next_offset = EXCLUDED.next_offset, watermark = EXCLUDED.watermark
-                    """,
-                    GROUP,
-                    TOPIC,
-                    offset,
-                    now,
-                )
-            async with conn.transaction():
-                # Deadlines that ran out by now, as the service's sweep loop finds them.
-                await _engine(now).sweep(conn)
+        await score(conn, corpus())
     finally:
         await conn.close()
+
+
+async def score(conn: asyncpg.Connection, events: list[dict[str, Any]], *, offset: int = 0) -> int:
+    """Score ``events`` (in order) as the consumer and the sweep would: batches of 13 in a
+    transaction each, each batch at its newest event time plus two minutes, then the
+    deadlines that ran out by then; the offsets from ``offset`` on. The next offset."""
+    batch_size = 13
+    for first in range(0, len(events), batch_size):
+        batch = events[first : first + batch_size]
+        last = max(datetime.fromisoformat(e["occurred_at"]) for e in batch)
+        now = last + timedelta(minutes=2)
+        records = []
+        for e in batch:
+            encoded = encode_record(
+                EVENT_ADAPTER.validate_python(e), producer="ingest", received_at=now
+            )
+            records.append(
+                EngineRecord(TOPIC, 0, offset, encoded.key, encoded.value, encoded.headers)
+            )
+            offset += 1
+        async with conn.transaction():
+            await _engine(now).handle(conn, records)
+            # What the consumer records with the batch: applied up to here.
+            await conn.execute(
+                """
+                INSERT INTO consumer_offset
+                    (consumer_group, topic, partition, next_offset, watermark)
+                VALUES ($1, $2, 0, $3, $4)
+                ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
+                    next_offset = EXCLUDED.next_offset, watermark = EXCLUDED.watermark
+                """,
+                GROUP,
+                TOPIC,
+                offset,
+                now,
+            )
+        async with conn.transaction():
+            # Deadlines that ran out by now, as the service's sweep loop finds them.
+            await _engine(now).sweep(conn)
+    return offset

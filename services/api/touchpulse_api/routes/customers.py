@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -11,17 +12,28 @@ from fastapi import APIRouter, Path, Query, Response
 from touchpulse_api import cursors, queries
 from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import Admin, ContextDep, HealthReader, ReaderContext
+from touchpulse_api.explanations import Derived
 from touchpulse_api.models import (
     AtRiskCustomer,
     AtRiskPage,
     CustomerHealth,
+    Explanation,
     GapsPage,
     Instant,
     OutcomeOut,
     ProfileIn,
     ProfileOut,
+    TouchpointHealthOut,
 )
-from touchpulse_scoring.domain import assess, evidence, explain, touchpoint_values
+from touchpulse_scoring.domain import (
+    Catalogue,
+    Outcome,
+    TouchpointHealth,
+    assess,
+    evidence,
+    explain,
+    touchpoint_values,
+)
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -54,42 +66,78 @@ async def customer_health(
     """Journey health, band, per-touchpoint health, trend, freshness and what moves it most."""
     catalogue = current_catalogue(context)
     now = context.clock()
+    cache = context.explanations
+    kept = cache.get(customer_id, catalogue)
     async with context.pool.acquire() as conn:
         read = await queries.read_health(
-            conn, customer_id, trend_since=now - timedelta(days=trend_days)
+            conn,
+            customer_id,
+            trend_since=now - timedelta(days=trend_days),
+            kept_revision=None if kept is None else kept.revision,
         )
     if read is None:
+        cache.drop(customer_id)  # unknown now (erased): nothing kept for it is of use
         raise Problem(404, "not-found", "Not Found", f"No customer {customer_id!r} is known")
-    policy = catalogue.policy
-    states = read.states
-    # Read where scoring read it: at the customer's newest event time applied.
-    at = now if read.as_of is None else read.as_of
-    values = touchpoint_values(states, catalogue, at)
-    journey_now = assess(states, catalogue, at)
-    priors = sum(policy.prior.for_touchpoint(t).weight for t in journey_now.touchpoints)
-    total = journey_now.evidence + priors
-    # One validation of the whole answer (the wire model's coercions, once) rather than a
-    # model per piece.
+    if read.states is None or read.breaches is None:
+        # The journey row is still at the kept entry's revision: nothing the parts below
+        # derive from has changed (the states and breaches were not even sent).
+        assert kept is not None  # noqa: S101 - only a revision passed can match
+        cache.hit(customer_id)
+        derived = kept.derived
+    else:
+        # Read where scoring read it: at the customer's newest event time applied.
+        at = now if read.as_of is None else read.as_of
+        derived = _derived(read.states, read.breaches, catalogue, at)
+        cache.put(customer_id, read.revision, catalogue, derived)
+    # One validation of the answer (the wire model's coercions, once) rather than a model
+    # per piece; the derived parts are models already (validated when computed), which
+    # pydantic takes as they are.
     return CustomerHealth.model_validate(
         {
             "customer_id": customer_id,
             "score": read.score,
             "band": read.band,
             "weakest_touchpoint": read.weakest_touchpoint,
-            "evidence_weight": journey_now.evidence,
-            "confidence": journey_now.evidence / total if total > 0 else 0.0,
-            "touchpoints": {
-                t: {
+            "evidence_weight": derived.evidence_weight,
+            "confidence": derived.confidence,
+            "touchpoints": derived.touchpoints,
+            "as_of": read.as_of,
+            "updated_at": read.updated_at,
+            "trend": [{"at": t, "score": score} for t, score in read.trend],
+            "explanation": derived.explanation,
+            "open_intervention_id": read.open_intervention_id,
+        }
+    )
+
+
+def _derived(
+    states: Mapping[str, TouchpointHealth],
+    breaches: list[Outcome],
+    catalogue: Catalogue,
+    at: datetime,
+) -> Derived:
+    """What the answer computes from the touchpoint states and the window's breaches, read
+    at ``at``: the same for the same journey row revision and catalogue."""
+    policy = catalogue.policy
+    values = touchpoint_values(states, catalogue, at)
+    journey_now = assess(states, catalogue, at)
+    priors = sum(policy.prior.for_touchpoint(t).weight for t in journey_now.touchpoints)
+    total = journey_now.evidence + priors
+    return Derived(
+        evidence_weight=journey_now.evidence,
+        confidence=journey_now.evidence / total if total > 0 else 0.0,
+        touchpoints={
+            t: TouchpointHealthOut.model_validate(
+                {
                     "health": values[t],
                     "outcomes": s.outcomes,
                     "evidence_weight": evidence(s, at, half_life_days=policy.half_life_days),
                 }
-                for t, s in states.items()
-            },
-            "as_of": read.as_of,
-            "updated_at": read.updated_at,
-            "trend": [{"at": t, "score": score} for t, score in read.trend],
-            "explanation": [
+            )
+            for t, s in states.items()
+        },
+        explanation=[
+            Explanation.model_validate(
                 {
                     "promise_id": o.promise_id,
                     "touchpoint": o.touchpoint,
@@ -108,11 +156,10 @@ async def customer_health(
                     "catalogue_version": o.catalogue_version,
                     "impact": e.impact,
                 }
-                for e in explain(states, read.breaches, catalogue, at)
-                for o in (e.outcome,)
-            ],
-            "open_intervention_id": read.open_intervention_id,
-        }
+            )
+            for e in explain(states, breaches, catalogue, at)
+            for o in (e.outcome,)
+        ],
     )
 
 
