@@ -38,7 +38,7 @@ fuzz: setup ## Long abuse runs: Schemathesis with every check and the stateful p
 soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL and its sessions, links, retention) under load, several rounds; 38 min at most
 	$(BIN)/python -m tests.faults --soak
 
-bench: setup ## Every benchmark on one broker and database: ingest, scoring, scale-out, api (about 11 min)
+bench: setup ## Every benchmark on one broker and database: ingest, scoring, replay, scale-out, api, history (about 16 min, estimated)
 	$(BIN)/python -m tests.bench
 
 bench-ingest: setup ## Benchmark ingest against Kafka's ProducerPerformance and a bare ASGI route

@@ -2499,7 +2499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help=f"customers of the memory probe, one event each (default {FULL.probe_customers:,}"
         f", quick {QUICK.probe_customers:,}; {PROBE_STATED_CUSTOMERS:,} measures the figure "
-        "stated at that many instead of extrapolating it: about 6 min on 2 cores)",
+        "stated at that many instead of extrapolating it: several minutes on 2 cores)",
     )
     args = parser.parse_args(argv)
 
