@@ -717,7 +717,12 @@ def upsert_batches(
         health_rows: list[tuple[str, str, TouchpointHealth]] = []
         journeys: list[JourneyRow] = []
         for customer, found in pending.items():
-            at = max(as_of.get(customer, newest[customer]), newest[customer])
+            # As the engine's _settle: a customer with no outcome and no health is skipped;
+            # one whose score did not move gets a freshness row only (no history).
+            if not found and not health[customer]:
+                continue
+            before = as_of.get(customer)
+            at = max(before or newest[customer], newest[customer])
             applied = apply_outcomes(health[customer], {}, found, half_life_days=half_life)
             health[customer] = dict(applied.health)
             outcomes.extend(applied.recorded)
@@ -725,16 +730,17 @@ def upsert_batches(
             health_rows.extend((customer, t, applied.health[t]) for t in touched)
             journey = assess(applied.health, catalogue, at)
             previous = scores.get(customer)
-            journeys.append(
-                JourneyRow(
-                    customer_id=customer,
-                    score=journey.score,
-                    band=journey.band,
-                    weakest_touchpoint=journey.weakest_touchpoint,
-                    as_of=at,
-                    changed=customer not in scores or journey.score != previous,
+            if applied.recorded or journey.score != previous or before is None or at > before:
+                journeys.append(
+                    JourneyRow(
+                        customer_id=customer,
+                        score=journey.score,
+                        band=journey.band,
+                        weakest_touchpoint=journey.weakest_touchpoint,
+                        as_of=at,
+                        changed=journey.score != previous,
+                    )
                 )
-            )
             scores[customer], as_of[customer] = journey.score, at
         partitions = {r.partition for r in records}
         batches.append(
