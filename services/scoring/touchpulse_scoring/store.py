@@ -74,17 +74,14 @@ async def claim_events(
     rows = await conn.fetch(
         """
         INSERT INTO processed_event (source, event_id, customer_id, topic, partition, "offset")
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                             $6::bigint[])
+        SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::int, (r->>5)::bigint
+        FROM jsonb_array_elements($1::jsonb) AS r
         ON CONFLICT DO NOTHING
         RETURNING source, event_id
         """,
-        [e.source for _, e in items],
-        [e.event_id for _, e in items],
-        [e.customer_id for _, e in items],
-        [r.topic for r, _ in items],
-        [r.partition for r, _ in items],
-        [r.offset for r, _ in items],
+        _rows(
+            [e.source, e.event_id, e.customer_id, r.topic, r.partition, r.offset] for r, e in items
+        ),
     )
     return {(r["source"], r["event_id"]) for r in rows}
 
@@ -204,6 +201,15 @@ async def _fetch_by_refs(conn: Conn, table: str, refs: Sequence[DeadlineRef]) ->
 
 
 # --- rows -------------------------------------------------------------------------------
+
+
+def _rows(rows: Iterable[Sequence[Any]]) -> str:
+    """A batch's rows for one statement as one JSON array of arrays (read back in SQL with
+    ``jsonb_array_elements``): asyncpg encodes a dozen parallel arrays element by element,
+    with two abstract-class checks per string, at four times the client CPU per row (and
+    PostgreSQL takes the JSON no slower). Times in UTC with ``Z``, exact to the microsecond;
+    floats in their shortest exact form."""
+    return orjson.dumps(list(rows), option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC).decode()
 
 
 def _json(value: Any) -> str:
@@ -406,12 +412,12 @@ async def write_outcomes(conn: Conn, outcomes: Sequence[Outcome]) -> None:
         INSERT INTO outcome AS o (customer_id, outcome_key, promise_id, catalogue_version,
             touchpoint, occurred_at, expected, actual, gap, met, score, weight, severity,
             event_ids, opened_at)
-        SELECT c, k, p, v, t, at, e::jsonb, a::jsonb, g, m, s, w, sev,
-               ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)), op
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                    $6::timestamptz[], $7::text[], $8::text[], $9::float8[], $10::bool[],
-                    $11::float8[], $12::float8[], $13::text[], $14::text[], $15::timestamptz[])
-             AS u(c, k, p, v, t, at, e, a, g, m, s, w, sev, ids, op)
+        SELECT r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::timestamptz, r->6, r->7,
+               -- gap >= 0 is checked by the domain: JSON's null can only be +infinity.
+               coalesce((r->>8)::float8, 'Infinity'), (r->>9)::bool, (r->>10)::float8,
+               (r->>11)::float8, r->>12, ARRAY(SELECT jsonb_array_elements_text(r->13)),
+               (r->>14)::timestamptz
+        FROM jsonb_array_elements($1::jsonb) AS r
         ON CONFLICT (customer_id, outcome_key) DO UPDATE SET
             promise_id = EXCLUDED.promise_id, catalogue_version = EXCLUDED.catalogue_version,
             touchpoint = EXCLUDED.touchpoint, occurred_at = EXCLUDED.occurred_at,
@@ -420,24 +426,26 @@ async def write_outcomes(conn: Conn, outcomes: Sequence[Outcome]) -> None:
             severity = EXCLUDED.severity, event_ids = EXCLUDED.event_ids,
             opened_at = EXCLUDED.opened_at, recorded_at = now()
         """,
-        [o.customer_id for o in outcomes],
-        [o.outcome_key for o in outcomes],
-        [o.promise_id for o in outcomes],
-        [o.catalogue_version for o in outcomes],
-        [o.touchpoint for o in outcomes],
-        [o.occurred_at for o in outcomes],
-        [
-            _json({"op": o.expected.op, "target": o.expected.target, "unit": o.expected.unit})
+        _rows(
+            [
+                o.customer_id,
+                o.outcome_key,
+                o.promise_id,
+                o.catalogue_version,
+                o.touchpoint,
+                o.occurred_at,
+                {"op": o.expected.op, "target": o.expected.target, "unit": o.expected.unit},
+                o.actual,
+                o.gap,
+                o.met,
+                o.score,
+                o.weight,
+                o.severity,
+                o.event_ids,
+                o.opened_at,
+            ]
             for o in outcomes
-        ],
-        [_json(o.actual) for o in outcomes],
-        [o.gap for o in outcomes],
-        [o.met for o in outcomes],
-        [o.score for o in outcomes],
-        [o.weight for o in outcomes],
-        [o.severity for o in outcomes],
-        [_json(list(o.event_ids)) for o in outcomes],
-        [o.opened_at for o in outcomes],
+        ),
     )
 
 
@@ -450,18 +458,14 @@ async def write_health(
         """
         INSERT INTO touchpoint_health AS h (customer_id, touchpoint, s, w, t_ref, outcomes,
             updated_at)
-        SELECT c, t, s, w, r, n, $7 FROM unnest($1::text[], $2::text[], $3::float8[],
-            $4::float8[], $5::timestamptz[], $6::int[]) AS u(c, t, s, w, r, n)
+        SELECT r->>0, r->>1, (r->>2)::float8, (r->>3)::float8, (r->>4)::timestamptz,
+               (r->>5)::int, $2
+        FROM jsonb_array_elements($1::jsonb) AS r
         ON CONFLICT (customer_id, touchpoint) DO UPDATE SET
             s = EXCLUDED.s, w = EXCLUDED.w, t_ref = EXCLUDED.t_ref,
             outcomes = EXCLUDED.outcomes, updated_at = EXCLUDED.updated_at
         """,
-        [c for c, _, _ in rows],
-        [t for _, t, _ in rows],
-        [h.s for _, _, h in rows],
-        [h.w for _, _, h in rows],
-        [h.t_ref for _, _, h in rows],
-        [h.outcomes for _, _, h in rows],
+        _rows([c, t, h.s, h.w, h.t_ref, h.outcomes] for c, t, h in rows),
         now,
     )
 
@@ -484,19 +488,15 @@ async def write_journeys(conn: Conn, rows: Sequence[JourneyRow], now: datetime) 
         """
         INSERT INTO journey_health AS j (customer_id, score, band, weakest_touchpoint, as_of,
             updated_at)
-        SELECT c, s, b, w, a, $6 FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],
-            $5::timestamptz[]) AS u(c, s, b, w, a)
+        SELECT r->>0, (r->>1)::float8, r->>2, r->>3, (r->>4)::timestamptz, $2
+        FROM jsonb_array_elements($1::jsonb) AS r
         ON CONFLICT (customer_id) DO UPDATE SET
             score = EXCLUDED.score, band = EXCLUDED.band,
             weakest_touchpoint = EXCLUDED.weakest_touchpoint,
             as_of = GREATEST(j.as_of, EXCLUDED.as_of), updated_at = EXCLUDED.updated_at
         RETURNING customer_id, xmin::text AS revision
         """,
-        [r.customer_id for r in rows],
-        [r.score for r in rows],
-        [r.band for r in rows],
-        [r.weakest_touchpoint for r in rows],
-        [r.as_of for r in rows],
+        _rows([r.customer_id, r.score, r.band, r.weakest_touchpoint, r.as_of] for r in rows),
         now,
     )
     changed = [r for r in rows if r.changed]
@@ -504,11 +504,9 @@ async def write_journeys(conn: Conn, rows: Sequence[JourneyRow], now: datetime) 
         await conn.execute(
             """
             INSERT INTO journey_health_history (customer_id, at, score, band)
-            SELECT c, $4, s, b FROM unnest($1::text[], $2::float8[], $3::text[]) AS u(c, s, b)
+            SELECT r->>0, $2, (r->>1)::float8, r->>2 FROM jsonb_array_elements($1::jsonb) AS r
             """,
-            [r.customer_id for r in changed],
-            [r.score for r in changed],
-            [r.band for r in changed],
+            _rows([r.customer_id, r.score, r.band] for r in changed),
             now,
         )
     return {r["customer_id"]: r["revision"] for r in written}
@@ -522,12 +520,11 @@ async def write_deadlines(conn: Conn, deadlines: Sequence[Deadline]) -> None:
         INSERT INTO deadline AS d (customer_id, promise_id, journey_key, opened_at, due_at,
             opening_event_ids, catalogue_version, touchpoint, tolerance_hours, weight,
             breach_weight, severity, state, closed_at, fulfilled_by)
-        SELECT c, p, j, o, du, ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)), v, t, tol,
-               w, bw, sev, st, cl, fb
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-                    $6::text[], $7::text[], $8::text[], $9::float8[], $10::float8[],
-                    $11::float8[], $12::text[], $13::text[], $14::timestamptz[], $15::text[])
-             AS u(c, p, j, o, du, ids, v, t, tol, w, bw, sev, st, cl, fb)
+        SELECT r->>0, r->>1, r->>2, (r->>3)::timestamptz, (r->>4)::timestamptz,
+               ARRAY(SELECT jsonb_array_elements_text(r->5)), r->>6, r->>7,
+               (r->>8)::float8, (r->>9)::float8, (r->>10)::float8, r->>11, r->>12,
+               (r->>13)::timestamptz, r->>14
+        FROM jsonb_array_elements($1::jsonb) AS r
         ON CONFLICT (customer_id, promise_id, journey_key) DO UPDATE SET
             opened_at = EXCLUDED.opened_at, due_at = EXCLUDED.due_at,
             opening_event_ids = EXCLUDED.opening_event_ids,
@@ -537,21 +534,26 @@ async def write_deadlines(conn: Conn, deadlines: Sequence[Deadline]) -> None:
             state = EXCLUDED.state, closed_at = EXCLUDED.closed_at,
             fulfilled_by = EXCLUDED.fulfilled_by
         """,
-        [d.customer_id for d in deadlines],
-        [d.promise_id for d in deadlines],
-        [d.journey_key for d in deadlines],
-        [d.opened_at for d in deadlines],
-        [d.due_at for d in deadlines],
-        [_json(list(d.opening_event_ids)) for d in deadlines],
-        [d.catalogue_version for d in deadlines],
-        [d.touchpoint for d in deadlines],
-        [d.tolerance_hours for d in deadlines],
-        [d.weight for d in deadlines],
-        [d.breach_weight for d in deadlines],
-        [d.severity for d in deadlines],
-        [d.state for d in deadlines],
-        [d.closed_at for d in deadlines],
-        [d.fulfilled_by for d in deadlines],
+        _rows(
+            [
+                d.customer_id,
+                d.promise_id,
+                d.journey_key,
+                d.opened_at,
+                d.due_at,
+                d.opening_event_ids,
+                d.catalogue_version,
+                d.touchpoint,
+                d.tolerance_hours,
+                d.weight,
+                d.breach_weight,
+                d.severity,
+                d.state,
+                d.closed_at,
+                d.fulfilled_by,
+            ]
+            for d in deadlines
+        ),
     )
 
 
