@@ -11,6 +11,7 @@ a history point per batch that moved the score, and an open intervention.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -226,12 +227,22 @@ async def build(url: str) -> None:
         await conn.close()
 
 
-async def score(conn: asyncpg.Connection, events: list[dict[str, Any]], *, offset: int = 0) -> int:
+async def score(
+    conn: asyncpg.Connection,
+    events: list[dict[str, Any]],
+    *,
+    offset: int = 0,
+    engine_at: Callable[[datetime, int], Engine] | None = None,
+) -> int:
     """Score ``events`` (in order) as the consumer and the sweep would: batches of 13 in a
     transaction each, each batch at its newest event time plus two minutes, then the
-    deadlines that ran out by then; the offsets from ``offset`` on. The next offset."""
+    deadlines that ran out by then; the offsets from ``offset`` on. The next offset.
+
+    ``engine_at(now, n)`` gives the engine of the ``n``-th batch, its clock at ``now``
+    (default: a new engine per batch; long-lived ones keep state between batches)."""
+    pick = engine_at or (lambda now, _: _engine(now))
     batch_size = 13
-    for first in range(0, len(events), batch_size):
+    for n, first in enumerate(range(0, len(events), batch_size)):
         batch = events[first : first + batch_size]
         last = max(datetime.fromisoformat(e["occurred_at"]) for e in batch)
         now = last + timedelta(minutes=2)
@@ -244,8 +255,9 @@ async def score(conn: asyncpg.Connection, events: list[dict[str, Any]], *, offse
                 EngineRecord(TOPIC, 0, offset, encoded.key, encoded.value, encoded.headers)
             )
             offset += 1
+        engine = pick(now, n)
         async with conn.transaction():
-            await _engine(now).handle(conn, records)
+            await engine.handle(conn, records)
             # What the consumer records with the batch: applied up to here.
             await conn.execute(
                 """
@@ -262,5 +274,5 @@ async def score(conn: asyncpg.Connection, events: list[dict[str, Any]], *, offse
             )
         async with conn.transaction():
             # Deadlines that ran out by now, as the service's sweep loop finds them.
-            await _engine(now).sweep(conn)
+            await engine.sweep(conn)
     return offset

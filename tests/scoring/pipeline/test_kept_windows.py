@@ -9,92 +9,55 @@ resolve, a profile change) are seen by the next batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
-from tests.api.health.rich import CATALOGUE, RICH, START, corpus
+from tests.api.health.rich import CATALOGUE, GROUP, RICH, START, TOPIC, corpus, score
 from touchpulse_scoring.domain import acknowledge, resolve
 from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_scoring.intervention_table import intervention_from_row, write_interventions
-from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 from touchpulse_shared.db.migrate import migrate_url
 
-GROUP, TOPIC = "windows", "windows.events"
 
+class _Members:
+    """Long-lived engines (as the service keeps one), their clocks moved per batch; the
+    batches go round them in turn, as a partition moves between members and back."""
 
-@dataclass(frozen=True)
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-class _Scorer:
-    """One engine for a whole run, its clock moved per batch as the service's moves."""
-
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, members: int = 1) -> None:
         self.now = START
         self.offset = 0
-        self.engine = Engine(
-            catalogue=lambda: CATALOGUE,
-            topics=Topics(health="h", interventions="i", dead_letters="d"),
-            source=Source(group=GROUP, topic=TOPIC, partitions=lambda: 1),
-            clock=lambda: self.now,
-            window_capacity=capacity,
-        )
+        self.engines = [
+            Engine(
+                catalogue=lambda: CATALOGUE,
+                topics=Topics(health="h", interventions="i", dead_letters="d"),
+                source=Source(group=GROUP, topic=TOPIC, partitions=lambda: 1),
+                clock=lambda: self.now,
+                window_capacity=capacity,
+            )
+            for _ in range(members)
+        ]
+        self.batches = 0
+
+    def at(self, now: datetime, _: int) -> Engine:
+        self.now = now
+        engine = self.engines[self.batches % len(self.engines)]
+        self.batches += 1
+        return engine
 
     async def batch(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
-        self.now = max(datetime.fromisoformat(e["occurred_at"]) for e in events) + timedelta(
-            minutes=2
-        )
-        records = []
-        for e in events:
-            encoded = encode_record(
-                EVENT_ADAPTER.validate_python(e), producer="ingest", received_at=self.now
-            )
-            records.append(
-                _Record(TOPIC, 0, self.offset, encoded.key, encoded.value, encoded.headers)
-            )
-            self.offset += 1
-        async with conn.transaction():
-            await self.engine.handle(conn, records)
-            await conn.execute(
-                """
-                INSERT INTO consumer_offset (consumer_group, topic, partition, next_offset,
-                    watermark)
-                VALUES ($1, $2, 0, $3, $4)
-                ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
-                    next_offset = EXCLUDED.next_offset, watermark = EXCLUDED.watermark
-                """,
-                GROUP,
-                TOPIC,
-                self.offset,
-                self.now,
-            )
-        async with conn.transaction():
-            await self.engine.sweep(conn)
+        self.offset = await score(conn, events, offset=self.offset, engine_at=self.at)
 
 
-async def _run(url: str, capacity: int, members: int = 1) -> tuple[_Scorer, dict[str, Any]]:
-    """Score the corpus in batches of 13; with ``members`` > 1, the batches go round the
-    members in turn, as a partition moves between members of the group and back."""
+async def _run(url: str, capacity: int, members: int = 1) -> tuple[Engine, dict[str, Any]]:
     await migrate_url(url)
-    scorers = [_Scorer(capacity) for _ in range(members)]
+    scorers = _Members(capacity, members)
     conn = await asyncpg.connect(url)
     try:
-        events = corpus()
-        for n, first in enumerate(range(0, len(events), 13)):
-            scorer = scorers[n % members]
-            scorer.offset = max(s.offset for s in scorers)
-            await scorer.batch(conn, events[first : first + 13])
-        return scorers[0], await _state(conn)
+        await scorers.batch(conn, corpus())
+        return scorers.engines[0], await _state(conn)
     finally:
         await conn.close()
 
@@ -126,7 +89,7 @@ async def test_kept_windows_leave_the_state_an_engine_keeping_nothing_leaves(
     assert with_windows == without
     # Not vacuous: the run re-ranked the open case's gaps from kept windows many times,
     # and the case's gaps are the explanation of more outcomes than a window holds.
-    assert kept.engine.windows.hits > 20
+    assert kept.windows.hits > 20
     assert len(with_windows["outcomes"]) > 200
     assert any(w["kind"] == "intervention.attached" for w in with_windows["webhooks"])
 
@@ -139,7 +102,7 @@ async def test_a_customer_moving_between_members_and_back_is_judged_on_current_s
     first, moved = await _run(fresh_database, capacity=100_000, members=2)
     _, alone = await _run(other_fresh_database, capacity=0)
     assert moved == alone
-    assert first.engine.windows.misses > 10  # it did come back to stale windows
+    assert first.windows.misses > 10  # it did come back to stale windows
 
 
 def _call(n: int, at: datetime, customer: str = RICH, wait: int = 700) -> dict[str, Any]:
@@ -155,11 +118,13 @@ def _call(n: int, at: datetime, customer: str = RICH, wait: int = 700) -> dict[s
 
 
 async def test_writes_outside_the_consumer_reach_the_next_batch(fresh_database: str) -> None:
-    scorer, _ = await _run(fresh_database, capacity=100_000)
+    await migrate_url(fresh_database)
+    scorer = _Members(capacity=100_000)
     conn = await asyncpg.connect(fresh_database)
     at = START + timedelta(days=47)
     try:
-        assert len(scorer.engine.windows) > 0
+        await scorer.batch(conn, corpus())
+        assert len(scorer.engines[0].windows) > 0
         # Resolved by a person (the api's write): the next breach cannot attach to it.
         row = await conn.fetchrow("SELECT * FROM intervention WHERE state = 'open'")
         assert row is not None
