@@ -1142,6 +1142,33 @@ def guarded(say: Say, body: Callable[[], int]) -> int:
         return 1
 
 
+def stage_main(
+    name: str,
+    doc: str | None,
+    argv: Sequence[str] | None,
+    *,
+    quick: str,
+    plans: tuple[Any, Any],
+    run: Callable[[Any, Settings], Mapping[str, Any]],
+    report: Callable[[Any], str],
+    say: Say,
+) -> int:
+    """A stage's command line when it has no options of its own: ``--quick`` picks the
+    second of ``plans`` (full, quick), the result is written and its report printed."""
+    args = arguments(f"python -m tests.bench.{name}", doc, quick=quick, output=name).parse_args(
+        argv
+    )
+
+    def body() -> int:
+        settings = bench_settings()
+        publish(
+            run(plans[1] if args.quick else plans[0], settings), args.output, settings, name, report
+        )
+        return 0
+
+    return guarded(say, body)
+
+
 def publish(
     result: Mapping[str, Any],
     output: Path | None,

@@ -65,25 +65,22 @@ from tests.bench.common import (
     Server,
     Site,
     Spread,
-    arguments,
-    bench_settings,
     check_other,
     clock,
     close_report,
     cpu_cells,
     figure_table,
-    guarded,
     latency_summary,
     machine,
     ok_requests,
     open_loop,
     open_site,
     peak_rss_bytes,
-    publish,
     ratio,
     raw_calls,
     raw_request,
     sayer,
+    stage_main,
     table,
 )
 from tests.bench.scoring import (
@@ -943,22 +940,16 @@ def history_sizes(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = arguments(
-        "python -m tests.bench.history",
+    return stage_main(
+        "history",
         __doc__,
+        argv,
         quick="0.2 M stored events, a small corpus, short reads",
-        output="history",
+        plans=(FULL, QUICK),
+        run=run,
+        report=report,
+        say=say,
     )
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        settings = bench_settings()
-        publish(
-            run(QUICK if args.quick else FULL, settings), args.output, settings, "history", report
-        )
-        return 0
-
-    return guarded(say, body)
 
 
 if __name__ == "__main__":

@@ -51,26 +51,23 @@ from tests.bench.common import (
     Server,
     Site,
     Spread,
-    arguments,
-    bench_settings,
     check_other,
     close_report,
     closed_loop,
     cpu_cells,
     figure_table,
-    guarded,
     java_version,
     latency_summary,
     machine,
     open_loop,
     open_site,
     peak_rss_bytes,
-    publish,
     ratio,
     raw_calls,
     raw_request,
     run_kafka_tool,
     sayer,
+    stage_main,
     table,
     uvicorn_argv,
     versions,
@@ -824,21 +821,16 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = arguments(
-        "python -m tests.bench.ingest",
+    return stage_main(
+        "ingest",
         __doc__,
+        argv,
         quick="a few seconds per phase, one pair",
-        output="ingest",
+        plans=(FULL, QUICK),
+        run=run,
+        report=report,
+        say=say,
     )
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        settings = bench_settings()
-        result = run(QUICK if args.quick else FULL, settings)
-        publish(result, args.output, settings, "ingest", report)
-        return 0
-
-    return guarded(say, body)
 
 
 if __name__ == "__main__":

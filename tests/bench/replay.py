@@ -46,22 +46,19 @@ from tests.bench.common import (
     Figure,
     Site,
     Spread,
-    arguments,
-    bench_settings,
     check_other,
     children_cpu_seconds,
     clock,
     close_report,
     cpu_cells,
     figure_table,
-    guarded,
     machine,
     open_site,
     peak_rss_bytes,
     per_unit,
-    publish,
     ratio,
     sayer,
+    stage_main,
     table,
 )
 from tests.bench.scoring import (
@@ -492,22 +489,16 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = arguments(
-        "python -m tests.bench.replay",
+    return stage_main(
+        "replay",
         __doc__,
+        argv,
         quick="a small topic, one pair",
-        output="replay",
+        plans=(FULL, QUICK),
+        run=run,
+        report=report,
+        say=say,
     )
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        settings = bench_settings()
-        publish(
-            run(QUICK if args.quick else FULL, settings), args.output, settings, "replay", report
-        )
-        return 0
-
-    return guarded(say, body)
 
 
 if __name__ == "__main__":

@@ -41,18 +41,15 @@ from tests.bench.common import (
     Figure,
     Site,
     Spread,
-    arguments,
-    bench_settings,
     close_report,
     cpu_cells,
     figure_table,
-    guarded,
     machine,
     open_site,
     peak_rss_bytes,
-    publish,
     ratio,
     sayer,
+    stage_main,
     table,
 )
 from tests.bench.scoring import (
@@ -328,22 +325,16 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = arguments(
-        "python -m tests.bench.scale",
+    return stage_main(
+        "scale",
         __doc__,
+        argv,
         quick="a small topic, one pair",
-        output="scale",
+        plans=(FULL, QUICK),
+        run=run,
+        report=report,
+        say=say,
     )
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        settings = bench_settings()
-        publish(
-            run(QUICK if args.quick else FULL, settings), args.output, settings, "scale", report
-        )
-        return 0
-
-    return guarded(say, body)
 
 
 if __name__ == "__main__":
