@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(STAMP) ## Create the virtualenv, install locked dependencies and fetch the Kafka jars
+setup: $(STAMP) ## Create the virtualenv, install locked dependencies, fetch the Kafka jars and Prometheus, install chromium and fetch axe-core (desk browser tests)
 	$(BIN)/touchpulse stack fetch
 
 run: setup ## Start Kafka, PostgreSQL and every service; Ctrl-C stops all of it

@@ -71,8 +71,11 @@ def run() -> None:
 
 @stack_app.command("fetch")
 def stack_fetch() -> None:
-    """Fetch (once) and cache the Kafka jars from Maven Central and Prometheus from Debian."""
+    """Fetch (once) and cache the Kafka jars from Maven Central and Prometheus from Debian;
+    install Debian's chromium when missing and cache axe-core from npm (the desk's browser
+    tests)."""
     # Imported here so the other commands do not load the fetch code they never use.
+    from touchpulse_shared.stack.browser import axe_script, ensure_chromium  # noqa: PLC0415
     from touchpulse_shared.stack.prometheus import prometheus_tools  # noqa: PLC0415
 
     settings = _settings()
@@ -84,11 +87,16 @@ def stack_fetch() -> None:
             typer.echo(f"Apache Kafka {settings.kafka_version} jars: {libs}")
         # Always fetched: the rule checks and their tests need promtool even with a real Kafka.
         tools = prometheus_tools(settings.cache_dir)
+        # The desk's browser tests run in make test: the browser and the rules they check.
+        chromium = ensure_chromium()
+        axe = axe_script(settings.cache_dir)
     except StackError as exc:
         typer.echo(f"touchpulse: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Prometheus {tools.version}: {tools.prometheus}")
     typer.echo(f"promtool {tools.version}: {tools.promtool}")
+    typer.echo(f"chromium: {chromium}")
+    typer.echo(f"axe-core: {axe}")
 
 
 @app.command()
