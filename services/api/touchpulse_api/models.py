@@ -281,6 +281,26 @@ class Trigger(BaseModel):
     promise_id: str | None
 
 
+class ActorOut(BaseModel):
+    kind: Literal["person", "api_key", "system"] = Field(
+        description="a person at the action desk, an API key, or Touchpulse itself"
+    )
+    id: str = Field(description="the user id, the key id, or 'scoring'")
+    name: str = Field(description="the person's display name, or the key's name")
+
+
+class ActionOut(BaseModel):
+    kind: str = Field(examples=["intervention.acknowledged"])
+    at: datetime
+    version: int = Field(description="the intervention's version after this move")
+    actor: ActorOut
+    detail: dict[str, str | float | bool | None] = Field(
+        description="the move's facts: a note's text, assignee from and to, a snooze's end, "
+        "a resolution's category, note and health",
+        examples=[{"from": "agent-17", "to": "agent-4"}],
+    )
+
+
 class InterventionOut(BaseModel):
     intervention_id: str
     customer_id: str
@@ -299,25 +319,90 @@ class InterventionOut(BaseModel):
     health_at_resolve: float | None
     follow_up_at: datetime | None
     follow_up_health: float | None
+    outcome_category: str | None = Field(
+        default=None, description="one of the policy's resolution_categories, once resolved"
+    )
+    snoozed_until: datetime | None = Field(
+        default=None, description="put aside until then (listed only with include_snoozed)"
+    )
+    version: int = Field(
+        default=0,
+        description="moves made by people and keys so far: send it back as expected_version "
+        "(or If-Match) to act only on the case as you saw it",
+    )
     health_now: float | None = Field(description="the customer's journey health now")
+    history: list[ActionOut] | None = Field(
+        default=None,
+        description="every move on the case with its actor, oldest first (single reads and "
+        "workflow answers; not in lists)",
+    )
 
 
 class InterventionsPage(Page):
     items: list[InterventionOut]
 
 
+#: The version a move is meant for (the ``version`` the caller read); absent: no check.
+ExpectedVersion = Annotated[
+    int | None,
+    Strict(),
+    Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="act only if the intervention is still at this version (else 409); the "
+        "If-Match header may carry it instead",
+    ),
+]
+
+
 class Acknowledge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     assignee: StorableText = Field(min_length=1, max_length=200, examples=["agent-17"])
+    expected_version: ExpectedVersion = None
 
 
 class Resolve(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome_note: StorableText = Field(
-        min_length=1, max_length=5000, examples=["Called, refunded the delivery fee"]
+        min_length=1, max_length=4000, examples=["Called, refunded the delivery fee"]
     )
+    outcome_category: str | None = Field(
+        default=None,
+        max_length=64,
+        description="one of the catalogue policy's resolution_categories (GET /v1/promises: "
+        "policy.interventions.resolution_categories); optional for v1 clients",
+        examples=["compensated"],
+    )
+    expected_version: ExpectedVersion = None
+
+
+class AddNote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: StorableText = Field(
+        min_length=1, max_length=4000, examples=["Left a voicemail, trying again at 3 pm"]
+    )
+    expected_version: ExpectedVersion = None
+
+
+class Snooze(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    until: Instant | None = Field(
+        description="put the case aside until then (in the future); null wakes it now",
+        examples=["2026-12-07T09:00:00Z"],
+    )
+    expected_version: ExpectedVersion = None
+
+
+class Reassign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assignee: StorableText = Field(min_length=1, max_length=200, examples=["agent-4"])
+    expected_version: ExpectedVersion = None
 
 
 class Erased(BaseModel):

@@ -20,12 +20,13 @@ import orjson
 
 from touchpulse_scoring.domain import (
     EXPLAIN_WINDOW,
+    Action,
     Expected,
     Intervention,
     Outcome,
     TouchpointHealth,
 )
-from touchpulse_scoring.intervention_table import intervention_from_row, record_interventions
+from touchpulse_scoring.intervention_table import intervention_from_row, record_actions
 from touchpulse_shared.contract.profiles import (
     from_row,
     profile_outbox_row,
@@ -362,8 +363,10 @@ async def list_interventions(
     customer_id: str | None,
     after: tuple[float, str] | None,
     limit: int,
+    awake_at: datetime | None = None,
 ) -> list[asyncpg.Record]:
-    """Interventions in ``states`` by priority, each with its customer's health now."""
+    """Interventions in ``states`` by priority, each with its customer's health now; with
+    ``awake_at``, none snoozed past that time."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         SELECT i.*, j.score AS health_now FROM intervention i
@@ -372,6 +375,7 @@ async def list_interventions(
           AND ($2::float8 IS NULL OR i.priority >= $2)
           AND ($3::text IS NULL OR i.customer_id = $3)
           AND ($4::float8 IS NULL OR (i.priority, i.intervention_id) < ($4, $5))
+          AND ($7::timestamptz IS NULL OR i.snoozed_until IS NULL OR i.snoozed_until <= $7)
         ORDER BY i.priority DESC, i.intervention_id DESC
         LIMIT $6
         """,
@@ -381,6 +385,7 @@ async def list_interventions(
         None if after is None else after[0],
         None if after is None else after[1],
         limit,
+        awake_at,
     )
     return rows
 
@@ -419,12 +424,12 @@ async def lock_intervention(
     return intervention_from_row(row), health
 
 
-async def write_intervention_move(
-    conn: Conn, topic: str, kind: str, intervention: Intervention
+async def write_intervention_action(
+    conn: Conn, topic: str, action: Action, intervention: Intervention
 ) -> None:
-    """Store a workflow move with its webhook and topic announcements (the customer locked
-    by :func:`lock_intervention` in the same transaction)."""
-    await record_interventions(conn, topic, [(kind, intervention)])
+    """Store a workflow move with its history entry and its webhook and topic announcements
+    (the customer locked by :func:`lock_intervention` in the same transaction)."""
+    await record_actions(conn, topic, [(action, intervention)])
 
 
 # --- erasure ------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 - :class:`UnscorableEvent`: this one event cannot be judged; send it to the dead-letter topic
   with :attr:`UnscorableEvent.reason` and go on.
 - :class:`IllegalTransition`: an intervention cannot make the move asked for in its current
-  state (the API answers 409).
+  state (the API answers 409); :class:`StaleVersion`, one of them, when the caller's copy
+  of the case is older than the case (someone else moved it).
 - :class:`InvalidCommand`: the move is legal but its input is not (the API answers 422).
 """
 
@@ -64,3 +65,19 @@ class InvalidCommand(ScoringDomainError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class StaleVersion(IllegalTransition):
+    """The move was meant for a version of the intervention that someone else has moved on."""
+
+    def __init__(self, intervention_id: str, expected: int, current: int) -> None:
+        ScoringDomainError.__init__(
+            self,
+            f"intervention {intervention_id} is at version {current}, not {expected}: "
+            "someone else changed it",
+        )
+        self.intervention_id = intervention_id
+        self.state = f"version {current}"
+        self.command = f"moved from version {expected}"
+        self.expected = expected
+        self.current = current

@@ -10,6 +10,18 @@ States and the only legal moves (anything else raises :class:`IllegalTransition`
 state; ``record_follow_up`` fills the "health N days after resolve" slot once. Resolving
 straight from ``open`` is illegal: someone must own a case before closing it.
 
+The people's moves besides the state changes — ``add_note`` (open or acknowledged),
+``snooze`` (open or acknowledged, until a time in the future), ``reassign`` (acknowledged) —
+keep the state. Every move a person or an API key makes (acknowledge, note, snooze,
+reassign, resolve) adds one to :attr:`Intervention.version`; scoring's moves (attach,
+re-rank, expire, follow-up) never do. So a caller who read version N can ask for its move to
+apply only to version N (:func:`check_version`) and learn that someone else moved the case
+in between; and scoring, writing a copy it read earlier, can tell that a person moved the
+case since and leave that person's fields alone.
+
+Who moved a case is an :class:`Actor` (a person at the desk, an API key, or the system); the
+move itself, as the history keeps it, is an :class:`Action`.
+
 Every function takes ``now`` and returns a new value; none reads a clock.
 """
 
@@ -17,12 +29,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from touchpulse_scoring.domain.errors import IllegalTransition, InvalidCommand
+from touchpulse_scoring.domain.errors import IllegalTransition, InvalidCommand, StaleVersion
 from touchpulse_scoring.domain.outcomes import Expected, Outcome, OutcomeKey
 from touchpulse_scoring.domain.policy import InterventionPolicy
 from touchpulse_scoring.domain.promises import Severity
@@ -33,6 +45,7 @@ _ID_NAMESPACE = uuid.UUID("5f0c6a3e-7d1b-4f57-9c2e-1a8e4b3d9c70")
 MAX_GAPS = 100
 MAX_NOTE_LENGTH = 4000
 MAX_ASSIGNEE_LENGTH = 256
+MAX_CATEGORY_LENGTH = 64
 
 
 class InterventionState(StrEnum):
@@ -54,6 +67,56 @@ LEGAL_MOVES: Mapping[InterventionState, frozenset[InterventionState]] = {
     InterventionState.RESOLVED: frozenset(),
     InterventionState.EXPIRED: frozenset(),
 }
+
+
+class ActorKind(StrEnum):
+    #: A person signed in at the action desk.
+    PERSON = "person"
+    #: An integration calling the REST API with its key (named as such, never as a person).
+    API_KEY = "api_key"
+    #: Touchpulse itself: scoring opening, growing, expiring and following up cases.
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a move: ``id`` is stable (a user id, a key id), ``name`` is for display."""
+
+    kind: ActorKind
+    id: str
+    name: str
+
+    @classmethod
+    def person(cls, user_id: str, display_name: str) -> Actor:
+        return cls(ActorKind.PERSON, user_id, display_name)
+
+    @classmethod
+    def api_key(cls, key_id: str, key_name: str) -> Actor:
+        return cls(ActorKind.API_KEY, key_id, key_name)
+
+
+#: The actor of every move scoring makes.
+SYSTEM_ACTOR = Actor(ActorKind.SYSTEM, "scoring", "Touchpulse")
+
+#: What an action's detail may hold: short facts, never nested structures.
+DetailValue = str | float | int | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One entry of an intervention's history: what was done, by whom, when.
+
+    ``kind`` is the move's event kind (``intervention.noted``, the same name its webhook and
+    its ``interventions.v1`` record carry); ``version`` is the intervention's version after
+    the move; ``detail`` holds the move's own facts (the note's text, the assignee before
+    and after, the snooze's end, the resolution's category and health).
+    """
+
+    kind: str
+    actor: Actor
+    at: datetime
+    version: int
+    detail: Mapping[str, DetailValue]
 
 
 class TriggerKind(StrEnum):
@@ -132,6 +195,12 @@ class Intervention:
     closed_at: datetime | None = None
     follow_up_at: datetime | None = None
     follow_up_health: float | None = None
+    #: One of the policy's ``resolution_categories`` (None: resolved without one, or open).
+    outcome_category: str | None = None
+    #: Put aside until then: the queue shows it below the others (or not at all) till then.
+    snoozed_until: datetime | None = None
+    #: How many moves people and keys have made on it (scoring's moves leave it alone).
+    version: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -230,38 +299,111 @@ def attach(
     )
 
 
+def check_version(intervention: Intervention, expected: int | None) -> None:
+    """Refuse a move meant for another version of the case (``None``: no check).
+
+    The row lock serialises moves; this tells the person whose screen was stale that
+    someone else moved the case after they looked, instead of applying their move to a case
+    they have not seen.
+    """
+    if expected is not None and expected != intervention.version:
+        raise StaleVersion(intervention.intervention_id, expected, intervention.version)
+
+
 def acknowledge(intervention: Intervention, *, now: datetime, assignee: str) -> Intervention:
     """Someone owns the case now."""
     _require(intervention, {InterventionState.OPEN}, "acknowledged")
-    who = assignee.strip()
-    if not who or len(who) > MAX_ASSIGNEE_LENGTH:
-        raise InvalidCommand("assignee", f"must be 1 to {MAX_ASSIGNEE_LENGTH} characters")
     return replace(
         intervention,
         state=InterventionState.ACKNOWLEDGED,
         acknowledged_at=now,
-        assignee=who,
+        assignee=_assignee(assignee),
         updated_at=now,
+        version=intervention.version + 1,
     )
 
 
+def add_note(intervention: Intervention, *, now: datetime, text: str) -> Intervention:
+    """A note on a case still being worked; the text itself lives in the history."""
+    _require(intervention, OPEN_STATES, "noted")
+    _note_text(text, "text")
+    return replace(intervention, updated_at=now, version=intervention.version + 1)
+
+
+def note_text(text: str) -> str:
+    """The note as stored: stripped (call after :func:`add_note` accepted it)."""
+    return text.strip()
+
+
+def snooze(intervention: Intervention, *, now: datetime, until: datetime | None) -> Intervention:
+    """Put the case aside until ``until`` (in the future); ``None`` wakes it now."""
+    _require(intervention, OPEN_STATES, "snoozed")
+    if until is not None and until <= now:
+        raise InvalidCommand("until", "must be in the future")
+    return replace(
+        intervention, snoozed_until=until, updated_at=now, version=intervention.version + 1
+    )
+
+
+def reassign(intervention: Intervention, *, now: datetime, assignee: str) -> Intervention:
+    """Give an owned case to someone else (an open one is taken, not reassigned)."""
+    _require(intervention, {InterventionState.ACKNOWLEDGED}, "reassigned")
+    who = _assignee(assignee)
+    if who == intervention.assignee:
+        raise InvalidCommand("assignee", "is already the assignee")
+    return replace(intervention, assignee=who, updated_at=now, version=intervention.version + 1)
+
+
 def resolve(
-    intervention: Intervention, *, now: datetime, note: str, health: float | None
+    intervention: Intervention,
+    *,
+    now: datetime,
+    note: str,
+    health: float | None,
+    category: str | None = None,
+    categories: Collection[str] = (),
 ) -> Intervention:
-    """Close the case with what was done; the note is what makes the loop learnable."""
+    """Close the case with what was done; the note is what makes the loop learnable.
+
+    ``category`` must be one of ``categories`` (the policy's ``resolution_categories``) when
+    given; it is what lets "did our actions help" be read per kind of outcome.
+    """
     _require(intervention, {InterventionState.ACKNOWLEDGED}, "resolved")
-    text = note.strip()
-    if not text or len(text) > MAX_NOTE_LENGTH:
-        raise InvalidCommand("note", f"an outcome note of 1 to {MAX_NOTE_LENGTH} characters")
+    text = _note_text(note, "note")
+    if category is not None and category not in categories:
+        raise InvalidCommand(
+            "category", "must be one of " + ", ".join(sorted(categories) or ["(none defined)"])
+        )
     return replace(
         intervention,
         state=InterventionState.RESOLVED,
         resolved_at=now,
         outcome_note=text,
+        outcome_category=category,
         health_at_resolve=health,
         closed_at=now,
         updated_at=now,
+        version=intervention.version + 1,
     )
+
+
+def _assignee(assignee: str) -> str:
+    who = assignee.strip()
+    if not who or len(who) > MAX_ASSIGNEE_LENGTH:
+        raise InvalidCommand("assignee", f"must be 1 to {MAX_ASSIGNEE_LENGTH} characters")
+    return who
+
+
+def _note_text(note: str, field: str) -> str:
+    text = note.strip()
+    if not text or len(text) > MAX_NOTE_LENGTH:
+        raise InvalidCommand(field, f"a note of 1 to {MAX_NOTE_LENGTH} characters")
+    return text
+
+
+def is_snoozed(intervention: Intervention, now: datetime) -> bool:
+    """Whether the case is put aside at ``now``."""
+    return intervention.snoozed_until is not None and now < intervention.snoozed_until
 
 
 def expire_intervention(intervention: Intervention, *, now: datetime) -> Intervention:

@@ -93,6 +93,10 @@ class SpreadBreaches(BaseModel):
     within_days: Days = 14.0
 
 
+#: A resolution category: a short lower-case name, as it appears in reports and URLs.
+ResolutionCategory = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
 class InterventionPolicy(BaseModel):
     """When interventions open, how long they wait, and when a new one may follow."""
 
@@ -117,6 +121,26 @@ class InterventionPolicy(BaseModel):
     # ...and on at least this many broken promises: one broken promise, however weighty,
     # calls for its own fix; a call is for a pattern (or a critical breach).
     min_breaches: Annotated[int, Field(ge=1, le=100)] = 2
+    # What a person may say a resolved case came to; "did our actions help" is read per
+    # category, so they are a short fixed list rather than free text.
+    # A YAML list is not a tuple, so this field alone takes one leniently (its items are
+    # still strictly strings matching the pattern); a tuple keeps the frozen policy hashable.
+    resolution_categories: Annotated[
+        tuple[ResolutionCategory, ...], Field(strict=False, min_length=1, max_length=32)
+    ] = (
+        "reached_and_fixed",
+        "compensated",
+        "could_not_reach",
+        "no_action_needed",
+    )
+
+    @model_validator(mode="after")
+    def _categories_distinct(self) -> InterventionPolicy:
+        if len(set(self.resolution_categories)) != len(self.resolution_categories):
+            raise PydanticCustomError(
+                "duplicate_resolution_category", "resolution_categories lists a category twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _acknowledge_before_expiry(self) -> InterventionPolicy:
