@@ -34,6 +34,9 @@ WebhookKind = Literal[
     "intervention.opened",
     "intervention.attached",
     "intervention.acknowledged",
+    "intervention.noted",
+    "intervention.snoozed",
+    "intervention.reassigned",
     "intervention.resolved",
     "intervention.expired",
 ]

@@ -20,6 +20,9 @@ KINDS = (
     "intervention.opened",
     "intervention.attached",
     "intervention.acknowledged",
+    "intervention.noted",
+    "intervention.snoozed",
+    "intervention.reassigned",
     "intervention.resolved",
     "intervention.expired",
 )
