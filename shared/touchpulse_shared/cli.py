@@ -26,6 +26,15 @@ from touchpulse_shared.auth import (
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
 from touchpulse_shared.logs import configure_logging
+from touchpulse_shared.people import (
+    InvalidPerson,
+    Person,
+    Role,
+    create_person,
+    disable_person,
+    list_people,
+    reset_password,
+)
 from touchpulse_shared.settings import ConfigError, Settings, env_name, load_settings
 from touchpulse_shared.stack import runner
 from touchpulse_shared.stack.kafka import kafka_libs
@@ -38,6 +47,10 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once)
 app.add_typer(stack_app, name="stack")
 app.add_typer(schema_app, name="schema")
 app.add_typer(keys_app, name="keys")
+users_app = typer.Typer(
+    no_args_is_help=True, help="People who sign in to the desk: create, list, disable, reset."
+)
+app.add_typer(users_app, name="users")
 
 
 def _settings() -> Settings:
@@ -398,6 +411,125 @@ def keys_list() -> None:
         typer.echo(_key_line(record))
     if not records:
         typer.echo("no keys yet: create one with `touchpulse keys create`")
+
+
+def _person_line(person: Person) -> str:
+    state = f"disabled {person.disabled_at:%Y-%m-%d %H:%M:%S%z}" if person.disabled_at else "active"
+    return f"{person.login}  {person.display_name!r}  role={person.role.value}  {state}"
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of stdin, or asked twice at a hidden prompt. Never
+    an argument: argv shows in `ps` and shell history."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+_STDIN_HELP = "read the password from the first line of stdin instead of a prompt"
+
+
+@users_app.command("create")
+def users_create(
+    login: Annotated[str, typer.Argument(help="the sign-in name, e.g. an e-mail address")],
+    name: Annotated[str, typer.Option(help="the name the desk shows")],
+    role: Annotated[Role, typer.Option(help="agent, lead or admin")] = Role.AGENT,
+    password_stdin: Annotated[bool, typer.Option(help=_STDIN_HELP)] = False,
+) -> None:
+    """Create a person who can sign in to the desk."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+    password = _read_password(password_stdin)
+
+    async def _create() -> Person:
+        conn = await _keys_connection(url)
+        try:
+            return await create_person(
+                conn,
+                login=login,
+                display_name=name,
+                role=role,
+                password=password,
+                now=datetime.now(UTC),
+            )
+        finally:
+            await conn.close()
+
+    try:
+        person = asyncio.run(_create())
+    except InvalidPerson as exc:
+        typer.echo(f"touchpulse: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(_person_line(person))
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List the people, disabled ones included (never their password hashes)."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+
+    async def _list() -> list[Person]:
+        conn = await _keys_connection(url)
+        try:
+            return await list_people(conn)
+        finally:
+            await conn.close()
+
+    people = asyncio.run(_list())
+    for person in people:
+        typer.echo(_person_line(person))
+    if not people:
+        typer.echo("no people yet: create one with `touchpulse users create`")
+
+
+@users_app.command("disable")
+def users_disable(login: Annotated[str, typer.Argument(help="the person's login")]) -> None:
+    """Disable a person: sign-in refused, every session of theirs revoked at once."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+
+    async def _disable() -> Person | None:
+        conn = await _keys_connection(url)
+        try:
+            return await disable_person(conn, login, now=datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    person = asyncio.run(_disable())
+    if person is None:
+        typer.echo(f"touchpulse: there is no person {login!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(_person_line(person))
+
+
+@users_app.command("reset-password")
+def users_reset_password(
+    login: Annotated[str, typer.Argument(help="the person's login")],
+    password_stdin: Annotated[bool, typer.Option(help=_STDIN_HELP)] = False,
+) -> None:
+    """Set a new password; every session of the person is revoked."""
+    settings = _settings()
+    url = _required(settings.database_url, "database_url")
+    password = _read_password(password_stdin)
+
+    async def _reset() -> bool:
+        conn = await _keys_connection(url)
+        try:
+            return await reset_password(conn, login, password, now=datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    try:
+        done = asyncio.run(_reset())
+    except InvalidPerson as exc:
+        typer.echo(f"touchpulse: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if not done:
+        typer.echo(f"touchpulse: there is no person {login!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"password reset for {login}; their sessions are revoked")
 
 
 def main() -> None:

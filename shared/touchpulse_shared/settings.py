@@ -221,6 +221,28 @@ class Settings(BaseSettings):
         "recently used dropped first; 0 keeps none): about 50 kB each with a full "
         "explanation, so this bounds the api's memory",
     )
+    # --- desk (the people's web pages under /desk) -------------------------------------
+    desk_session_idle_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="a desk session unused this long is refused"
+    )
+    desk_session_absolute_hours: int = Field(
+        12, ge=1, le=24 * 30, description="a desk session is refused this long after sign-in"
+    )
+    desk_signin_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="failed sign-ins per account, and (x4) per address, within "
+        "desk_signin_window_minutes before further attempts are refused",
+    )
+    desk_signin_window_minutes: int = Field(
+        15, ge=1, le=24 * 60, description="how far back failed sign-ins count"
+    )
+    desk_trust_forwarded_proto: bool = Field(
+        False,
+        description="take X-Forwarded-Proto (set by a TLS-terminating proxy) as the scheme "
+        "that decides the cookie's Secure flag; only behind a proxy that sets it",
+    )
     webhook_signing_key: str | None = Field(
         default=None,
         min_length=32,

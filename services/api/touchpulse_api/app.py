@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import Request
 from starlette.responses import Response
 
-from touchpulse_api import webhooks
+from touchpulse_api import desk, webhooks
 from touchpulse_api.context import ApiContext, ContextDep
 from touchpulse_api.explanations import ExplanationCache
 from touchpulse_api.metrics import ApiMetrics
@@ -72,6 +72,7 @@ def create_app(
     )
     for router in ROUTERS:
         app.include_router(router)
+    desk.install(app)  # the people's pages under /desk (docs/desk.md)
     install_problem_handlers(app)
 
     @app.exception_handler(asyncpg.InterfaceError)

@@ -1,0 +1,211 @@
+"""The desk's SQL: the queue, its counts, the live feed's cursor, the call list.
+
+What the REST api already reads (health, profiles, a customer's interventions, the
+organisation's gaps) the desk reads through ``touchpulse_api.queries``; only what the pages
+need beyond it is here. The queue walks the partial indexes of migration 0010 (active
+cases by priority, by assignee, by gap touchpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+
+import asyncpg
+import orjson
+
+from touchpulse_shared.db import Conn
+
+ACTIVE = ("open", "acknowledged")
+
+
+class Scope(StrEnum):
+    ALL = "all"
+    MINE = "mine"
+    UNASSIGNED = "unassigned"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    scope: Scope = Scope.ALL
+    segment: str | None = None
+    touchpoint: str | None = None
+    new_customers: bool = False
+    overdue: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """Active cases per filter, each within the segment and touchpoint chosen."""
+
+    all: int
+    mine: int
+    unassigned: int
+    new_customers: int
+    overdue: int
+
+
+# The filters as SQL over `i` (intervention) and `p` (customer_profile), parameters:
+# $1 segment, $2 touchpoint as a one-gap jsonb array, $3 me, $4 new since (date), $5 opened
+# at or before this is overdue when still open.
+_FROM = """
+    FROM intervention i
+    LEFT JOIN customer_profile p USING (customer_id)
+"""
+_WHERE = """
+    WHERE i.state IN ('open', 'acknowledged')
+      AND ($1::text IS NULL OR coalesce(p.segment, 'standard') = $1)
+      AND ($2::jsonb IS NULL OR i.gaps @> $2::jsonb)
+"""
+_NEW = "coalesce(p.customer_since >= $4::date, false)"
+_OVERDUE = "(i.state = 'open' AND i.opened_at <= $5::timestamptz)"
+
+
+def _touchpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return orjson.dumps([{"touchpoint": value}]).decode()
+
+
+async def queue_counts(
+    conn: Conn, f: QueueFilter, *, me: str, new_since: date, overdue_at: datetime
+) -> QueueCounts:
+    row = await conn.fetchrow(
+        f"""
+        SELECT count(*) AS all,
+               count(*) FILTER (WHERE i.assignee = $3) AS mine,
+               count(*) FILTER (WHERE i.assignee IS NULL) AS unassigned,
+               count(*) FILTER (WHERE {_NEW}) AS new_customers,
+               count(*) FILTER (WHERE {_OVERDUE}) AS overdue
+        {_FROM} {_WHERE}
+        """,
+        f.segment,
+        _touchpoint(f.touchpoint),
+        me,
+        new_since,
+        overdue_at,
+    )
+    assert row is not None  # noqa: S101 - an aggregate always answers one row
+    return QueueCounts(
+        all=row["all"],
+        mine=row["mine"],
+        unassigned=row["unassigned"],
+        new_customers=row["new_customers"],
+        overdue=row["overdue"],
+    )
+
+
+async def queue_page(
+    conn: Conn,
+    f: QueueFilter,
+    *,
+    me: str,
+    new_since: date,
+    overdue_at: datetime,
+    offset: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """One page of active cases, highest priority first, with the customer's profile and
+    health now."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT i.intervention_id, i.customer_id, i.state, i.priority, i.opened_at,
+               i.acknowledged_at, i.assignee, i.gaps, i.triggers, i.health_at_open,
+               coalesce(p.segment, 'standard') AS segment, p.customer_since, p.value,
+               p.reach, j.score AS health_now, j.band,
+               {_NEW} AS new_customer, {_OVERDUE} AS overdue
+        {_FROM} LEFT JOIN journey_health j USING (customer_id)
+        {_WHERE}
+          AND ($6::text IS NULL
+               OR ($6 = 'mine' AND i.assignee = $3)
+               OR ($6 = 'unassigned' AND i.assignee IS NULL))
+          AND (NOT $7::bool OR {_NEW})
+          AND (NOT $8::bool OR {_OVERDUE})
+        ORDER BY i.priority DESC, i.intervention_id DESC
+        OFFSET $9 LIMIT $10
+        """,
+        f.segment,
+        _touchpoint(f.touchpoint),
+        me,
+        new_since,
+        overdue_at,
+        None if f.scope is Scope.ALL else f.scope.value,
+        f.new_customers,
+        f.overdue,
+        offset,
+        limit,
+    )
+    return rows
+
+
+async def queue_cursor(conn: Conn) -> str:
+    """A value that changes whenever a case opens, moves or closes: the newest change and
+    the number of active cases (a case deleted by erasure moves no updated_at)."""
+    row = await conn.fetchrow(
+        """
+        SELECT (SELECT max(updated_at) FROM intervention) AS newest,
+               (SELECT count(*) FROM intervention
+                WHERE state IN ('open', 'acknowledged')) AS active
+        """
+    )
+    assert row is not None  # noqa: S101 - one row from a SELECT without FROM
+    newest = row["newest"]
+    return f"{newest.isoformat() if newest else '-'}/{row['active']}"
+
+
+async def segments(conn: Conn) -> list[str]:
+    """The segments that have active cases (the filter's choices)."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT coalesce(p.segment, 'standard') AS segment
+        FROM intervention i LEFT JOIN customer_profile p USING (customer_id)
+        WHERE i.state IN ('open', 'acknowledged') ORDER BY 1
+        """
+    )
+    return [r["segment"] for r in rows]
+
+
+async def call_list(conn: Conn, *, limit: int) -> list[asyncpg.Record]:
+    """Customers with an active case holding a critical breach, by the case's priority x
+    value x reach (reach as 1 + ln(1 + reach), as the at-risk list weighs it)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT i.intervention_id, i.customer_id, i.priority, i.gaps, i.assignee, i.state,
+               coalesce(p.segment, 'standard') AS segment, coalesce(p.value, 1) AS value,
+               coalesce(p.reach, 0) AS reach, j.score AS health_now,
+               i.priority * coalesce(p.value, 1) * (1 + ln(1 + coalesce(p.reach, 0)))
+                   AS weight
+        FROM intervention i
+        LEFT JOIN customer_profile p USING (customer_id)
+        LEFT JOIN journey_health j USING (customer_id)
+        WHERE i.state IN ('open', 'acknowledged')
+          AND i.gaps @> '[{"severity": "critical"}]'::jsonb
+        ORDER BY weight DESC, i.intervention_id DESC
+        LIMIT $1
+        """,
+        limit,
+    )
+    return rows
+
+
+async def actions_helped(conn: Conn, *, since: datetime, until: datetime) -> list[asyncpg.Record]:
+    """Health at opening versus at follow-up for cases followed up in [since, until), by
+    the promise of their first gap and by outcome category (the resolve note's category
+    while the workflow records none of its own: 'resolved' or 'expired' by state)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT coalesce(i.gaps -> 0 ->> 'promise_id', '(none)') AS promise_id,
+               i.state AS outcome,
+               count(*) AS cases,
+               avg(i.health_at_open) AS health_at_open,
+               avg(i.follow_up_health) AS health_at_follow_up
+        FROM intervention i
+        WHERE i.follow_up_at >= $1 AND i.follow_up_at < $2 AND i.follow_up_health IS NOT NULL
+        GROUP BY 1, 2
+        ORDER BY cases DESC, promise_id
+        """,
+        since,
+        until,
+    )
+    return rows
