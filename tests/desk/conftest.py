@@ -204,9 +204,9 @@ async def case(
         INSERT INTO intervention (intervention_id, customer_id, state, triggers, gaps, actions,
             priority, threshold, health_at_open, opened_at, acknowledged_at, assignee,
             resolved_at, outcome_note, updated_at)
-        VALUES ($1, $2, $3, '[]', $4::jsonb, $5, $6, 50, 40, $7,
-                CASE WHEN $3 <> 'open' THEN $7 END, $8,
-                CASE WHEN $3 = 'resolved' THEN $7 END, $9, $7)
+        VALUES ($1, $2, $3::text, '[]', $4::jsonb, $5, $6, 50, 40, $7::timestamptz,
+                CASE WHEN $3::text <> 'open' THEN $7::timestamptz END, $8,
+                CASE WHEN $3::text = 'resolved' THEN $7::timestamptz END, $9, $7::timestamptz)
         """,
         intervention_id,
         customer_id,

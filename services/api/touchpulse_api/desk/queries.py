@@ -48,7 +48,7 @@ class QueueCounts:
 
 # The filters as SQL over `i` (intervention) and `p` (customer_profile), parameters:
 # $1 segment, $2 touchpoint as a one-gap jsonb array, $3 me, $4 new since (date), $5 opened
-# at or before this is overdue when still open.
+# at or before this is overdue when still open, $6 now (a case snoozed past it is set aside).
 _FROM = """
     FROM intervention i
     LEFT JOIN customer_profile p USING (customer_id)
@@ -57,6 +57,7 @@ _WHERE = """
     WHERE i.state IN ('open', 'acknowledged')
       AND ($1::text IS NULL OR coalesce(p.segment, 'standard') = $1)
       AND ($2::jsonb IS NULL OR i.gaps @> $2::jsonb)
+      AND (i.snoozed_until IS NULL OR i.snoozed_until <= $6::timestamptz)
 """
 _NEW = "coalesce(p.customer_since >= $4::date, false)"
 _OVERDUE = "(i.state = 'open' AND i.opened_at <= $5::timestamptz)"
@@ -69,7 +70,7 @@ def _touchpoint(value: str | None) -> str | None:
 
 
 async def queue_counts(
-    conn: Conn, f: QueueFilter, *, me: str, new_since: date, overdue_at: datetime
+    conn: Conn, f: QueueFilter, *, me: str, new_since: date, overdue_at: datetime, now: datetime
 ) -> QueueCounts:
     row = await conn.fetchrow(
         f"""
@@ -85,6 +86,7 @@ async def queue_counts(
         me,
         new_since,
         overdue_at,
+        now,
     )
     assert row is not None  # noqa: S101 - an aggregate always answers one row
     return QueueCounts(
@@ -103,6 +105,7 @@ async def queue_page(
     me: str,
     new_since: date,
     overdue_at: datetime,
+    now: datetime,
     offset: int,
     limit: int,
 ) -> list[asyncpg.Record]:
@@ -110,26 +113,27 @@ async def queue_page(
     health now."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
-        SELECT i.intervention_id, i.customer_id, i.state, i.priority, i.opened_at,
+        SELECT i.intervention_id, i.customer_id, i.state, i.priority, i.opened_at, i.version,
                i.acknowledged_at, i.assignee, i.gaps, i.triggers, i.health_at_open,
                coalesce(p.segment, 'standard') AS segment, p.customer_since, p.value,
                p.reach, j.score AS health_now, j.band,
                {_NEW} AS new_customer, {_OVERDUE} AS overdue
         {_FROM} LEFT JOIN journey_health j USING (customer_id)
         {_WHERE}
-          AND ($6::text IS NULL
-               OR ($6 = 'mine' AND i.assignee = $3)
-               OR ($6 = 'unassigned' AND i.assignee IS NULL))
-          AND (NOT $7::bool OR {_NEW})
-          AND (NOT $8::bool OR {_OVERDUE})
+          AND ($7::text IS NULL
+               OR ($7 = 'mine' AND i.assignee = $3)
+               OR ($7 = 'unassigned' AND i.assignee IS NULL))
+          AND (NOT $8::bool OR {_NEW})
+          AND (NOT $9::bool OR {_OVERDUE})
         ORDER BY i.priority DESC, i.intervention_id DESC
-        OFFSET $9 LIMIT $10
+        OFFSET $10 LIMIT $11
         """,
         f.segment,
         _touchpoint(f.touchpoint),
         me,
         new_since,
         overdue_at,
+        now,
         None if f.scope is Scope.ALL else f.scope.value,
         f.new_customers,
         f.overdue,

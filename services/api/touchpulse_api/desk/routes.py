@@ -13,9 +13,9 @@ import asyncio
 import hmac
 import secrets
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 import structlog
@@ -25,6 +25,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.staticfiles import StaticFiles
 
 from touchpulse_api import queries as api_queries
+from touchpulse_api import workflow
 from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ApiContext, ContextDep
 from touchpulse_api.desk import queries
@@ -39,6 +40,7 @@ from touchpulse_api.desk.sessions import (
     throttled,
 )
 from touchpulse_api.routes.customers import customer_health
+from touchpulse_scoring.domain import Actor
 from touchpulse_shared.http.problems import Problem
 from touchpulse_shared.people import (
     InvalidPerson,
@@ -70,8 +72,6 @@ FEED_HEARTBEAT_S = 15.0
 # receiving within this bound.
 FEED_MAX_S = 300.0
 FEED_RETRY_MS = 3000
-# Outcome categories offered when resolving, until the catalogue's policy names its own.
-OUTCOMES = ("reached_and_fixed", "compensated", "could_not_reach", "no_action_needed")
 
 
 class NotSignedIn(Exception):
@@ -293,7 +293,7 @@ async def _queue(
     me = session.person.login
     async with context.pool.acquire() as conn:
         counts = await queries.queue_counts(
-            conn, f, me=me, new_since=new_since, overdue_at=overdue_at
+            conn, f, me=me, new_since=new_since, overdue_at=overdue_at, now=now
         )
         rows = await queries.queue_page(
             conn,
@@ -301,6 +301,7 @@ async def _queue(
             me=me,
             new_since=new_since,
             overdue_at=overdue_at,
+            now=now,
             offset=(page_no - 1) * PAGE_SIZE,
             limit=PAGE_SIZE + 1,
         )
@@ -409,9 +410,26 @@ async def events(request: Request, context: ContextDep, session: AgentSession) -
 
 # --- the customer page --------------------------------------------------------------------
 
+# The newest cases whose whole history (notes, who took, reassigned) the page shows.
+HISTORY_CASES = 10
+# What a person's move is called in "Kari took this case a moment ago".
+_VERBS = {
+    "intervention.acknowledged": "took",
+    "intervention.noted": "added a note to",
+    "intervention.snoozed": "snoozed",
+    "intervention.reassigned": "reassigned",
+    "intervention.resolved": "resolved",
+}
 
-@router.get("/customers/{customer_id:path}")
-async def customer_page(customer_id: str, context: ContextDep, session: AgentSession) -> Response:
+
+async def _customer(
+    context: ApiContext,
+    session: Session,
+    customer_id: str,
+    *,
+    message: str | None = None,
+    status: int = 200,
+) -> Response:
     try:
         # The REST read itself: the same health, band, evidence and explanation.
         health = await customer_health(customer_id, context, trend_days=30)
@@ -426,7 +444,7 @@ async def customer_page(customer_id: str, context: ContextDep, session: AgentSes
     policy = current_catalogue(context).policy
     async with context.pool.acquire() as conn:
         profile = await api_queries.read_profile(conn, customer_id)
-        history = await api_queries.list_interventions(
+        rows = await api_queries.list_interventions(
             conn,
             states=("open", "acknowledged", "resolved", "expired"),
             min_priority=None,
@@ -434,15 +452,19 @@ async def customer_page(customer_id: str, context: ContextDep, session: AgentSes
             after=None,
             limit=50,
         )
-    interventions = sorted(
-        ({**dict(r), "gaps": orjson.loads(r["gaps"])} for r in history),
+    interventions: list[dict[str, Any]] = sorted(
+        ({**dict(r), "gaps": orjson.loads(r["gaps"]), "history": ()} for r in rows),
         key=lambda r: r["opened_at"],
         reverse=True,
     )
+    for item in interventions[:HISTORY_CASES]:
+        try:
+            item["history"] = (await workflow.read(context, item["intervention_id"])).history
+        except workflow.NotFound:
+            continue  # erased between the two reads: shown without its history
     active = next((i for i in interventions if i["state"] in queries.ACTIVE), None)
     chart = trend_chart(
-        [(p.at, p.score) for p in health.trend],
-        threshold=policy.interventions.threshold,
+        [(p.at, p.score) for p in health.trend], threshold=policy.interventions.threshold
     )
     return page(
         "customer.html",
@@ -454,32 +476,108 @@ async def customer_page(customer_id: str, context: ContextDep, session: AgentSes
             profile=profile,
             interventions=interventions,
             active=active,
-            outcomes=OUTCOMES,
+            outcomes=policy.interventions.resolution_categories,
+            verbs=_VERBS,
+            message=message,
         ),
+        status=status,
     )
+
+
+@router.get("/customers/{customer_id:path}")
+async def customer_page(customer_id: str, context: ContextDep, session: AgentSession) -> Response:
+    return await _customer(context, session, customer_id)
 
 
 # --- acting -------------------------------------------------------------------------------
 
 
+def _version(form: FormData) -> int | None:
+    text = _text(form, "expected_version")
+    return int(text) if text.isdigit() else None
+
+
+def _until(form: FormData) -> datetime:
+    """The snooze's end from a datetime-local field, read as UTC (the form says so)."""
+    try:
+        until = datetime.fromisoformat(_text(form, "until"))
+    except ValueError:
+        raise workflow.Invalid("until", "give a date and time") from None
+    return until if until.tzinfo else until.replace(tzinfo=UTC)
+
+
+def _conflict_message(exc: workflow.Conflict) -> str:
+    if exc.by is None:
+        return f"This case changed a moment ago (it is {exc.state} now): look again and retry."
+    verb = _VERBS.get(exc.by.kind, "changed")
+    return f"{exc.by.actor.name} {verb} this case a moment ago. Look again before acting."
+
+
+async def _move(
+    context: ApiContext, session: Session, intervention_id: str, action: str, form: FormData
+) -> workflow.Moved:
+    actor = Actor.person(session.person.login, session.person.display_name)
+    version = _version(form)
+    if action == "take":
+        return await workflow.take(context, intervention_id, actor, expected_version=version)
+    if action == "note":
+        return await workflow.add_note(
+            context, intervention_id, actor, _text(form, "note"), expected_version=version
+        )
+    if action == "snooze":
+        return await workflow.snooze(
+            context, intervention_id, actor, _until(form), expected_version=version
+        )
+    if action == "reassign":
+        if not session.person.role.at_least(Role.LEAD):
+            raise Forbidden(session, "Reassigning a case is for leads.")
+        return await workflow.reassign(
+            context, intervention_id, actor, _text(form, "assignee"), expected_version=version
+        )
+    if action == "resolve":
+        return await workflow.resolve(
+            context,
+            intervention_id,
+            actor,
+            category=_text(form, "outcome") or None,
+            note=_text(form, "note"),
+            expected_version=version,
+        )
+    raise workflow.NotFound(intervention_id)
+
+
 @router.post("/interventions/{intervention_id}/{action}")
 async def act(
-    intervention_id: str, action: str, request: Request, session: AgentSession
+    intervention_id: str,
+    action: str,
+    request: Request,
+    context: ContextDep,
+    session: AgentSession,
 ) -> Response:
-    """Take, note, snooze, reassign, resolve: the forms are in place and their CSRF token
-    checked; the moves themselves wait for the intervention workflow (workflow.py)."""
-    await posted(request, session)
-    if action == "reassign" and not session.person.role.at_least(Role.LEAD):
-        raise Forbidden(session, "Reassigning a case is for leads.")
-    return page(
-        "not_found.html",
-        _base(
+    """Take, note, snooze, reassign (leads), resolve through the workflow, as the signed-in
+    person, on the version the page showed (``expected_version``): a move someone else made
+    in between is refused with who did it, never overwritten. Then back to the customer."""
+    form = await posted(request, session)
+    try:
+        moved = await _move(context, session, intervention_id, action, form)
+    except workflow.NotFound:
+        return page("not_found.html", _base(session, what="No such case."), status=404)
+    except (workflow.Conflict, workflow.Invalid) as exc:
+        try:
+            case = await workflow.read(context, intervention_id)
+        except workflow.NotFound:
+            return page("not_found.html", _base(session, what="No such case."), status=404)
+        conflict = isinstance(exc, workflow.Conflict)
+        return await _customer(
+            context,
             session,
-            what="Acting on a case from the desk is not available yet: the intervention "
-            "workflow it goes through is still being built. Use the API for now.",
-        ),
-        status=503,
-    )
+            case.intervention.customer_id,
+            message=_conflict_message(exc) if isinstance(exc, workflow.Conflict) else exc.message,
+            status=409 if conflict else 422,
+        )
+    log.info("desk.moved", action=action, by=session.person.login, intervention=intervention_id)
+    target = f"/desk/customers/{quote(moved.intervention.customer_id, safe='')}"
+    return secure(RedirectResponse(target, status_code=303))
 
 
 # --- leads --------------------------------------------------------------------------------
