@@ -149,28 +149,33 @@ class Desk:
             await context.close()
 
     async def check_accessibility(self, page: Page) -> None:
-        """axe-core's rules in the page as it stands: no serious or critical violation.
-
-        Evaluated through the DevTools protocol, which the page's Content-Security-Policy
-        does not govern (a ``<script>`` tag with the rules inline would be refused by it).
-        """
-        await page.evaluate(f"() => {{ {self.axe}\n }}")
-        violations: list[dict[str, Any]] = await page.evaluate(
-            """async () => {
-                const result = await axe.run(document, {resultTypes: ["violations"]});
-                return result.violations.map(v => ({
-                    id: v.id, impact: v.impact, help: v.help,
-                    nodes: v.nodes.slice(0, 5).map(n => n.target.join(" ")),
-                }));
-            }"""
-        )
-        bad = [v for v in violations if v["impact"] in ("serious", "critical")]
+        """No serious or critical axe-core violation in the page as it stands."""
+        bad = await serious_violations(page, self.axe)
         assert not bad, f"{page.url}: {bad}"
 
     async def screenshot(self, page: Page, name: str) -> Path:
         path = self.screenshots / f"{name}.png"
         await page.screenshot(path=str(path), full_page=True)
         return path
+
+
+async def serious_violations(page: Page, axe: str) -> list[dict[str, Any]]:
+    """axe-core's rules run in ``page``: its serious and critical violations.
+
+    Evaluated through the DevTools protocol, which the page's Content-Security-Policy does
+    not govern (a ``<script>`` tag with the rules inline would be refused by it).
+    """
+    await page.evaluate(f"() => {{ {axe}\n }}")
+    violations: list[dict[str, Any]] = await page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {resultTypes: ["violations"]});
+            return result.violations.map(v => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.slice(0, 5).map(n => n.target.join(" ")),
+            }));
+        }"""
+    )
+    return [v for v in violations if v["impact"] in ("serious", "critical")]
 
 
 async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
