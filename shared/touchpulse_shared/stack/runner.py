@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import httpx
 
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.kafka.topics import topic_specs
+from touchpulse_shared.people import Role, create_person, find_person, reset_password
 from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import Settings, env_name
 from touchpulse_shared.stack.live import ServiceState, Snapshot, read_snapshot, render
@@ -69,6 +71,7 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
                 services.append(service)
                 service.start()
             demo_key, crm_key, simulator_key = asyncio.run(_demo_keys(postgres.address))
+            people = asyncio.run(_demo_people(postgres.address))
             env_file = stack.workdir.parent.parent / "current.env"
             env_file.write_text(
                 f"{env_name('kafka_bootstrap_servers')}={kafka.address}\n"
@@ -83,6 +86,7 @@ def run(settings: Settings, echo: Callable[[str], None]) -> None:
                     migrations=done.migrations_applied,
                     demo_key=demo_key,
                     crm_key=crm_key,
+                    people=people,
                 )
             )
             echo(f"  logs       {stack.workdir}")
@@ -220,6 +224,36 @@ async def _demo_keys(database_url: str) -> tuple[str, str, str]:
     return events, crm, simulator
 
 
+#: The demo people make run signs in with at the desk: (login, role).
+DEMO_PEOPLE = (("agent@demo.touchpulse", Role.AGENT), ("lead@demo.touchpulse", Role.LEAD))
+
+
+async def _demo_people(database_url: str) -> list[tuple[str, Role, str]]:
+    """A demo agent and lead for the desk, each with a new random password (shown once in
+    the banner; a state dir kept from an earlier run gets its people's passwords reset)."""
+    conn = await asyncpg.connect(database_url)
+    made: list[tuple[str, Role, str]] = []
+    try:
+        for login, role in DEMO_PEOPLE:
+            password = secrets.token_urlsafe(12)
+            now = datetime.now(UTC)
+            if await find_person(conn, login) is None:
+                await create_person(
+                    conn,
+                    login=login,
+                    display_name=f"Demo {role.value}",
+                    role=role,
+                    password=password,
+                    now=now,
+                )
+            else:
+                await reset_password(conn, login, password, now=now)
+            made.append((login, role, password))
+    finally:
+        await conn.close()
+    return made
+
+
 def _banner(
     *,
     settings: Settings,
@@ -229,6 +263,7 @@ def _banner(
     migrations: list[int],
     demo_key: str,
     crm_key: str,
+    people: list[tuple[str, Role, str]],
 ) -> str:
     def origin(endpoint: Endpoint, what: str) -> str:
         return f"   (local {what}, pid {endpoint.pid})" if endpoint.local else "   (configured)"
@@ -252,6 +287,11 @@ def _banner(
             f"  crm key    {crm_key}   (health:read, interventions:write, admin)",
             f"  try        curl -s {api.url}/v1/customers/C-1/health "
             f"-H 'Authorization: Bearer {crm_key}'",
+            f"  desk       {api.url}/desk   (sign in as one of these; docs/desk.md)",
+        ]
+        lines += [
+            f"  {role.value:<10} login {login}   password {password}"
+            for login, role, password in people
         ]
     ingest = next((s for s in services if s.spec.name == "ingest"), None)
     if ingest is not None:

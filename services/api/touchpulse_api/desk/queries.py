@@ -195,12 +195,12 @@ async def call_list(conn: Conn, *, limit: int) -> list[asyncpg.Record]:
 
 async def actions_helped(conn: Conn, *, since: datetime, until: datetime) -> list[asyncpg.Record]:
     """Health at opening versus at follow-up for cases followed up in [since, until), by
-    the promise of their first gap and by outcome category (the resolve note's category
-    while the workflow records none of its own: 'resolved' or 'expired' by state)."""
+    the promise of their first gap and by outcome category (a case closed without one, or
+    expired unowned, by its state)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         SELECT coalesce(i.gaps -> 0 ->> 'promise_id', '(none)') AS promise_id,
-               i.state AS outcome,
+               coalesce(i.outcome_category, i.state) AS outcome,
                count(*) AS cases,
                avg(i.health_at_open) AS health_at_open,
                avg(i.follow_up_health) AS health_at_follow_up
