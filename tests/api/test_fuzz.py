@@ -33,6 +33,10 @@ EXAMPLES = fuzz_examples()
 # schema-valid request (422 above all) is a disagreement between document and behaviour.
 # A webhook target is checked by resolving its host (public addresses only): no schema can
 # say which hosts resolve, so a well-formed URL that does not is a 422 naming /body/url.
+# The workflow's moves are judged against what no schema holds either: a resolution's
+# category against the catalogue in effect (reloadable), a snooze's end against the clock,
+# a reassignment against the current assignee, a note's text after trimming whitespace
+# (Python's idea of whitespace, not the document regex's): a 422 naming the body field.
 API_CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2XX", "400", "401", "403", "404", "409", "429"]
@@ -40,6 +44,13 @@ expected-statuses = ["2XX", "400", "401", "403", "404", "409", "429"]
 [[operations]]
 include-path-regex = "^/v1/webhooks(/[^/]+)?$"
 include-method-regex = "^(POST|PATCH)$"
+checks.positive_data_acceptance.expected-statuses = [
+    "2XX", "400", "401", "403", "404", "409", "422", "429"
+]
+
+[[operations]]
+include-path-regex = "^/v1/interventions/[^/]+/(notes|snooze|reassign|resolve|acknowledge)$"
+include-method-regex = "^POST$"
 checks.positive_data_acceptance.expected-statuses = [
     "2XX", "400", "401", "403", "404", "409", "422", "429"
 ]

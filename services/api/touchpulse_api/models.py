@@ -294,7 +294,7 @@ class ActionOut(BaseModel):
     at: datetime
     version: int = Field(description="the intervention's version after this move")
     actor: ActorOut
-    detail: dict[str, str | float | bool | None] = Field(
+    detail: dict[str, str | int | float | bool | None] = Field(
         description="the move's facts: a note's text, assignee from and to, a snooze's end, "
         "a resolution's category, note and health",
         examples=[{"from": "agent-17", "to": "agent-4"}],

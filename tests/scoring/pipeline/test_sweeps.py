@@ -17,7 +17,11 @@ from touchpulse_scoring.engine import (
     expire_interventions,
     record_follow_ups,
 )
-from touchpulse_scoring.intervention_table import intervention_from_row, write_interventions
+from touchpulse_scoring.intervention_table import (
+    intervention_from_row,
+    read_history,
+    write_interventions,
+)
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 from touchpulse_shared.db.migrate import migrate_url
 
@@ -183,5 +187,12 @@ async def test_a_resolved_intervention_gets_its_follow_up_health_once(fresh_data
         assert row["follow_up_at"] == later
         score = await conn.fetchval("SELECT score FROM journey_health WHERE customer_id = 'S-3'")
         assert row["follow_up_health"] == score
+        # The case's history says so, as the system's move: did the action help?
+        history = await read_history(conn, row["intervention_id"])
+        assert [(a.kind, a.actor.kind.value) for a in history] == [
+            ("intervention.opened", "system"),
+            ("intervention.followed_up", "system"),
+        ]
+        assert history[-1].detail == {"health": score, "health_at_resolve": 0.0}
     finally:
         await conn.close()

@@ -155,7 +155,9 @@ async def _act(
             "invalid-request",
             "Invalid Request",
             f"{field}: {exc.message}",
-            errors=[{"pointer": f"/{field}", "detail": exc.message, "code": "invalid"}],
+            # The pointer as a request validation error spells it (from the request's
+            # root), so a client reads both kinds of 422 the same way.
+            errors=[{"pointer": f"/body/{field}", "detail": exc.message, "code": "invalid"}],
         ) from None
     case = await workflow.read(context, moved.intervention.intervention_id)
     return _out(case.intervention, case.health, case.history)
