@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-replay bench-scale bench-api bench-history fuzz soak
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-replay bench-scale bench-api bench-history bench-desk desk-screenshots fuzz soak
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,15 @@ bench-api: setup ## Benchmark the customer-health read against a bare ASGI route
 
 bench-history: setup ## Benchmark scoring and the health read on a year of history (2 M events) against an empty database
 	$(BIN)/python -m tests.bench.history
+
+bench-desk: setup ## Benchmark the desk's queue and customer pages (10,000 open cases, 100,000 customers) against a bare route
+	$(BIN)/python -m tests.bench.desk
+
+desk-screenshots: setup ## Photograph every desk page in chromium (desktop and phone) and copy the pictures to docs/desk/
+	$(BIN)/python -m pytest tests/desk/browser -k photographed -p no:cacheprovider -q
+	mkdir -p docs/desk
+	rm -f docs/desk/*.png
+	cp .touchpulse/desk-screenshots/*.png docs/desk/
 
 lint: $(STAMP) ## ruff (format check + lint), mypy --strict and the import contracts (lint-imports)
 	$(BIN)/ruff format --check .

@@ -243,10 +243,14 @@ async def seed(url: str, plan: Plan, catalogue: CatalogueSource, topic: str) -> 
                         reach=profile.reach,
                         topic=topic,
                     )
-            counts["customers"] += len(journeys)
-            counts["outcomes"] += len(outcomes)
-            counts["open_interventions"] += len(cases)
-            counts["profiles"] += len(profiles)
+        # What the pages will read, counted in the database rather than in what was sent.
+        for name, query in (
+            ("customers", "SELECT count(*) FROM journey_health"),
+            ("outcomes", "SELECT count(*) FROM outcome"),
+            ("open_interventions", "SELECT count(*) FROM intervention WHERE state = 'open'"),
+            ("profiles", "SELECT count(*) FROM customer_profile"),
+        ):
+            counts[name] = await conn.fetchval(query)
     finally:
         await conn.close()
     return counts
@@ -317,6 +321,9 @@ def measure(
     ]
     bare_request = [raw_request("GET", "/", host=f"{LOOPBACK}:{bare.port}", headers={})]
     pids = {"api": api.pid, "bare": bare.pid, "loadgen": os.getpid()}
+    if site.kafka.pid is not None:
+        # Idle here, but measured like every stage's broker.
+        pids["kafka"] = site.kafka.pid
     trees = {"postgres": postgres_pid} if postgres_pid is not None else {}
     meter = CpuMeter(pids, trees, kernel=True)
 
@@ -366,7 +373,7 @@ def figures(pairs: Sequence[Pair]) -> dict[str, Figure]:
     }
 
 
-CPU_COLUMNS = ("api", "bare", "postgres", "loadgen", KERNEL_IRQ)
+CPU_COLUMNS = ("api", "bare", "postgres", "loadgen", "kafka", KERNEL_IRQ)
 
 
 def cpu_profile(pairs: Sequence[Pair]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ topics and a database of its own (removed when the stage ends):
 5. api (``tests/bench/api.py``): the health read's maximum and its p99 under load;
 6. history (``tests/bench/history.py``): scoring's cost per event and the health read's
    latency on a database holding a year of history against an empty one, and the bytes per
-   customer that year leaves before and after the lifecycle's pruning.
+   customer that year leaves before and after the lifecycle's pruning;
+7. desk (``tests/bench/desk.py``): the action desk's queue and customer pages' server time
+   with 10,000 open interventions and 100,000 customers, against a bare route.
 
 Printed: one table of every figure beside its ceiling and their ratio, then the CPU per
 unit of work and the peak memory of every process, stage by stage. Written: one JSON file
@@ -40,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from tests.bench import api, history, ingest, replay, scale, scoring
+from tests.bench import api, desk, history, ingest, replay, scale, scoring
 from tests.bench.common import (
     FIGURE_HEADER,
     Site,
@@ -108,6 +110,7 @@ STAGES: tuple[tuple[str, ModuleType, Callable[[str], Any]], ...] = (
         history,
         lambda mode: {FULL: history.FULL, QUICK: history.QUICK, SMOKE: history.SMOKE}[mode],
     ),
+    ("desk", desk, lambda mode: desk.FULL if mode == FULL else desk.QUICK),
 )
 
 #: Per stage, the phases whose CPU per unit of work is reported per process (the stage's
@@ -124,6 +127,7 @@ PROCESS_PHASES: Mapping[str, tuple[str, ...]] = {
         f"health read, {history.EMPTY}",
         f"health read, {history.YEAR}",
     ),
+    "desk": ("queue (closed)", "customer (closed)"),
 }
 PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
     "ingest": {"server": "ingest", "kafka": "kafka", "loadgen": "load generator"},
@@ -161,6 +165,7 @@ PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
         "kafka": "kafka",
         "bench": "bench process",
     },
+    "desk": {"api": "api", "postgres": "postgres", "loadgen": "load generator", "kafka": "kafka"},
 }
 # How often the servers' memory is sampled (their peak within each stage).
 RSS_SAMPLE_S = 0.5
@@ -403,6 +408,7 @@ def report(result: Mapping[str, Any]) -> str:
         ("scale", scale.cpu_table, "CPU µs per event or record (cores), median over pairs"),
         ("api", api.cpu_table, "CPU µs per request served (cores), median over pairs"),
         ("history", history.cpu_table, "CPU µs per event or request (cores)"),
+        ("desk", desk.cpu_table, "CPU µs per page served (cores)"),
     )
     for name, cpu_table, what in details:
         stage = result["stages"].get(name)

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.bench import api, history, ingest, replay, scale, scoring
+from tests.bench import api, desk, history, ingest, replay, scale, scoring
 
 REPO = Path(__file__).resolve().parents[2]
-# The smoke suite takes about 2 min on 2 cores; the rest is slack for a loaded machine.
-TIMEOUT_S = 360
+# The smoke suite takes about 2.5 min on 2 cores; the rest is slack for a loaded machine.
+TIMEOUT_S = 420
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 STAGE_FIGURES = {
     "ingest": ingest.FIGURE_KEYS,
@@ -33,11 +33,13 @@ STAGE_FIGURES = {
     "scale": scale.FIGURE_KEYS,
     "api": api.FIGURE_KEYS,
     "history": history.FIGURE_KEYS,
+    "desk": desk.FIGURE_KEYS,
 }
 #: Figures new with issue 14: each must be there and positive.
 POSITIVE = {
     *(f"replay.{key}" for key in replay.FIGURE_KEYS),
     *(f"history.{key}" for key in history.FIGURE_KEYS),
+    *(f"desk.{key}" for key in desk.FIGURE_KEYS),
     *(
         f"scoring.{key}"
         for key in (
@@ -168,6 +170,7 @@ def test_every_process_has_its_cpu_and_memory(suite: tuple[str, dict[str, Any]])
         "scale": ["scoring", "scoring-1", "scoring-2", "postgres"],
         "api": ["api", "ingest", "scoring", "postgres", "load generator"],
         "history": ["scoring", "api", "postgres"],
+        "desk": ["api", "postgres", "load generator"],
     }
     for stage, names in expected.items():
         for name in names + (["kafka"] if local else []):
@@ -185,6 +188,7 @@ def test_every_process_has_its_cpu_and_memory(suite: tuple[str, dict[str, Any]])
         ("replay", "replay"),
         ("history", "scoring"),
         ("history", "api"),
+        ("desk", "api"),
     ):
         assert found[stage][name]["peak_rss_bytes"] > 0, (stage, name)
     if local:
@@ -267,3 +271,17 @@ def test_the_stages_did_their_work(suite: tuple[str, dict[str, Any]]) -> None:
     for level, reads in past["reads"].items():
         assert reads["statuses"] == {"200": reads["requests"]}, level
         assert reads["latency"]["count"] > 0, level
+
+
+def test_the_desk_stage_seeded_its_cases_and_every_page_answered(
+    suite: tuple[str, dict[str, Any]],
+) -> None:
+    _, result = suite
+    pages = result["stages"]["desk"]
+    plan = pages["settings"]["plan"]
+    assert pages["state"]["customers"] == plan["customers"]
+    assert pages["state"]["open_interventions"] == plan["open_interventions"]
+    for pair in pages["pairs"]:
+        for name in ("queue", "customer", "bare"):
+            assert pair[name]["statuses"] == {"200": pair[name]["requests"]}, name
+            assert pair[name]["latency"]["count"] > 0, name
