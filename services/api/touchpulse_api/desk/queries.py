@@ -159,12 +159,20 @@ async def queue_cursor(conn: Conn) -> str:
 
 
 async def segments(conn: Conn) -> list[str]:
-    """The segments that have active cases (the filter's choices)."""
+    """The customers' segments (the filter's choices), with the default one.
+
+    A skip scan along ``desk_customer_segment``: one index probe per distinct segment, where
+    a DISTINCT over 100,000 profiles read them all (10 ms)."""
     rows = await conn.fetch(
         """
-        SELECT DISTINCT coalesce(p.segment, 'standard') AS segment
-        FROM intervention i LEFT JOIN customer_profile p USING (customer_id)
-        WHERE i.state IN ('open', 'acknowledged') ORDER BY 1
+        WITH RECURSIVE s AS (
+            SELECT min(segment) AS segment FROM customer_profile
+            UNION ALL
+            SELECT (SELECT min(segment) FROM customer_profile WHERE segment > s.segment)
+            FROM s WHERE s.segment IS NOT NULL
+        )
+        SELECT segment FROM s WHERE segment IS NOT NULL
+        UNION SELECT 'standard' ORDER BY 1
         """
     )
     return [r["segment"] for r in rows]
