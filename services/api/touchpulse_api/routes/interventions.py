@@ -159,7 +159,10 @@ async def _act(
             # root), so a client reads both kinds of 422 the same way.
             errors=[{"pointer": f"/body/{field}", "detail": exc.message, "code": "invalid"}],
         ) from None
-    case = await workflow.read(context, moved.intervention.intervention_id)
+    try:
+        case = await workflow.read(context, moved.intervention.intervention_id)
+    except workflow.NotFound as exc:  # erased between the move and this read
+        raise Problem(404, "not-found", "Not Found", str(exc)) from None
     return _out(case.intervention, case.health, case.history)
 
 
