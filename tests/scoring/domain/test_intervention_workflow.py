@@ -11,6 +11,8 @@ import pytest
 from tests.scoring.domain.support import T0, catalogue
 from tests.scoring.domain.test_interventions import DAY, LOW, _gap, _in
 from touchpulse_scoring.domain import (
+    Actor,
+    ActorKind,
     IllegalTransition,
     Intervention,
     InterventionState,
@@ -165,3 +167,11 @@ def test_a_move_meant_for_an_older_version_is_refused() -> None:
     assert (stale.value.expected, stale.value.current) == (taken.version - 1, taken.version)
     # A stale move is a conflict like an illegal one: the API answers 409 for both.
     assert isinstance(stale.value, IllegalTransition)
+
+
+def test_an_actor_is_named() -> None:
+    assert Actor.api_key("k1", "crm").kind is ActorKind.API_KEY
+    assert Actor.person("u-1", "Kari").kind is ActorKind.PERSON
+    for bad in (("", "Kari"), ("u-1", ""), ("u-1", "x" * 257)):
+        with pytest.raises(ValueError, match="1 to 256"):
+            Actor.person(*bad)

@@ -45,7 +45,7 @@ _ID_NAMESPACE = uuid.UUID("5f0c6a3e-7d1b-4f57-9c2e-1a8e4b3d9c70")
 MAX_GAPS = 100
 MAX_NOTE_LENGTH = 4000
 MAX_ASSIGNEE_LENGTH = 256
-MAX_CATEGORY_LENGTH = 64
+MAX_ACTOR_LENGTH = 256
 
 
 class InterventionState(StrEnum):
@@ -85,6 +85,14 @@ class Actor:
     kind: ActorKind
     id: str
     name: str
+
+    def __post_init__(self) -> None:
+        # Users' and keys' ids and names are bounded where they are made (200 and 128
+        # characters); an actor outside these bounds is a caller's bug, refused here
+        # rather than as a constraint violation in the middle of a move's transaction.
+        for value in (self.id, self.name):
+            if not 1 <= len(value) <= MAX_ACTOR_LENGTH:
+                raise ValueError(f"an actor's id and name are 1 to {MAX_ACTOR_LENGTH} characters")
 
     @classmethod
     def person(cls, user_id: str, display_name: str) -> Actor:
