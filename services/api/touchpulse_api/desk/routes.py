@@ -420,6 +420,19 @@ _VERBS = {
     "intervention.reassigned": "reassigned",
     "intervention.resolved": "resolved",
 }
+# Every move, people's and scoring's, as the history lists them.
+_HISTORY_VERBS = {
+    "intervention.acknowledged": "took this case",
+    "intervention.noted": "added a note",
+    "intervention.snoozed": "snoozed this case",
+    "intervention.reassigned": "reassigned this case",
+    "intervention.resolved": "resolved this case",
+    "intervention.opened": "opened this case",
+    "intervention.attached": "added a broken promise to this case",
+    "intervention.updated": "re-ranked this case",
+    "intervention.expired": "closed this case unowned (expired)",
+    "intervention.followed_up": "followed this case up",
+}
 
 
 async def _customer(
@@ -477,7 +490,7 @@ async def _customer(
             interventions=interventions,
             active=active,
             outcomes=policy.interventions.resolution_categories,
-            verbs=_VERBS,
+            verbs=_HISTORY_VERBS,
             message=message,
         ),
         status=status,
