@@ -194,6 +194,10 @@ async def test_an_open_queue_shows_new_cases_and_drops_taken_ones_without_a_relo
 
 
 async def test_hostile_customer_data_renders_as_text_and_runs_nothing(desk: Desk) -> None:
+    agent = await desk.sign_in("agent")
+    page = agent.page
+    await expect(page.locator("#queue-empty")).to_be_visible()
+
     hostile_event = event(301, HOSTILE_ID, "survey", 30, csat=1, nps=0)
     hostile_event["event_id"] = HOSTILE_EVENT
     hostile_event["attributes"] = {"comment": HOSTILE_NOTE}
@@ -201,10 +205,11 @@ async def test_hostile_customer_data_renders_as_text_and_runs_nothing(desk: Desk
     await desk.world.pipeline.wait_for(
         "SELECT count(*) FROM intervention WHERE customer_id = $1", 1, HOSTILE_ID
     )
-    agent = await desk.sign_in("agent")
-    page = agent.page
-
-    # The queue: the id is a link's text.
+    # The open queue brings the case in through its live update (server HTML swapped in),
+    # then a fresh load: both show the id as a link's text.
+    await expect(page.get_by_role("link", name=HOSTILE_ID)).to_be_visible()
+    assert await page.locator("img[src='x']").count() == 0
+    await page.reload()
     await expect(page.get_by_role("link", name=HOSTILE_ID)).to_be_visible()
     # The customer page: the id, the event id and (once written) a note, all as text.
     response = await page.goto(f"/desk/customers/{quote(HOSTILE_ID, safe='')}")
