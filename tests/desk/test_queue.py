@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import httpx
 
-from tests.desk.conftest import NOW, Desk, case, csrf_of, served, signed_in
+from tests.desk.conftest import NOW, Desk, case, csrf_of, served, sign_in, signed_in
 from touchpulse_api.desk.routes import SESSION_COOKIE
 from touchpulse_shared.people import Role
 
@@ -145,3 +145,27 @@ async def test_events_announce_a_new_case(desk: Desk) -> None:
             assert second.endswith("/5")  # five active cases now
     fragment = (await agent.get("/desk/queue/fragment")).text
     assert ids(fragment)[0] == "i-new"
+
+
+async def test_a_snoozed_case_is_set_aside_until_its_time(desk: Desk) -> None:
+    await seed(desk)
+    agent = await signed_in(desk, "agent@example.com", Role.AGENT)
+    customer = (await agent.get("/desk/customers/C-4")).text  # i-mine, acknowledged
+    version = re.search(r'name="expected_version" value="(\d+)"', customer)
+    assert version is not None
+    snoozed = await agent.post(
+        "/desk/interventions/i-mine/snooze",
+        data={
+            "csrf_token": csrf_of(customer),
+            "expected_version": version.group(1),
+            "until": (NOW + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"),
+        },
+    )
+    assert snoozed.status_code == 303
+    page = (await agent.get("/desk")).text
+    assert "i-mine" not in ids(page)
+    assert counts(page)["mine"] == 0
+    desk.clock.advance(timedelta(hours=2, minutes=1))
+    agent = desk.client()  # the old session idled out meanwhile
+    assert (await sign_in(agent, "agent@example.com")).status_code == 303
+    assert ids((await agent.get("/desk?scope=mine")).text) == ["i-mine"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import asyncpg
+import httpx
 
 from tests.desk.conftest import PASSWORD, Desk, csrf_of, sign_in, signed_in
 from touchpulse_api.desk.routes import SESSION_COOKIE
@@ -185,3 +186,31 @@ async def test_admin_creates_and_disables_people(desk: Desk) -> None:
     )
     assert disabled.status_code == 303
     assert (await newcomer.get("/desk")).status_code == 303
+
+
+async def test_the_cookie_is_secure_over_tls_and_behind_a_trusted_proxy_only(
+    desk: Desk,
+) -> None:
+    await desk.person("kari@example.com", Role.AGENT)
+
+    async def cookie_over(base_url: str, headers: dict[str, str]) -> str:
+        # The sign-in form's cookie is set by the same code as the session's.
+        client = desk.client()
+        client.base_url = httpx.URL(base_url)
+        response = await client.get("/desk/sign-in", headers=headers)
+        assert response.status_code == 200
+        return response.headers["set-cookie"]
+
+    assert "Secure" in await cookie_over("https://desk.test", {})
+    # A client claiming TLS through the header is not believed unless a proxy is trusted.
+    assert "Secure" not in await cookie_over("http://desk.test", {"X-Forwarded-Proto": "https"})
+    desk.app.state.api.settings = desk.settings.model_copy(
+        update={"desk_trust_forwarded_proto": True}
+    )
+    assert "Secure" in await cookie_over("http://desk.test", {"X-Forwarded-Proto": "https"})
+    # And the session cookie over TLS.
+    client = desk.client()
+    client.base_url = httpx.URL("https://desk.test")
+    response = await sign_in(client, "kari@example.com")
+    assert response.status_code == 303
+    assert "Secure" in response.headers["set-cookie"]
