@@ -365,3 +365,22 @@ async def test_scoring_never_undoes_a_persons_move(world: World) -> None:
     assert (after["state"], after["assignee"], after["version"]) == ("acknowledged", "kari", 2)
     assert after["snoozed_until"] == shown["snoozed_until"]
     assert after["priority"] == pytest.approx(current.priority + 7.0)
+
+
+async def test_a_snoozed_case_comes_back_when_its_time_comes(world: World) -> None:
+    case = await _open_case(world)
+    path = f"/v1/interventions/{case['intervention_id']}"
+    until = NOW + timedelta(days=2)
+    snoozed = await _post(world, f"{path}/snooze", "agent", {"until": until.isoformat()})
+    assert snoozed.status_code == 200, snoozed.text
+    context: ApiContext = world.app.state.api
+
+    async def queue() -> list[str]:
+        items = (await world.api.get("/v1/interventions", headers=world.as_("reader"))).json()
+        return [c["intervention_id"] for c in items["items"]]
+
+    context.clock = lambda: until - timedelta(seconds=1)
+    assert await queue() == []
+    # Back by the clock alone: no write wakes it.
+    context.clock = lambda: until
+    assert await queue() == [case["intervention_id"]]
