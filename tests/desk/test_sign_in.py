@@ -105,6 +105,10 @@ async def test_sign_in_rotates_the_session(desk: Desk) -> None:
     old.cookies.set(SESSION_COOKIE, first, domain="desk.test", path="/desk")
     assert (await old.get("/desk")).status_code == 303
     assert (await client.get("/desk")).status_code == 200
+    # Dead sessions leave as new ones come: the live one and the one it just replaced.
+    for _ in range(3):
+        await sign_in(client, "kari@example.com")
+    assert await desk.fetchval("SELECT count(*) FROM desk_session") == 2
 
 
 async def test_throttled_per_account(desk: Desk) -> None:

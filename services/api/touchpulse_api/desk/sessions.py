@@ -58,6 +58,14 @@ async def open_session(
     csrf = secrets.token_urlsafe(32)
     hashed = token_hash(token)
     async with conn.transaction():
+        # The person's dead sessions go as a new one comes: the table holds about one live
+        # row per person and device, never a row per sign-in ever made.
+        await conn.execute(
+            "DELETE FROM desk_session WHERE person_id = $1"
+            " AND (expires_at <= $2 OR revoked_at IS NOT NULL)",
+            person.person_id,
+            now,
+        )
         if replaces is not None:
             await conn.execute(
                 "UPDATE desk_session SET revoked_at = $2 WHERE token_hash = $1"
