@@ -11,7 +11,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from tests.api.endpoints.conftest import event
-from tests.desk.browser.conftest import DESKTOP, PEOPLE, PHONE, Desk
+from tests.desk.browser.conftest import DESKTOP, PASSWORD, PEOPLE, PHONE, Desk
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -267,3 +267,52 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
     taken = sorted(p.name for p in desk.screenshots.glob("*.png"))
     assert len([n for n in taken if n.endswith("-desktop.png")]) >= 7, taken
     assert len([n for n in taken if n.endswith("-phone.png")]) >= 7, taken
+
+
+async def test_without_a_session_a_page_leads_to_sign_in_and_back_and_sign_out_ends_it(
+    desk: Desk,
+) -> None:
+    visitor = await desk.open()
+    page = visitor.page
+    await page.goto("/desk/customers/C-after-sign-in")
+    await page.wait_for_url(f"{desk.url}/desk/sign-in**")
+    await page.get_by_label("Login").fill(desk.logins["agent"])
+    await page.get_by_label("Password").fill("not the password at all")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#sign-in-error")).to_be_visible()
+
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    # Back where the visitor was going (no such customer yet: the desk says so).
+    await page.wait_for_url(f"{desk.url}/desk/customers/C-after-sign-in")
+    await expect(page.get_by_test_id("signed-in-as")).to_contain_text(PEOPLE["agent"][1])
+
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{desk.url}/desk/sign-in**")
+    await page.goto("/desk")
+    await page.wait_for_url(f"{desk.url}/desk/sign-in**")
+    assert not visitor.errors, visitor.errors
+
+
+async def test_two_agents_taking_one_case_the_second_is_told_and_nothing_is_lost(
+    desk: Desk,
+) -> None:
+    case = await open_case(desk, "C-race", 501)
+    first = await desk.sign_in("agent")
+    second = await desk.sign_in("agent2")
+    for each in (first, second):
+        await each.page.goto("/desk/customers/C-race")
+        await expect(each.page.get_by_test_id("case-state")).to_have_text("open")
+
+    await first.page.get_by_role("button", name="Take this case").click()
+    await expect(first.page.get_by_test_id("case-state")).to_have_text("acknowledged")
+    # The second page still shows the case open; its take is refused, saying who took it.
+    await second.page.get_by_role("button", name="Take this case").click()
+    await expect(second.page.get_by_test_id("action-message")).to_contain_text(
+        f"{PEOPLE['agent'][1]} took this case"
+    )
+    read = await read_case(desk, case)
+    assert read["assignee"] == desk.logins["agent"]
+    takes = [a for a in read["history"] if a["kind"] == "intervention.acknowledged"]
+    assert len(takes) == 1, read["history"]
+    assert takes[0]["actor"]["name"] == PEOPLE["agent"][1]
