@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 import uvicorn
-from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright, expect
 
 from tests.api.endpoints.conftest import World, world  # noqa: F401 - the fixture, by name
 from tests.scoring.pipeline.conftest import pipeline_settings  # noqa: F401 - used by world
@@ -79,6 +79,9 @@ def screenshots() -> Path:
 
 @pytest.fixture
 async def browser(chromium_path: Path) -> AsyncIterator[Browser]:
+    # expect() retries until the page gets there; its own default (5 s) is short for a
+    # live update on a loaded 2-core machine (scoring, the feed's poll, the fragment).
+    expect.set_options(timeout=ACTION_MS)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=str(chromium_path),
