@@ -3,7 +3,8 @@
 Playwright drives the browser (tests/desk/browser), but its own browser download reaches a
 host this project may not use, so it is pointed at the system ``chromium`` instead: the
 Debian package, installed with ``apt-get`` when it is missing (as root; one
-``apt-get update`` first, as a fresh machine has no package lists). A browser is a tree
+``apt-get update`` first, as a fresh machine has no package lists). ``npm``, which fetches
+axe-core, is installed the same way when it is missing. A browser is a tree
 of shared libraries and data files, not one static binary like promtool, so it is
 installed rather than unpacked into ``.cache/``.
 
@@ -58,30 +59,33 @@ def find_chromium() -> Path | None:
 def ensure_chromium() -> Path:
     """Debian's ``chromium``, installed with ``apt-get`` when it is missing."""
     found = find_chromium()
-    if found is not None:
-        return found
+    if found is None:
+        _apt_install(CHROMIUM_PACKAGE)
+        found = find_chromium()
+    if found is None:
+        raise StackError(f"apt-get installed {CHROMIUM_PACKAGE} but no launcher is on PATH")
+    return found
+
+
+def _apt_install(package: str) -> None:
     if shutil.which("apt-get") is None:
-        raise StackError(f"{CHROMIUM_PACKAGE} is missing and there is no apt-get to install it")
+        raise StackError(f"{package} is missing and there is no apt-get to install it")
     if os.geteuid() != 0:
         raise StackError(
-            f"{CHROMIUM_PACKAGE} is missing; installing it needs root"
-            f" (sudo apt-get install {CHROMIUM_PACKAGE})"
+            f"{package} is missing; installing it needs root (sudo apt-get install {package})"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # A fresh machine (CI, a container) has no package lists: update first.
     update = _run(["apt-get", "update"], env=env, timeout=_APT_TIMEOUT_S)
     if update.returncode != 0:
         raise StackError(f"apt-get update failed:\n{_output(update)}")
     install = _run(
-        ["apt-get", "install", "-y", "--no-install-recommends", CHROMIUM_PACKAGE],
+        ["apt-get", "install", "-y", "--no-install-recommends", package],
         env=env,
         timeout=_APT_TIMEOUT_S,
     )
     if install.returncode != 0:
-        raise StackError(f"apt-get install {CHROMIUM_PACKAGE} failed:\n{_output(install)}")
-    found = find_chromium()
-    if found is None:
-        raise StackError(f"apt-get installed {CHROMIUM_PACKAGE} but no launcher is on PATH")
-    return found
+        raise StackError(f"apt-get install {package} failed:\n{_output(install)}")
 
 
 def axe_script(cache_dir: Path, version: str = AXE_VERSION) -> Path:
@@ -96,7 +100,10 @@ def _fetch_axe(folder: Path, version: str) -> None:
         # The integrity is pinned for one version only.
         raise StackError(f"axe-core {version}: only {AXE_VERSION} has a pinned integrity")
     if shutil.which("npm") is None:
-        raise StackError("npm is needed to fetch axe-core from the npm registry")
+        # npm is the registry's own client; Debian packages it.
+        _apt_install("npm")
+    if shutil.which("npm") is None:
+        raise StackError("apt-get installed npm but there is no npm on PATH")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="fetch-", dir=folder.parent))
     try:
