@@ -4,8 +4,10 @@ lead's reassign; and the API seeing the same with the person as actor."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
-from tests.desk.conftest import Desk, case, csrf_of, signed_in
+from tests.desk.conftest import NOW, Desk, case, csrf_of, signed_in
+from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.people import Role
 
 
@@ -136,8 +138,31 @@ async def test_only_leads_reassign(desk: Desk) -> None:
         },
     )
     assert refused.status_code == 403
+    await desk.person("other@example.com", Role.AGENT)
+    await desk.person("gone@example.com", Role.AGENT)
+    await desk.execute(
+        "UPDATE desk_person SET disabled_at = now() WHERE login = 'gone@example.com'"
+    )
     html = (await lead.get("/desk/customers/C-1")).text
     assert 'id="reassign-form"' in html
+    # A pick-list of the people who can sign in: the disabled one is not offered.
+    assert '<option value="other@example.com"' in html
+    assert 'value="gone@example.com"' not in html
+    for login in ("nobody@example.com", "gone@example.com"):
+        refused = await lead.post(
+            "/desk/interventions/i-1/reassign",
+            data={
+                "csrf_token": csrf_of(html),
+                "expected_version": version_of(html),
+                "assignee": login,
+            },
+        )
+        assert refused.status_code == 422
+        assert f"{login} is not an active person" in refused.text
+    assert (
+        await desk.fetchval("SELECT assignee FROM intervention WHERE intervention_id = 'i-1'")
+        == "agent@example.com"
+    )
     moved = await lead.post(
         "/desk/interventions/i-1/reassign",
         data={
@@ -164,3 +189,108 @@ async def test_call_list_and_organisation(desk: Desk) -> None:
     organisation = await lead.get("/desk/organisation?days=30")
     assert organisation.status_code == 200
     assert "Did our actions help?" in organisation.text
+
+
+async def test_reassigning_an_open_case_says_take_it_first(desk: Desk) -> None:
+    await case(desk, "i-1", "C-1")  # open: nobody has taken it
+    await desk.person("other@example.com", Role.AGENT)
+    lead = await signed_in(desk, "lead@example.com", Role.LEAD)
+    html = (await lead.get("/desk/customers/C-1")).text
+    refused = await lead.post(
+        "/desk/interventions/i-1/reassign",
+        data={
+            "csrf_token": csrf_of(html),
+            "expected_version": version_of(html),
+            "assignee": "other@example.com",
+        },
+    )
+    assert refused.status_code == 409
+    # What is allowed, not "it changed a moment ago": nobody moved it in between.
+    assert "Only a taken case can be reassigned; take it first" in refused.text
+    assert "changed a moment ago" not in refused.text
+
+
+_TOUCHPOINT_ROW = re.compile(
+    r'<tr><th scope="row">([^<]+)</th><td data-label="Health">([^<]+)</td>'
+    r'<td data-label="Outcomes">([^<]+)</td><td data-label="Evidence">([^<]+)</td></tr>'
+)
+
+
+async def test_per_touchpoint_health_is_the_apis(desk: Desk) -> None:
+    """Two touchpoints with different inputs show different values, each the API's."""
+    await case(desk, "i-1", "C-1")
+    await desk.execute(
+        "INSERT INTO journey_health (customer_id, score, band, weakest_touchpoint, as_of,"
+        " updated_at) VALUES ('C-1', 40, 'red', 'call_centre', $1, $1)",
+        NOW,
+    )
+    for touchpoint, s, w, outcomes in (("call_centre", 0.6, 3.0, 3), ("survey", 4.5, 5.0, 7)):
+        await desk.execute(
+            "INSERT INTO touchpoint_health (customer_id, touchpoint, s, w, t_ref, outcomes,"
+            " updated_at) VALUES ('C-1', $1, $2, $3, $4, $5, $4)",
+            touchpoint,
+            s,
+            w,
+            NOW - timedelta(days=2),
+            outcomes,
+        )
+    key, _ = await create_key(
+        desk.app.state.api.pool, name="crm", scopes=[Scope.HEALTH_READ], now=NOW
+    )
+    api = desk.client()
+    read = await api.get("/v1/customers/C-1/health", headers={"Authorization": f"Bearer {key}"})
+    assert read.status_code == 200, read.text
+    expected = {
+        name: (
+            "—" if t["health"] is None else f"{t['health'] * 100:.0f}",
+            str(t["outcomes"]),
+            f"{t['evidence_weight']:.2f}",
+        )
+        for name, t in read.json()["touchpoints"].items()
+    }
+    agent = await signed_in(desk, "agent@example.com", Role.AGENT)
+    html = (await agent.get("/desk/customers/C-1")).text
+    shown = {name: (h, n, e) for name, h, n, e in _TOUCHPOINT_ROW.findall(html)}
+    assert shown == expected
+    assert shown["call_centre"] != shown["survey"]
+
+
+async def _outcome(desk: Desk, key: str, promise: str, *, days_ago: float, met: bool) -> None:
+    await desk.execute(
+        "INSERT INTO outcome (customer_id, outcome_key, promise_id, catalogue_version,"
+        " touchpoint, occurred_at, expected, actual, gap, met, score, weight, severity,"
+        " event_ids) VALUES ($1, $1, $2, 'v1', 'delivery', $3,"
+        ' \'{"op": "<=", "target": 0, "unit": "h"}\', \'5\', $4, $5, $6, 1, \'normal\','
+        " '{e}')",
+        key,
+        promise,
+        NOW - timedelta(days=days_ago),
+        0.0 if met else 5.0,
+        met,
+        1.0 if met else 0.2,
+    )
+
+
+async def test_organisation_shows_each_promises_trend(desk: Desk) -> None:
+    """Breach rate this window beside the window before it, as long: worse, better, new."""
+    # on_time: 1 of 4 broken the week before, 3 of 4 this week (worse).
+    for i, broken in enumerate((True, False, False, False)):
+        await _outcome(desk, f"a-old-{i}", "on_time", days_ago=10, met=not broken)
+    for i, broken in enumerate((True, True, True, False)):
+        await _outcome(desk, f"a-new-{i}", "on_time", days_ago=2, met=not broken)
+    # complete: 2 of 2 broken before, 1 of 2 now (better); fresh: only this week (new).
+    for i in range(2):
+        await _outcome(desk, f"b-old-{i}", "complete", days_ago=9, met=False)
+        await _outcome(desk, f"b-new-{i}", "complete", days_ago=1, met=i == 0)
+    await _outcome(desk, "c-new", "fresh", days_ago=1, met=False)
+    lead = await signed_in(desk, "lead@example.com", Role.LEAD)
+    html = (await lead.get("/desk/organisation?days=7")).text
+    trends = dict(
+        re.findall(r'<td data-label="Promise">([^<]+)</td>.*?data-testid="trend">(.*?)</td>', html)
+    )
+    assert "▲ worse" in trends["on_time"]
+    assert "25.0 % → 75.0 %" in trends["on_time"]
+    assert "▼ better" in trends["complete"]
+    assert "100.0 % → 50.0 %" in trends["complete"]
+    assert trends["fresh"] == "new: no outcomes before"
+    assert 'aria-current="page">Organisation<' in html

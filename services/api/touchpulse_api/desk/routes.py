@@ -48,6 +48,7 @@ from touchpulse_shared.people import (
     create_person,
     credentials,
     disable_by_id,
+    find_person,
     list_people,
     needs_rehash,
     store_rehash,
@@ -476,6 +477,11 @@ async def _customer(
         except workflow.NotFound:
             continue  # erased between the two reads: shown without its history
     active = next((i for i in interventions if i["state"] in queries.ACTIVE), None)
+    assignees: list[Any] = []
+    if active is not None and session.person.role.at_least(Role.LEAD):
+        # The reassign pick-list: people who can sign in now (the route refuses others).
+        async with context.pool.acquire() as conn:
+            assignees = [p for p in await list_people(conn) if p.disabled_at is None]
     chart = trend_chart(
         [(p.at, p.score) for p in health.trend], threshold=policy.interventions.threshold
     )
@@ -489,6 +495,7 @@ async def _customer(
             profile=profile,
             interventions=interventions,
             active=active,
+            assignees=assignees,
             outcomes=policy.interventions.resolution_categories,
             verbs=_HISTORY_VERBS,
             message=message,
@@ -519,7 +526,23 @@ def _until(form: FormData) -> datetime:
     return until if until.tzinfo else until.replace(tzinfo=UTC)
 
 
-def _conflict_message(exc: workflow.Conflict) -> str:
+# What each move needs, said when the case's state has no such move (the domain's rules:
+# take from open; reassign and resolve from acknowledged; note and snooze while active).
+_ALLOWED = {
+    "take": "Only an open case can be taken",
+    "reassign": "Only a taken case can be reassigned; take it first",
+    "resolve": "Only a taken case can be resolved; take it first",
+    "note": "Notes can only be added to an open or taken case",
+    "snooze": "Only an open or taken case can be snoozed",
+}
+
+
+def _conflict_message(exc: workflow.Conflict, action: str) -> str:
+    if not isinstance(exc, workflow.Stale) and action in _ALLOWED:
+        # The page's version was current: nobody moved the case in between, the move
+        # itself is not one this state has. Saying "it changed" would send them round in
+        # a loop; say what is allowed instead.
+        return f"{_ALLOWED[action]} (this case is {exc.state})."
     if exc.by is None:
         return f"This case changed a moment ago (it is {exc.state} now): look again and retry."
     verb = _VERBS.get(exc.by.kind, "changed")
@@ -544,8 +567,17 @@ async def _move(
     if action == "reassign":
         if not session.person.role.at_least(Role.LEAD):
             raise Forbidden(session, "Reassigning a case is for leads.")
+        # The pick-list offers active people only, but a form can be forged or stale: a
+        # case given to a login nobody signs in with would sit unworked, so refuse it here.
+        login = _text(form, "assignee")
+        async with context.pool.acquire() as conn:
+            person = await find_person(conn, login) if login else None
+        if person is None or person.disabled_at is not None:
+            raise workflow.Invalid(
+                "assignee", f"{login or 'Nobody'} is not an active person: pick one from the list."
+            )
         return await workflow.reassign(
-            context, intervention_id, actor, _text(form, "assignee"), expected_version=version
+            context, intervention_id, actor, person.login, expected_version=version
         )
     if action == "resolve":
         return await workflow.resolve(
@@ -585,7 +617,9 @@ async def act(
             context,
             session,
             case.intervention.customer_id,
-            message=_conflict_message(exc) if isinstance(exc, workflow.Conflict) else exc.message,
+            message=_conflict_message(exc, action)
+            if isinstance(exc, workflow.Conflict)
+            else exc.message,
             status=409 if conflict else 422,
         )
     log.info("desk.moved", action=action, by=session.person.login, intervention=intervention_id)
@@ -614,9 +648,27 @@ async def organisation(
     since = until - timedelta(days=days)
     async with context.pool.acquire() as conn:
         rows = await api_queries.organisation_gaps(conn, since=since, until=until)
+        # The trend: the same figures over the window just before, as long as this one,
+        # so a lead sees whether a promise is breaking more or less than it was.
+        before = await api_queries.organisation_gaps(
+            conn, since=since - (until - since), until=since
+        )
         helped = await queries.actions_helped(conn, since=since, until=until)
+    previous = {
+        (r["touchpoint"], r["promise_id"]): r["breaches"] / r["events"]
+        for r in before
+        if r["events"]
+    }
     weakest = sorted(
-        ({**dict(r), "breach_rate": r["breaches"] / r["events"]} for r in rows if r["events"]),
+        (
+            {
+                **dict(r),
+                "breach_rate": r["breaches"] / r["events"],
+                "previous_rate": previous.get((r["touchpoint"], r["promise_id"])),
+            }
+            for r in rows
+            if r["events"]
+        ),
         key=lambda g: (-g["breach_rate"], -g["customers_affected"], g["promise_id"]),
     )
     return page(
