@@ -294,3 +294,34 @@ async def test_organisation_shows_each_promises_trend(desk: Desk) -> None:
     assert "100.0 % → 50.0 %" in trends["complete"]
     assert trends["fresh"] == "new: no outcomes before"
     assert 'aria-current="page">Organisation<' in html
+
+
+async def _counter(desk: Desk, name: str) -> float:
+    """A counter as Prometheus scrapes it from the api's /metrics."""
+    text = (await desk.client().get("/metrics")).text
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    assert found is not None, name
+    return float(found.group(1))
+
+
+async def test_notes_snoozes_and_reassigns_are_counted(desk: Desk) -> None:
+    await case(desk, "i-1", "C-1", state="acknowledged", assignee="lead@example.com")
+    await desk.person("other@example.com", Role.AGENT)
+    lead = await signed_in(desk, "lead@example.com", Role.LEAD)
+    names = ("noted", "snoozed", "reassigned")
+    for name in names:
+        assert await _counter(desk, f"touchpulse_api_interventions_{name}_total") == 0
+    moves = (
+        ("note", {"note": "called, no answer"}),
+        ("snooze", {"until": (NOW + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")}),
+        ("reassign", {"assignee": "nobody@example.com"}),  # refused: not counted
+        ("reassign", {"assignee": "other@example.com"}),
+    )
+    for action, fields in moves:
+        html = (await lead.get("/desk/customers/C-1")).text
+        await lead.post(
+            f"/desk/interventions/i-1/{action}",
+            data={"csrf_token": csrf_of(html), "expected_version": version_of(html), **fields},
+        )
+    for name in names:
+        assert await _counter(desk, f"touchpulse_api_interventions_{name}_total") == 1, name

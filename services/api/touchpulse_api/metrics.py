@@ -36,6 +36,23 @@ class ApiMetrics:
             "Interventions resolved",
             registry=registry,
         )
+        # The desk's and the API's other moves, beside acknowledged and resolved: how much
+        # of the work is notes, snoozes and reassignments (one counter each, no labels).
+        self.interventions_noted = Counter(
+            "touchpulse_api_interventions_noted_total",
+            "Notes added to interventions",
+            registry=registry,
+        )
+        self.interventions_snoozed = Counter(
+            "touchpulse_api_interventions_snoozed_total",
+            "Interventions snoozed (or woken early)",
+            registry=registry,
+        )
+        self.interventions_reassigned = Counter(
+            "touchpulse_api_interventions_reassigned_total",
+            "Interventions reassigned",
+            registry=registry,
+        )
         self.time_to_acknowledge = Histogram(
             "touchpulse_api_time_to_acknowledge_seconds",
             "From an intervention opening to its acknowledgement",

@@ -235,7 +235,7 @@ async def add_note(
     ) -> tuple[Intervention, Mapping[str, DetailValue]]:
         return domain.add_note(iv, now=now, text=text), {"text": domain.note_text(text)}
 
-    return await _move(
+    moved = await _move(
         context,
         intervention_id,
         actor,
@@ -243,6 +243,8 @@ async def add_note(
         expected_version=expected_version,
         transition=transition,
     )
+    context.metrics.interventions_noted.inc()  # after the commit: refused moves not counted
+    return moved
 
 
 async def snooze(
@@ -263,7 +265,7 @@ async def snooze(
             "until": None if until is None else until.isoformat()
         }
 
-    return await _move(
+    moved = await _move(
         context,
         intervention_id,
         actor,
@@ -271,6 +273,8 @@ async def snooze(
         expected_version=expected_version,
         transition=transition,
     )
+    context.metrics.interventions_snoozed.inc()  # after the commit: refused moves not counted
+    return moved
 
 
 async def reassign(
@@ -290,7 +294,7 @@ async def reassign(
         moved = domain.reassign(iv, now=now, assignee=assignee)
         return moved, {"from": iv.assignee, "to": moved.assignee}
 
-    return await _move(
+    moved = await _move(
         context,
         intervention_id,
         actor,
@@ -298,6 +302,8 @@ async def reassign(
         expected_version=expected_version,
         transition=transition,
     )
+    context.metrics.interventions_reassigned.inc()  # after the commit: refused moves not counted
+    return moved
 
 
 async def resolve(
