@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import asyncpg
 import httpx
 
 from tests.desk.conftest import PASSWORD, Desk, csrf_of, sign_in, signed_in
+from touchpulse_api.desk import sessions as desk_sessions
 from touchpulse_api.desk.routes import SESSION_COOKIE
 from touchpulse_shared.people import Role, disable_person
 
@@ -218,3 +220,62 @@ async def test_the_cookie_is_secure_over_tls_and_behind_a_trusted_proxy_only(
     response = await sign_in(client, "kari@example.com")
     assert response.status_code == 303
     assert "Secure" in response.headers["set-cookie"]
+
+
+async def test_cleanup_removes_dead_sessions_and_old_failures_of_people_who_never_return(
+    desk: Desk,
+) -> None:
+    """Sign-in clears only the signing-in person's rows; the api's loop clears the rest."""
+    # The loop runs in the app: its first round is done at start (a readiness poll on the
+    # heartbeat, bounded).
+    state = desk.app.state.loops.states["desk_cleanup"]
+    async with asyncio.timeout(10):
+        while state.rounds == 0:  # noqa: ASYNC110 - the loop's state has no event to await
+            await asyncio.sleep(0.01)
+    live = await signed_in(desk, "stays@example.com", Role.AGENT)
+    gone = await signed_in(desk, "left@example.com", Role.AGENT)
+    out = await signed_in(desk, "out@example.com", Role.AGENT)
+    page = await out.get("/desk")
+    await out.post("/desk/sign-out", data={"csrf_token": csrf_of(page.text)})  # revoked
+    guesser = desk.client()
+    for n in range(2):
+        await sign_in(guesser, f"made-up{n}@example.com", "guess guess guess")
+    window = timedelta(minutes=desk.settings.desk_signin_window_minutes)
+    desk.clock.advance(window + timedelta(seconds=1))
+    assert (await live.get("/desk")).status_code == 200  # busy: under the idle limit
+    desk.clock.advance(timedelta(minutes=20))
+    assert (await live.get("/desk")).status_code == 200
+    await sign_in(guesser, "made-up9@example.com", "guess guess guess")  # inside the window
+    # `left` idled out (35 minutes), `out` signed out; neither signs in again.
+    assert gone.cookies.get(SESSION_COOKIE)
+    conn = await asyncpg.connect(desk.url)
+    try:
+        deleted = await desk_sessions.prune(
+            conn,
+            now=desk.clock(),
+            idle=timedelta(minutes=desk.settings.desk_session_idle_minutes),
+            window=window,
+            batch=1,
+        )
+        assert deleted == 2  # one of each table per statement: the batch bounds each
+        while await desk_sessions.prune(
+            conn,
+            now=desk.clock(),
+            idle=timedelta(minutes=desk.settings.desk_session_idle_minutes),
+            window=window,
+            batch=1,
+        ):
+            pass
+        logins = await conn.fetchval(
+            "SELECT array_agg(p.login ORDER BY p.login)::text FROM desk_session s"
+            " JOIN desk_person p USING (person_id)"
+        )
+        failures = await conn.fetchval(
+            "SELECT array_agg(throttle_key ORDER BY throttle_key)::text FROM desk_signin_failure"
+        )
+    finally:
+        await conn.close()
+    assert logins == "{stays@example.com}"
+    # The failure inside the window still counts (account and address); older ones are gone.
+    assert failures == "{address:127.0.0.1,login:made-up9@example.com}"
+    assert (await live.get("/desk")).status_code == 200

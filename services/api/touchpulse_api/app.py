@@ -7,9 +7,10 @@ reads or writes PostgreSQL, and answers; every error is problem+json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from starlette.responses import Response
 
 from touchpulse_api import desk, webhooks
 from touchpulse_api.context import ApiContext, ContextDep
+from touchpulse_api.desk import sessions as desk_sessions
 from touchpulse_api.explanations import ExplanationCache
 from touchpulse_api.metrics import ApiMetrics
 from touchpulse_api.routes import customers, erasure, interventions, keys, organisation
@@ -34,7 +36,7 @@ from touchpulse_shared.http.app import (
     install_problem_handlers,
 )
 from touchpulse_shared.http.problems import Problem
-from touchpulse_shared.loops import Loops
+from touchpulse_shared.loops import Loops, supervise
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
 
@@ -51,6 +53,11 @@ DISPATCHER_STOP_S = 15.0
 # The dispatcher finishes a round within its delivery timeout (10 s), or pauses up to 30 s
 # after an error: two minutes without a round is stuck.
 DISPATCHER_STUCK_AFTER_S = 120.0
+# Dead desk sessions and old failed sign-ins are deleted every five minutes: they refuse
+# nothing while they wait (find_session and throttled read by time), so the interval only
+# bounds how long the rows linger. Three missed rounds is stuck.
+DESK_CLEANUP_INTERVAL_S = 300.0
+DESK_CLEANUP_STUCK_AFTER_S = 3 * DESK_CLEANUP_INTERVAL_S
 
 
 def create_app(
@@ -153,6 +160,7 @@ def build_app(
         )
         loops = Loops()
         dispatcher_state = loops.register("webhook_dispatcher", DISPATCHER_STUCK_AFTER_S)
+        loops.register("desk_cleanup", DESK_CLEANUP_STUCK_AFTER_S)
         metrics.watch_loops(loops)
         app.state.loops = loops
         app.state.api = ApiContext(
@@ -177,9 +185,32 @@ def build_app(
             ).run(stopping),
             name="webhook-dispatcher",
         )
+
+        async def desk_cleanup() -> int:
+            async with pool.acquire() as conn:
+                return await desk_sessions.prune(
+                    conn,
+                    now=clock(),
+                    idle=timedelta(minutes=settings.desk_session_idle_minutes),
+                    window=timedelta(minutes=settings.desk_signin_window_minutes),
+                )
+
+        cleanup = asyncio.create_task(
+            supervise(
+                loops,
+                "desk_cleanup",
+                DESK_CLEANUP_INTERVAL_S,
+                desk_cleanup,
+                stuck_after_s=DESK_CLEANUP_STUCK_AFTER_S,
+            ),
+            name="desk-cleanup",
+        )
         try:
             yield
         finally:
+            cleanup.cancel()  # between statements each delete is its own transaction
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleanup
             stopping.set()
             try:
                 async with asyncio.timeout(DISPATCHER_STOP_S):

@@ -171,3 +171,43 @@ async def clear_failures(conn: Conn, *, login: str, now: datetime, window: timed
         account,
         now - window,
     )
+
+
+# Rows one cleanup statement deletes at most: each delete is a short transaction, so a
+# backlog (a guessing run filled desk_signin_failure) never holds locks for long.
+PRUNE_BATCH_ROWS = 5000
+
+
+async def prune(
+    conn: Conn, *, now: datetime, idle: timedelta, window: timedelta, batch: int = PRUNE_BATCH_ROWS
+) -> int:
+    """Delete dead sessions (expired, idled out or revoked) and failed sign-ins older than
+    the throttling window, at most ``batch`` rows of each; the number deleted.
+
+    Sign-in already clears a person's own dead rows, but someone who never signs in again
+    (left the company, an attacker's made-up logins and addresses) would keep theirs for
+    ever: the api's ``desk_cleanup`` loop calls this until it returns 0.
+    """
+    # By ctid with a LIMIT: PostgreSQL's DELETE has no LIMIT of its own. Neither table has
+    # an index on these columns; desk_session is about one row per person and device, and
+    # desk_signin_failure is kept to one window's failures by this very loop.
+    sessions = await conn.execute(
+        """
+        DELETE FROM desk_session WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM desk_session
+            WHERE expires_at <= $1 OR revoked_at IS NOT NULL OR last_seen_at <= $1 - $2::interval
+            LIMIT $3))
+        """,
+        now,
+        idle,
+        batch,
+    )
+    failures = await conn.execute(
+        """
+        DELETE FROM desk_signin_failure WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM desk_signin_failure WHERE failed_at <= $1 LIMIT $2))
+        """,
+        now - window,
+        batch,
+    )
+    return int(sessions.split()[-1]) + int(failures.split()[-1])
