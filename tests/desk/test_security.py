@@ -58,6 +58,8 @@ async def test_every_page_sends_the_csp(desk: Desk) -> None:
         await admin.get("/desk/people"),
         await admin.get("/desk/call-list"),
         await admin.get("/desk/organisation"),
+        await admin.get("/desk/keys"),
+        await admin.get("/desk/webhooks"),
         await admin.get("/desk/customers/nobody"),
     ]
     for response in responses:

@@ -248,6 +248,8 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
             "call-list": "/desk/call-list",
             "organisation": "/desk/organisation",
             "people": "/desk/people",
+            "keys": "/desk/keys",
+            "webhooks": "/desk/webhooks",
         }
         for name, path in pages.items():
             response = await admin.page.goto(path)
@@ -265,8 +267,8 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
         for watched in (visitor, admin, agent):
             assert not watched.errors, watched.errors
     taken = sorted(p.name for p in desk.screenshots.glob("*.png"))
-    assert len([n for n in taken if n.endswith("-desktop.png")]) >= 7, taken
-    assert len([n for n in taken if n.endswith("-phone.png")]) >= 7, taken
+    assert len([n for n in taken if n.endswith("-desktop.png")]) >= 9, taken
+    assert len([n for n in taken if n.endswith("-phone.png")]) >= 9, taken
 
 
 async def test_without_a_session_a_page_leads_to_sign_in_and_back_and_sign_out_ends_it(

@@ -1,5 +1,15 @@
 """The action desk: server-rendered pages for the people who act on customers."""
 
-from touchpulse_api.desk.routes import install
+from fastapi import FastAPI
+
+from touchpulse_api.desk import admin, routes
+
+
+def install(app: FastAPI) -> None:
+    """The desk's pages (routes.install: its router, static files and error pages) and the
+    admin's keys and webhooks pages."""
+    routes.install(app)
+    app.include_router(admin.router)
+
 
 __all__ = ["install"]

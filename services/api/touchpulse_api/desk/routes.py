@@ -169,6 +169,11 @@ def _base(session: Session | None, **values: Any) -> dict[str, Any]:
     return {"me": None if session is None else session.person, "session": session, **values}
 
 
+# The admin's keys and webhooks pages (desk/admin.py) build on the same two helpers.
+base_values = _base
+form_text = _text
+
+
 # --- sign-in ------------------------------------------------------------------------------
 
 
