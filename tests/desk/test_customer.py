@@ -325,3 +325,46 @@ async def test_notes_snoozes_and_reassigns_are_counted(desk: Desk) -> None:
         )
     for name in names:
         assert await _counter(desk, f"touchpulse_api_interventions_{name}_total") == 1, name
+
+
+async def test_did_our_actions_help_by_promise_by_outcome_and_both(desk: Desk) -> None:
+    followed = (
+        ("i-a", "C-a", "on_time", "reached_and_fixed", 70.0),
+        ("i-b", "C-b", "on_time", "could_not_reach", 30.0),
+        ("i-c", "C-c", "wait", "reached_and_fixed", 60.0),
+    )
+    for intervention_id, customer_id, promise, outcome, health in followed:
+        await case(
+            desk, intervention_id, customer_id, state="resolved", opened_ago=timedelta(days=20)
+        )  # opened at health 40, resolved at once
+        await desk.execute(
+            "UPDATE intervention SET outcome_category = $2, follow_up_health = $3,"
+            " follow_up_at = resolved_at + interval '14 days',"
+            " gaps = jsonb_set(gaps, '{0,promise_id}', to_jsonb($4::text))"
+            " WHERE intervention_id = $1",
+            intervention_id,
+            outcome,
+            health,
+            promise,
+        )
+    lead = await signed_in(desk, "lead@example.com", Role.LEAD)
+    html = (await lead.get("/desk/organisation?days=7")).text
+
+    def rows(by: str) -> list[tuple[str, ...]]:
+        found = re.findall(rf'<tr data-testid="helped-{by}">(.*?)</tr>', html)
+        return [tuple(re.findall(r">([^<>]+)</", row)) for row in found]
+
+    # Per promise and per outcome: averages over the cases, not over the pairs.
+    assert rows("promise") == [
+        ("on_time", "2", "40.0", "50.0", "+10.0"),
+        ("wait", "1", "40.0", "60.0", "+20.0"),
+    ]
+    assert rows("outcome") == [
+        ("reached and fixed", "2", "40.0", "65.0", "+25.0"),
+        ("could not reach", "1", "40.0", "30.0", "-10.0"),
+    ]
+    assert len(rows("both")) == 3
+    # The customer page says how long after the resolve the follow-up came.
+    page = (await lead.get("/desk/customers/C-a")).text
+    assert "(14 days after resolve)" in page
+    assert 'data-testid="follow-up-health">70.0<' in page

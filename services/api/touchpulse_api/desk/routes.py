@@ -678,7 +678,16 @@ async def organisation(
     )
     return page(
         "organisation.html",
-        _base(session, days=days, since=since, until=until, weakest=weakest, helped=helped),
+        _base(
+            session,
+            days=days,
+            since=since,
+            until=until,
+            weakest=weakest,
+            helped={
+                by: [h for h in helped if h["by"] == by] for by in ("promise", "outcome", "both")
+            },
+        ),
     )
 
 
