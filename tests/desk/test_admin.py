@@ -20,7 +20,9 @@ async def test_only_admins_reach_keys_and_webhooks(desk: Desk) -> None:
     for client in (agent, lead):
         token = csrf_of((await client.get("/desk")).text)
         for path in ("/desk/keys", "/desk/webhooks"):
-            assert (await client.get(path)).status_code == 403, path
+            refused = await client.get(path)
+            assert refused.status_code == 403, path
+            assert "This page is for admins." in refused.text
         posted = await client.post(
             "/desk/keys", data={"csrf_token": token, "name": "x", "scopes": "health:read"}
         )

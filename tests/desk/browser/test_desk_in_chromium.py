@@ -4,14 +4,17 @@ REST API with the person as the actor."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 from playwright.async_api import Page, expect
 
 from tests.api.endpoints.conftest import event
 from tests.desk.browser.conftest import DESKTOP, PASSWORD, PEOPLE, PHONE, Desk
+from touchpulse_api.webhooks import store as webhook_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -235,6 +238,21 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
     desk: Desk,
 ) -> None:
     await open_case(desk, "C-1042", 401)
+    # A subscription for the webhooks page to list, written by the store the API uses. A
+    # delivery fanned out to it fails (no such host offline) and waits for a retry: nothing
+    # in this test reads deliveries.
+    conn = await asyncpg.connect(desk.world.pipeline.database_url)
+    try:
+        await webhook_store.create_subscription(
+            conn,
+            url="https://crm.example.com/touchpulse/hooks",
+            kinds=["intervention.opened", "intervention.resolved"],
+            description="CRM: open a task for each new case",
+            nonce=b"screenshot-nonce",
+            now=datetime.now(UTC),
+        )
+    finally:
+        await conn.close()
     for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         visitor = await desk.open(viewport=viewport)
         await visitor.page.goto("/desk/sign-in")

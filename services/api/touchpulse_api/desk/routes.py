@@ -109,7 +109,9 @@ def signed_in(role: Role) -> Callable[..., object]:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             raise NotSignedIn(target)
         if not session.person.role.at_least(role):
-            raise Forbidden(session, f"This page is for the {role.value} role and above.")
+            # Admin is the top role: "and above" would name nobody.
+            who = "admins" if role is Role.ADMIN else f"the {role.value} role and above"
+            raise Forbidden(session, f"This page is for {who}.")
         return session
 
     return dependency
