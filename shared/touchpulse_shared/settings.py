@@ -146,11 +146,12 @@ class Settings(BaseSettings):
         500, ge=1, le=10_000, description="records per batch transaction at most"
     )
     scoring_window_outcomes: int = Field(
-        100_000,
+        250_000,
         ge=0,
         le=10_000_000,
         description="outcomes of customers' explanation windows kept in memory between "
-        "batches (least recently used dropped first; 0 keeps none): bounds scoring's memory",
+        "batches (least recently used dropped first; 0 keeps none), and as many gaps of "
+        "decoded open cases: bounds scoring's memory",
     )
     scoring_sweep_interval_s: float = Field(
         1.0, gt=0, description="how often expired deadlines are looked for"

@@ -75,7 +75,7 @@ from touchpulse_scoring.store import (
     write_journeys,
     write_outcomes,
 )
-from touchpulse_scoring.windows import Windows
+from touchpulse_scoring.windows import KeptInterventions, Windows
 from touchpulse_shared.contract import (
     ExperienceEventV1,
     RecordRejected,
@@ -170,7 +170,7 @@ class Engine:
         clock: Callable[[], datetime],
         window: TimeWindow | None = None,
         mute_interventions: bool = False,
-        window_capacity: int = 100_000,
+        window_capacity: int = 250_000,
     ) -> None:
         self.catalogue = catalogue
         # None only where a test feeds records by hand; the services pass their settings'.
@@ -181,6 +181,8 @@ class Engine:
         # Replays rebuild state without opening interventions or sending webhooks.
         self.mute_interventions = mute_interventions
         self.windows = Windows(window_capacity)
+        # Bounded in gaps by the same setting: a case's gaps are outcomes of its window.
+        self.interventions = KeptInterventions(window_capacity)
 
     async def handle(self, conn: Conn, records: list[Any]) -> Report:
         catalogue = self.catalogue()
@@ -340,6 +342,7 @@ class Engine:
             deadline_refs=refs,
             breach_window_start=breach_window_start((e.occurred_at for e in events), window),
             recovery_margin=policy.interventions.recovery_margin,
+            kept=self.interventions,
         )
 
     async def _settle(
@@ -556,6 +559,7 @@ class Engine:
             # The breaches are dated at their due times: the history reaches back from those.
             breach_window_start=breach_window_start([r["due_at"] for r in rows], window),
             recovery_margin=catalogue.policy.interventions.recovery_margin,
+            kept=self.interventions,
         )
         work: dict[str, _Work] = defaultdict(_Work)
         for ref in sorted(refs, key=lambda r: (r.customer_id, r.promise_id, r.journey_key)):

@@ -7,10 +7,12 @@ alike), so two writers never interleave on one customer and never deadlock.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ from aiokafka import TopicPartition
 from touchpulse_scoring.domain import (
     EXPLAIN_WINDOW,
     NO_GUARD,
+    NO_PROFILE,
     CustomerProfile,
     Deadline,
     DeadlineRef,
@@ -30,6 +33,7 @@ from touchpulse_scoring.domain import (
     TouchpointHealth,
 )
 from touchpulse_scoring.intervention_table import intervention_from_row
+from touchpulse_scoring.windows import KeptInterventions
 from touchpulse_shared.contract import ExperienceEventV1
 from touchpulse_shared.db import Conn
 
@@ -38,7 +42,8 @@ from touchpulse_shared.db import Conn
 class CustomerState:
     """What the pure domain needs to know about one customer for one batch."""
 
-    profile: CustomerProfile = field(default_factory=CustomerProfile)
+    # The shared immutable default, not one built (and validated) per customer and batch.
+    profile: CustomerProfile = NO_PROFILE
     health: dict[str, TouchpointHealth] = field(default_factory=dict)
     journey_score: float | None = None
     #: The newest event time applied so far (None before the first): health is read there.
@@ -107,7 +112,15 @@ async def load_state(
     deadline_refs: Iterable[DeadlineRef],
     breach_window_start: datetime,
     recovery_margin: float,
+    kept: KeptInterventions | None = None,
 ) -> dict[str, CustomerState]:
+    """Each customer's state for one batch, read under its lock. ``kept``: interventions
+    decoded in earlier batches, reused where the row's version is the same."""
+    decode = (
+        intervention_from_row
+        if kept is None
+        else partial(kept.decode, decode=intervention_from_row)
+    )
     states = {c: CustomerState() for c in customers}
     for row in await conn.fetch(
         "SELECT * FROM customer_profile WHERE customer_id = ANY($1::text[])", customers
@@ -154,15 +167,15 @@ async def load_state(
         states[row["customer_id"]].breaches[row["promise_id"]].append(row["occurred_at"])
     for row in await conn.fetch(
         """
-        SELECT * FROM intervention
+        SELECT *, xmin::text AS revision FROM intervention
         WHERE customer_id = ANY($1::text[]) AND state IN ('open', 'acknowledged')
         """,
         customers,
     ):
-        states[row["customer_id"]].current = intervention_from_row(row)
+        states[row["customer_id"]].current = decode(row)
     for row in await conn.fetch(
         """
-        SELECT DISTINCT ON (i.customer_id) i.*,
+        SELECT DISTINCT ON (i.customer_id) i.*, i.xmin::text AS revision,
             (SELECT max(h.score) FROM journey_health_history h
               WHERE h.customer_id = i.customer_id AND h.at > i.closed_at) AS best_since
         FROM intervention i
@@ -171,7 +184,7 @@ async def load_state(
         """,
         customers,
     ):
-        closed = intervention_from_row(row)
+        closed = decode(row)
         guard = ReopenGuard.after_close(closed)
         if row["best_since"] is not None:
             guard = ReopenGuard(
@@ -216,16 +229,35 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
 
 
+#: Decoded ``expected`` values by their stored JSON: a catalogue has a few dozen (promise and
+#: segment targets), and the explanation windows kept in memory hold many outcomes each, so
+#: one shared immutable object per value saves a decode and its memory per outcome read.
+_EXPECTED: dict[str, Expected] = {}
+_EXPECTED_MAX = 4096
+
+
+def _expected(raw: str) -> Expected:
+    found = _EXPECTED.get(raw)
+    if found is None:
+        if len(_EXPECTED) >= _EXPECTED_MAX:
+            _EXPECTED.clear()  # unusual targets (a catalogue in flux): start over, bounded
+        data = orjson.loads(raw)
+        found = Expected(op=data["op"], target=data["target"], unit=data["unit"])
+        _EXPECTED[raw] = found
+    return found
+
+
 def outcome_from_row(row: Any) -> Outcome:
-    expected = orjson.loads(row["expected"])
+    # The names repeated on every outcome (promise, touchpoint, catalogue version) are
+    # interned: one string each instead of a copy per outcome in the kept windows.
     return Outcome(
         outcome_key=row["outcome_key"],
         customer_id=row["customer_id"],
-        promise_id=row["promise_id"],
-        catalogue_version=row["catalogue_version"],
-        touchpoint=row["touchpoint"],
+        promise_id=sys.intern(row["promise_id"]),
+        catalogue_version=sys.intern(row["catalogue_version"]),
+        touchpoint=sys.intern(row["touchpoint"]),
         occurred_at=row["occurred_at"],
-        expected=Expected(op=expected["op"], target=expected["target"], unit=expected["unit"]),
+        expected=_expected(row["expected"]),
         actual=orjson.loads(row["actual"]),
         gap=row["gap"],
         met=row["met"],

@@ -22,10 +22,11 @@ memory is bounded by a setting, whatever the number of customers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from touchpulse_scoring.domain import Outcome, window
+from touchpulse_scoring.domain import Intervention, Outcome, window
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +84,57 @@ class Windows:
     def clear(self) -> None:
         self._entries.clear()
         self._held = 0
+
+
+class KeptInterventions:
+    """Interventions decoded from their rows, kept between batches by row version.
+
+    A customer with an open case has it read with every batch that touches the customer, and
+    decoding its gaps (up to 20, each with times and expected values) was a tenth of a batch's
+    time. The row is still read every time, under the customer's lock, with its ``xmin``: an
+    entry is used only when the row's ``xmin`` equals the one it was decoded from, so a change
+    by anyone (the api's take, note or resolve, the sweep, another member) is always seen.
+    Bounded like the windows: at most ``capacity`` gaps held in all, least recently used
+    dropped first.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[str, Intervention]] = OrderedDict()
+        self._held = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, intervention_id: object) -> bool:
+        return intervention_id in self._entries
+
+    def decode(self, row: Mapping[str, Any], decode: Callable[[Any], Intervention]) -> Intervention:
+        """``decode(row)``, or what was decoded before from the same row version (the row
+        carries its ``xmin`` as ``revision``)."""
+        key, revision = row["intervention_id"], row["revision"]
+        kept = self._entries.get(key)
+        if kept is not None and kept[0] == revision:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return kept[1]
+        value = decode(row)
+        if self.capacity <= 0:
+            return value
+        self._forget(key)
+        self._entries[key] = (revision, value)
+        self._held += _size(value)
+        while self._held > self.capacity and self._entries:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._held -= _size(evicted)
+        return value
+
+    def _forget(self, key: str) -> None:
+        kept = self._entries.pop(key, None)
+        if kept is not None:
+            self._held -= _size(kept[1])
+
+
+def _size(intervention: Intervention) -> int:
+    return 1 + len(intervention.gaps)

@@ -1,4 +1,5 @@
-"""Explanation windows kept in memory between batches change no judgement.
+"""Explanation windows and decoded interventions kept in memory between batches change no
+judgement.
 
 One long-lived engine (as the service runs it) scores a rich customer — more outcomes than
 an explanation looks at, late deliveries superseding recorded misses, sweeps, an open case
@@ -16,9 +17,11 @@ import asyncpg
 import orjson
 
 from tests.api.health.rich import CATALOGUE, GROUP, RICH, START, TOPIC, corpus, score
-from touchpulse_scoring.domain import acknowledge, resolve
+from touchpulse_scoring.domain import Intervention, InterventionState, acknowledge, resolve
 from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_scoring.intervention_table import intervention_from_row, write_interventions
+from touchpulse_scoring.store import load_state
+from touchpulse_scoring.windows import KeptInterventions
 from touchpulse_shared.db.migrate import migrate_url
 
 
@@ -128,6 +131,8 @@ async def test_writes_outside_the_consumer_reach_the_next_batch(fresh_database: 
         # Resolved by a person (the api's write): the next breach cannot attach to it.
         row = await conn.fetchrow("SELECT * FROM intervention WHERE state = 'open'")
         assert row is not None
+        # Scoring holds the open case decoded: only its row version can tell it changed.
+        assert row["intervention_id"] in scorer.engines[0].interventions
         worked = acknowledge(intervention_from_row(row), now=at, assignee="agent@example")
         await write_interventions(conn, [resolve(worked, now=at, note="called", health=20.0)])
         await scorer.batch(conn, [_call(1, at + timedelta(minutes=5))])
@@ -180,5 +185,48 @@ async def test_writes_outside_the_consumer_reach_the_next_batch(fresh_database: 
             )
         )
         assert {g["event_ids"][0] for g in gaps} == {"golden/late-G-rich-3"}
+    finally:
+        await conn.close()
+
+
+async def test_a_kept_intervention_is_used_only_while_its_row_is_unchanged(
+    fresh_database: str,
+) -> None:
+    """The decoded case is reused while its row's version (xmin) is the one it was decoded
+    from, and decoded again after any other writer's change."""
+    await migrate_url(fresh_database)
+    scorer = _Members(capacity=100_000)
+    conn = await asyncpg.connect(fresh_database)
+    kept = KeptInterventions(100_000)
+
+    async def current() -> Intervention | None:
+        window_start = START - timedelta(days=365)
+        states = await load_state(
+            conn,
+            [RICH],
+            deadline_refs=(),
+            breach_window_start=window_start,
+            recovery_margin=5.0,
+            kept=kept,
+        )
+        return states[RICH].current
+
+    try:
+        await scorer.batch(conn, corpus())
+        first = await current()
+        assert first is not None
+        assert (await current()) is first  # the row is unchanged: not decoded again
+        assert kept.hits == 1
+        row = await conn.fetchrow(
+            "SELECT * FROM intervention WHERE intervention_id = $1", first.intervention_id
+        )
+        taken = acknowledge(intervention_from_row(row), now=first.updated_at, assignee="a@b")
+        await write_interventions(conn, [taken])  # another writer: the api's take
+        after = await current()
+        assert after is not None
+        assert after is not first
+        assert after.state is InterventionState.ACKNOWLEDGED
+        assert after.assignee == "a@b"
+        assert kept.hits == 1
     finally:
         await conn.close()
