@@ -153,6 +153,18 @@ def build_app(
             statement_cache_size=0,
             reset=keep_session,
         )
+        # The health read's own pool, with a statement cache: it is one statement outside
+        # any transaction, which asyncpg re-prepares and retries by itself when a migration
+        # changed a table under it, and re-planning it was most of PostgreSQL's time per
+        # read (with the Parse round trip: 1.49 ms a read against 0.55 ms prepared).
+        reads = await create_pool(
+            database_url,
+            service="api",
+            role="reads",
+            min_size=2,
+            max_size=10,
+            reset=keep_session,
+        )
         # Its own pool: the dispatcher's sessions are named apart from the requests', and a
         # burst of requests cannot starve deliveries (nor the reverse).
         dispatcher_pool = await create_pool(
@@ -166,6 +178,7 @@ def build_app(
         app.state.api = ApiContext(
             settings=settings,
             pool=pool,
+            reads=reads,
             verifier=KeyVerifier(pool, cache_ttl_s=settings.auth_cache_s),
             limiter=RateLimiter(settings.api_rate_limit_per_s, settings.api_rate_limit_burst),
             metrics=metrics,
@@ -218,6 +231,7 @@ def build_app(
             except TimeoutError:
                 dispatcher.cancel()  # a delivery in flight is retried: its lease expires
             await pool.close()
+            await reads.close()
             await dispatcher_pool.close()
 
     return create_app(metrics, lifespan=lifespan)

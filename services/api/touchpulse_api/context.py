@@ -38,6 +38,13 @@ class ApiContext:
     monotonic: Callable[[], float] = time.monotonic
     #: Health explanations kept between reads (none unless given a capacity).
     explanations: ExplanationCache = field(default_factory=lambda: ExplanationCache(0))
+    #: For single statements outside a transaction, with a statement cache (asyncpg
+    #: re-prepares those by itself after a migration); ``pool`` when not given.
+    reads: asyncpg.Pool | None = None
+
+    @property
+    def read_pool(self) -> asyncpg.Pool:
+        return self.pool if self.reads is None else self.reads
 
 
 async def _context(request: Request) -> ApiContext:

@@ -34,6 +34,7 @@ async def test_a_health_read_is_one_statement(health_app: FastAPI, api: httpx.As
     assert context.settings.auth_cache_s == 0
     sent: list[str] = []
     await _log_every_query(context.pool, sent)
+    await _log_every_query(context.read_pool, sent)
     for path, status in (
         (f"/v1/customers/{RICH}/health", 200),
         (f"/v1/customers/{RICH}/health?trend_days=365", 200),

@@ -68,7 +68,7 @@ async def customer_health(
     now = context.clock()
     cache = context.explanations
     kept = cache.get(customer_id, catalogue)
-    async with context.pool.acquire() as conn:
+    async with context.read_pool.acquire() as conn:
         read = await queries.read_health(
             conn,
             customer_id,
