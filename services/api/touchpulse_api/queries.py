@@ -69,8 +69,11 @@ SELECT j.score, j.band, j.weakest_touchpoint, j.as_of, j.updated_at,
        j.customer_id IS NOT NULL
            OR EXISTS (SELECT FROM customer_profile WHERE customer_id = $1) AS known,
        CASE WHEN k.stale THEN
+       -- In name order: the answer's bytes must not depend on the plan (a prepared,
+       -- generic plan returned the rows in another order than a fresh one).
        (SELECT json_agg(json_build_array(
-                   touchpoint, s, w, (extract(epoch FROM t_ref) * 1000000)::int8, outcomes))
+                   touchpoint, s, w, (extract(epoch FROM t_ref) * 1000000)::int8, outcomes)
+                   ORDER BY touchpoint COLLATE "C")
         FROM touchpoint_health WHERE customer_id = $1) END AS touchpoints,
        (SELECT json_agg(json_build_array((extract(epoch FROM at) * 1000000)::int8, score)
                         ORDER BY at)
