@@ -47,6 +47,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from prometheus_client import Counter
+
 from touchpulse_api import queries
 from touchpulse_api.context import ApiContext
 from touchpulse_scoring import domain
@@ -154,7 +156,10 @@ async def _move(
     kind: str,
     expected_version: int | None,
     transition: _Transition,
+    counted: Counter,
 ) -> Moved:
+    """Apply ``transition`` under the customer's lock with its history row; ``counted`` goes
+    up once committed (a refused move is not counted)."""
     async with context.pool.acquire() as conn, conn.transaction():
         found = await queries.lock_intervention(conn, intervention_id)
         if found is None:
@@ -183,6 +188,7 @@ async def _move(
         await queries.write_intervention_action(
             conn, context.settings.interventions_topic, action, updated
         )
+    counted.inc()
     return Moved(updated, health, action)
 
 
@@ -211,8 +217,8 @@ async def take(
         kind="intervention.acknowledged",
         expected_version=expected_version,
         transition=transition,
+        counted=context.metrics.interventions_acknowledged,
     )
-    context.metrics.interventions_acknowledged.inc()
     context.metrics.time_to_acknowledge.observe(
         max((now - moved.intervention.opened_at).total_seconds(), 0)
     )
@@ -235,16 +241,15 @@ async def add_note(
     ) -> tuple[Intervention, Mapping[str, DetailValue]]:
         return domain.add_note(iv, now=now, text=text), {"text": domain.note_text(text)}
 
-    moved = await _move(
+    return await _move(
         context,
         intervention_id,
         actor,
         kind="intervention.noted",
         expected_version=expected_version,
         transition=transition,
+        counted=context.metrics.interventions_noted,
     )
-    context.metrics.interventions_noted.inc()  # after the commit: refused moves not counted
-    return moved
 
 
 async def snooze(
@@ -265,16 +270,15 @@ async def snooze(
             "until": None if until is None else until.isoformat()
         }
 
-    moved = await _move(
+    return await _move(
         context,
         intervention_id,
         actor,
         kind="intervention.snoozed",
         expected_version=expected_version,
         transition=transition,
+        counted=context.metrics.interventions_snoozed,
     )
-    context.metrics.interventions_snoozed.inc()  # after the commit: refused moves not counted
-    return moved
 
 
 async def reassign(
@@ -294,16 +298,15 @@ async def reassign(
         moved = domain.reassign(iv, now=now, assignee=assignee)
         return moved, {"from": iv.assignee, "to": moved.assignee}
 
-    moved = await _move(
+    return await _move(
         context,
         intervention_id,
         actor,
         kind="intervention.reassigned",
         expected_version=expected_version,
         transition=transition,
+        counted=context.metrics.interventions_reassigned,
     )
-    context.metrics.interventions_reassigned.inc()  # after the commit: refused moves not counted
-    return moved
 
 
 async def resolve(
@@ -332,16 +335,15 @@ async def resolve(
             "health": moved.health_at_resolve,
         }
 
-    moved = await _move(
+    return await _move(
         context,
         intervention_id,
         actor,
         kind="intervention.resolved",
         expected_version=expected_version,
         transition=transition,
+        counted=context.metrics.interventions_resolved,
     )
-    context.metrics.interventions_resolved.inc()
-    return moved
 
 
 async def read(context: ApiContext, intervention_id: str) -> Case:

@@ -276,8 +276,14 @@ async def sign_out(request: Request, context: ContextDep, session: AgentSession)
 
 
 def _queue_filter(
-    scope: str, segment: str | None, touchpoint: str | None, new: bool, overdue: bool
+    scope: str = "all",
+    segment: str | None = None,
+    touchpoint: str | None = None,
+    new: bool = False,
+    overdue: bool = False,
 ) -> queries.QueueFilter:
+    """The queue's filters from the query string (the page and its fragment take the same);
+    an unknown scope shows all."""
     try:
         chosen = queries.Scope(scope)
     except ValueError:
@@ -289,6 +295,10 @@ def _queue_filter(
         new_customers=new,
         overdue=overdue,
     )
+
+
+QueueQuery = Annotated[queries.QueueFilter, Depends(_queue_filter)]
+PageNo = Annotated[int, Query(alias="page", ge=1, le=10_000)]
 
 
 async def _queue(
@@ -350,39 +360,18 @@ def _why(gaps: list[dict[str, Any]]) -> str:
     ).replace("  ", " ")
 
 
-QueueParams = Annotated[str, Query(pattern="^(all|mine|unassigned)$")]
-
-
 @router.get("")
 async def queue_page(
-    *,
-    context: ContextDep,
-    session: AgentSession,
-    scope: str = "all",
-    segment: str | None = None,
-    touchpoint: str | None = None,
-    new: bool = False,
-    overdue: bool = False,
-    page_no: Annotated[int, Query(alias="page", ge=1, le=10_000)] = 1,
+    *, context: ContextDep, session: AgentSession, f: QueueQuery, page_no: PageNo = 1
 ) -> Response:
-    f = _queue_filter(scope, segment, touchpoint, new, overdue)
     return page("queue.html", _base(session, **await _queue(context, session, f, page_no)))
 
 
 @router.get("/queue/fragment")
 async def queue_fragment(
-    *,
-    context: ContextDep,
-    session: AgentSession,
-    scope: str = "all",
-    segment: str | None = None,
-    touchpoint: str | None = None,
-    new: bool = False,
-    overdue: bool = False,
-    page_no: Annotated[int, Query(alias="page", ge=1, le=10_000)] = 1,
+    *, context: ContextDep, session: AgentSession, f: QueueQuery, page_no: PageNo = 1
 ) -> Response:
     """The queue's list and counts alone: what the page's script swaps in on a change."""
-    f = _queue_filter(scope, segment, touchpoint, new, overdue)
     return page("_queue_list.html", _base(session, **await _queue(context, session, f, page_no)))
 
 
