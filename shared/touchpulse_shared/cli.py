@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +52,28 @@ users_app = typer.Typer(
     no_args_is_help=True, help="People who sign in to the desk: create, list, disable, reset."
 )
 app.add_typer(users_app, name="users")
+
+#: Services add their own sub-commands here (pyproject.toml's entry points) without this
+#: package importing them: ``touchpulse catalogue`` comes from scoring this way.
+PLUGIN_GROUP = "touchpulse.cli"
+
+
+def _add_plugins(parent: typer.Typer) -> None:
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            sub = entry.load()
+        except Exception as exc:
+            # One broken plug-in must not take the other commands down; said on every run, so
+            # it is fixed rather than found missing the day it is needed.
+            print(f"touchpulse: the {entry.name!r} commands cannot load: {exc}", file=sys.stderr)
+            continue
+        if not isinstance(sub, typer.Typer):
+            print(f"touchpulse: {entry.value} is not a typer app; skipped", file=sys.stderr)
+            continue
+        parent.add_typer(sub, name=entry.name)
+
+
+_add_plugins(app)
 
 
 def _settings() -> Settings:

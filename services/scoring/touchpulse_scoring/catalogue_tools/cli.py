@@ -1,0 +1,48 @@
+"""``touchpulse catalogue …``: the commands for owning the promise catalogue.
+
+The shared ``touchpulse`` command imports no service, so it finds this typer app through
+the ``touchpulse.cli`` entry point declared in pyproject.toml
+(``catalogue = "touchpulse_scoring.catalogue_tools.cli:app"``). The command bodies import
+their work lazily: every ``touchpulse`` invocation loads this module to list its commands.
+
+Adding a command (the back-test, issue 16): define it below with ``@app.command("…")`` and
+keep its heavy imports inside the function, as ``check`` and ``diff`` do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="The promise catalogue: check a file, diff two versions, before shipping them.",
+)
+
+#: Exit codes shared by the commands: as diff(1) and most checkers use them.
+EXIT_OK = 0
+EXIT_FOUND = 1
+EXIT_USAGE = 2
+
+
+@app.command("check")
+def check(
+    file: Annotated[Path, typer.Argument(help="the catalogue YAML to check")],
+    *,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print a JSON report instead of text")
+    ] = False,
+) -> None:
+    """Validate a catalogue exactly as ingest and scoring do; every problem at once.
+
+    Exits 0 when the services would accept the file (and prints a summary), 1 when they
+    would refuse it (one line per problem, naming the promise and the field), 2 on usage
+    errors.
+    """
+    from touchpulse_scoring.catalogue_tools.check import check_file  # noqa: PLC0415
+
+    report = check_file(file)
+    typer.echo(report.render_json() if json_output else report.render_text())
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FOUND)
