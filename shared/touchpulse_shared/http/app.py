@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from touchpulse_shared.http.problems import Problem, field_errors
+from touchpulse_shared.http.problems import PROBLEM_JSON, Problem, field_errors
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -134,20 +136,102 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 PROBLEM_STATUSES = {
-    "400": "A malformed request (e.g. a cursor this API did not issue)",
-    "401": "No API key, or an unknown, revoked or malformed one",
-    "403": "The key lacks the scope this operation needs",
-    "404": "No such resource",
-    "409": "The request conflicts with the resource's state (e.g. an illegal transition)",
-    "422": "The request is not valid; `errors` names each bad field",
-    "429": "Over the key's rate limit; retry after `Retry-After` seconds",
-    "503": "A dependency is unavailable; retry after `Retry-After` seconds",
+    400: "A malformed request (e.g. a cursor this API did not issue, a NUL character)",
+    401: "No API key, or an unknown, revoked or malformed one",
+    403: "The key lacks the scope this operation needs",
+    404: "No such resource",
+    409: "The request conflicts with the resource's state (e.g. an illegal transition)",
+    413: "The body is over the size limit",
+    415: "A content type this operation does not take",
+    422: "The request is not valid; `errors` names each bad field",
+    429: "Over the key's rate limit; retry after `Retry-After` seconds",
+    503: "A dependency is unavailable; retry after `Retry-After` seconds",
 }
+
+# One plausible answer per status, as the handlers build them (slug, title, detail), so a
+# generated client's documentation shows what a caller will actually read.
+_EXAMPLES: dict[int, tuple[str, str, str]] = {
+    400: ("invalid-cursor", "Bad Request", "The cursor is not one this API issued"),
+    401: (
+        "unauthenticated",
+        "Unauthenticated",
+        "The API key is not valid (unknown, revoked or malformed)",
+    ),
+    403: ("forbidden", "Forbidden", "This API key lacks the scope health:read"),
+    404: ("not-found", "Not Found", "No such resource"),
+    409: ("conflict", "Conflict", "The resource's state does not allow this"),
+    413: ("too-large", "Payload Too Large", "The body exceeds the limit of 1048576 bytes"),
+    415: (
+        "unsupported-media-type",
+        "Unsupported Media Type",
+        "Send application/json or application/cloudevents+json",
+    ),
+    422: ("invalid-request", "Invalid Request", "The request is not valid"),
+    429: (
+        "rate-limited",
+        "Too Many Requests",
+        "This API key is over its limit of 50 requests per second",
+    ),
+    503: ("unavailable", "Service Unavailable", "A dependency is unavailable; retry later"),
+}
+_EXAMPLE_ERROR = {
+    "pointer": "/query/limit",
+    "detail": "Input should be greater than or equal to 1",
+    "code": "greater_than_equal",
+}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def problem_example(status: int, instance: str = "/v1/…") -> dict[str, Any]:
+    """A problem+json body as the handlers would write it for ``status``."""
+    slug, title, detail = _EXAMPLES[status]
+    body: dict[str, Any] = {
+        "type": f"https://touchpulse.dev/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if status == 422:
+        body["errors"] = [dict(_EXAMPLE_ERROR)]
+    return body
+
+
+def problem_responses(
+    *statuses: int, descriptions: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` documenting the problem+json answers an operation can give,
+    each with an example: ``@router.get(..., responses=problem_responses(401, 403, 404))``.
+
+    List only the statuses the route (its dependencies included) can really return; the
+    OpenAPI test (tests/test_openapi.py) holds every operation to that. ``descriptions``
+    says, per status, what it means for this route (``{404: "No such customer"}``).
+    """
+    described = dict(descriptions or {})
+    unknown = sorted({*statuses, *described} - PROBLEM_STATUSES.keys())
+    if unknown:
+        raise ValueError(f"no problem description for status {unknown}")
+    return {
+        status: {
+            "description": described.get(status, PROBLEM_STATUSES[status]),
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF, "example": problem_example(status)}},
+        }
+        for status in sorted(statuses)
+    }
+
+
+#: What every route behind an API key can answer: no key or a bad one, a key without the
+#: scope, over the key's rate limit, the key store unreachable.
+AUTHENTICATED = (401, 403, 429, 503)
+_LEGACY = (400, 401, 403, 404, 409, 422, 429, 503)
 
 
 def install_problem_docs(app: FastAPI, *, prefix: str = "/v1") -> None:
-    """Document the problem+json answers of every operation under ``prefix``, so the
-    OpenAPI document states every status and content type a client can see."""
+    """Complete the OpenAPI document of the operations under ``prefix``: the Problem schema
+    the routes' ``problem_responses`` refer to, the API key scheme, and a 400 wherever a
+    path or query parameter could carry the NUL character :class:`RejectNulMiddleware`
+    refuses. FastAPI's own 422 (its validation schema, not problem+json) is dropped: a
+    route that can refuse its input says so with ``problem_responses(422)``."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -161,19 +245,31 @@ def install_problem_docs(app: FastAPI, *, prefix: str = "/v1") -> None:
         document["components"]["securitySchemes"] = {
             "apiKey": {"type": "http", "scheme": "bearer", "description": "tpk_… API key"}
         }
-        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         for path, operations in document.get("paths", {}).items():
             if not path.startswith(prefix):
                 continue
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
-                for status, text in PROBLEM_STATUSES.items():
-                    responses[status] = {"description": text, "content": problem}
+                if not any(PROBLEM_JSON in r.get("content", {}) for r in responses.values()):
+                    # Not yet declared by the route: every status, as before (transitional).
+                    responses.update({str(s): r for s, r in problem_responses(*_LEGACY).items()})
+                fastapi_422 = responses.get("422", {}).get("content", {})
+                if "application/json" in fastapi_422:
+                    del responses["422"]
+                if operation.get("parameters") and "400" not in responses:
+                    responses.update({str(s): r for s, r in problem_responses(400).items()})
                 operation["security"] = [{"apiKey": []}]
         app.openapi_schema = document
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def readable_operation_id(route: APIRoute) -> str:
+    """Operation ids from the route's function name (``customer_health``), not FastAPI's
+    path-and-method mangling: stable across path changes and readable in a generated
+    client. A route whose function name reads badly sets ``operation_id=`` itself."""
+    return route.name
 
 
 class RejectNulMiddleware:
