@@ -15,10 +15,11 @@ help: ## List the targets
 
 # The locked set, hashes checked, then the project itself (editable) built by the locked
 # hatchling, so no unpinned build environment is ever downloaded.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e clients/python
 	touch $@
 
 setup: $(STAMP) ## Create the virtualenv, install locked dependencies, fetch the Kafka jars and Prometheus, install chromium and fetch axe-core (desk browser tests)

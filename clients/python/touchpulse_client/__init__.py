@@ -1,0 +1,1 @@
+"""Touchpulse ingest client."""
