@@ -84,7 +84,7 @@ schema: $(STAMP) ## Re-export the event JSON Schema into docs/
 
 lock: ## Re-resolve requirements.lock from pyproject.toml (needs network to PyPI)
 	$(PYTHON) -m pip install --quiet --target .cache/uv uv
-	PYTHONPATH=.cache/uv .cache/uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes \
+	PYTHONPATH=.cache/uv .cache/uv/bin/uv pip compile pyproject.toml --extra dev --extra local --generate-hashes \
 	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-header -o requirements.lock
 
 clean: ## Remove the virtualenv, caches and local state (Kafka jars included)
