@@ -33,6 +33,7 @@ from touchpulse_scoring.domain.deadlines import (
 )
 from touchpulse_scoring.domain.errors import (
     CatalogueError,
+    CatalogueProblem,
     IllegalTransition,
     InvalidCommand,
     ScoringDomainError,
@@ -143,6 +144,7 @@ __all__ = [
     "BreachHistory",
     "Catalogue",
     "CatalogueError",
+    "CatalogueProblem",
     "CustomerProfile",
     "Deadline",
     "DeadlinePromise",

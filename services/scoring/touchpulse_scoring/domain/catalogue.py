@@ -23,7 +23,12 @@ import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from touchpulse_scoring.domain.errors import CatalogueError, UnscorableEvent, UnscorableReason
+from touchpulse_scoring.domain.errors import (
+    CatalogueError,
+    CatalogueProblem,
+    UnscorableEvent,
+    UnscorableReason,
+)
 from touchpulse_scoring.domain.health import Prior
 from touchpulse_scoring.domain.policy import Policy
 from touchpulse_scoring.domain.promises import (
@@ -75,7 +80,11 @@ _TouchpointEvents = Annotated[
 ]
 
 
-class _Document(BaseModel):
+class CatalogueDocument(BaseModel):
+    """The catalogue file's top level; its promises are validated one by one after it, so that
+    each error can name its promise (the catalogue's JSON Schema types them in
+    ``touchpulse_scoring.catalogue_tools.schema``)."""
+
     model_config = MODEL_CONFIG
 
     # A string, so that YAML cannot read 2026.10 as the float 2026.1.
@@ -298,7 +307,9 @@ def parse_catalogue(text: str) -> Catalogue:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise CatalogueError([f"not valid YAML: {exc}"]) from None
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise CatalogueError([CatalogueProblem(f"not valid YAML: {exc}", line=line)]) from None
     return catalogue_from_mapping(data)
 
 
@@ -323,19 +334,24 @@ def catalogue_from_mapping(data: object) -> Catalogue:
             ["the catalogue should be a mapping with version, touchpoints, policy and promises"]
         )
     try:
-        document = _Document.model_validate(data)
+        document = CatalogueDocument.model_validate(data)
     except ValidationError as exc:
         problems = [_describe_document_error(error) for error in exc.errors()]
         raw_promises = data.get("promises")
         if isinstance(raw_promises, list):
             problems += _validate_promises(raw_promises)[1]
         raise CatalogueError(problems) from None
-    promises, problems = _validate_promises(document.promises)
-    problems += _cross_check(promises, document.touchpoints)
-    problems += _check_kinds(promises)
-    problems += _check_events(document.events, promises, document.touchpoints)
+    indexed, problems = _validate_promises(document.promises)
+    problems += _cross_check(indexed, document.touchpoints)
+    problems += _check_kinds(indexed)
+    problems += _check_events(document.events, indexed, document.touchpoints)
     problems += [
-        f"policy: prior.touchpoints.{name}: {name!r} is not one of the catalogue's touchpoints"
+        CatalogueProblem(
+            f"{name!r} is not one of the catalogue's touchpoints",
+            subject="policy",
+            field=f"prior.touchpoints.{name}",
+            loc=("policy", "prior", "touchpoints", name),
+        )
         for name in document.policy.prior.touchpoints
         if name not in document.touchpoints
     ]
@@ -345,18 +361,37 @@ def catalogue_from_mapping(data: object) -> Catalogue:
         version=document.version,
         touchpoints=document.touchpoints,
         policy=document.policy,
-        promises=tuple(promises),
+        promises=tuple(promise for _, promise in indexed),
         events=document.events,
     )
 
 
-def _validate_promises(raw: Sequence[Any]) -> tuple[list[Promise], list[str]]:
-    promises: list[Promise] = []
-    problems: list[str] = []
+#: A validated promise with its place in the file's ``promises`` list.
+_Indexed = tuple[int, Promise]
+
+
+def _promise_problem(
+    index: int, promise_id: str | None, field: str, message: str, loc: tuple[str | int, ...]
+) -> CatalogueProblem:
+    subject = f"promise {promise_id!r}" if promise_id else f"promise #{index + 1} (no id)"
+    return CatalogueProblem(
+        message,
+        subject=subject,
+        field=field,
+        promise_id=promise_id or None,
+        loc=("promises", index, *loc),
+    )
+
+
+def _validate_promises(raw: Sequence[Any]) -> tuple[list[_Indexed], list[CatalogueProblem]]:
+    promises: list[_Indexed] = []
+    problems: list[CatalogueProblem] = []
     for index, item in enumerate(raw):
-        name = _promise_name(index, item)
+        promise_id = _promise_id_of(item)
         if not isinstance(item, Mapping):
-            problems.append(f"{name}: a promise should be a mapping of fields")
+            problems.append(
+                _promise_problem(index, None, "", "a promise should be a mapping of fields", ())
+            )
             continue
         # A deadline block is what makes a promise a deadline promise.
         model: type[MeasurePromise | DeadlinePromise] = (
@@ -365,44 +400,66 @@ def _validate_promises(raw: Sequence[Any]) -> tuple[list[Promise], list[str]]:
         try:
             promise = model.model_validate(item)
         except ValidationError as exc:
-            problems += [f"{name}: {_describe(error)}" for error in exc.errors()]
+            problems += [
+                _promise_problem(index, promise_id, _path(e["loc"]), e["msg"], e["loc"])
+                for e in exc.errors()
+            ]
             continue
-        promises.append(promise)
-        problems += [f"{name}: {path}: {message}" for path, message in promise.problems()]
+        promises.append((index, promise))
+        problems += [
+            _promise_problem(index, promise.id, path, message, tuple(path.split(".")))
+            for path, message in promise.problems()
+        ]
     return promises, problems
 
 
-def _cross_check(promises: Sequence[Promise], touchpoints: Mapping[str, float]) -> list[str]:
-    problems: list[str] = []
+def _cross_check(
+    promises: Sequence[_Indexed], touchpoints: Mapping[str, float]
+) -> list[CatalogueProblem]:
+    problems: list[CatalogueProblem] = []
     known = ", ".join(sorted(touchpoints))
     seen: set[str] = set()
-    for promise in promises:
-        name = f"promise {promise.id!r}"
+    for index, promise in promises:
         if promise.id in seen:
-            problems.append(f"{name}: id: duplicate id; each promise id must be unique")
+            problems.append(
+                _promise_problem(
+                    index, promise.id, "id", "duplicate id; each promise id must be unique", ("id",)
+                )
+            )
         seen.add(promise.id)
         if promise.touchpoint not in touchpoints:
             problems.append(
-                f"{name}: touchpoint: {promise.touchpoint!r} is not one of the catalogue's"
-                f" touchpoints ({known})"
+                _promise_problem(
+                    index,
+                    promise.id,
+                    "touchpoint",
+                    f"{promise.touchpoint!r} is not one of the catalogue's touchpoints ({known})",
+                    ("touchpoint",),
+                )
             )
     return problems
 
 
-def _check_kinds(promises: Sequence[Promise]) -> list[str]:
+def _check_kinds(promises: Sequence[_Indexed]) -> list[CatalogueProblem]:
     """Two promises judging one measure of one event as a boolean and as a number: no event
     could satisfy both, and ingest would refuse every event carrying it."""
-    problems: list[str] = []
+    problems: list[CatalogueProblem] = []
     first: dict[tuple[str, str, str], MeasurePromise] = {}
-    for promise in promises:
+    for index, promise in promises:
         if not isinstance(promise, MeasurePromise):
             continue
         other = first.setdefault((promise.touchpoint, promise.event_type, promise.measure), promise)
         if _kind(other) != _kind(promise):
             problems.append(
-                f"promise {promise.id!r}: expect.target: judges measure {promise.measure!r} of"
-                f" {promise.event_type} at {promise.touchpoint} as a {_kind(promise)}, but"
-                f" promise {other.id!r} judges it as a {_kind(other)}; an event cannot be both"
+                _promise_problem(
+                    index,
+                    promise.id,
+                    "expect.target",
+                    f"judges measure {promise.measure!r} of {promise.event_type} at"
+                    f" {promise.touchpoint} as a {_kind(promise)}, but promise {other.id!r}"
+                    f" judges it as a {_kind(other)}; an event cannot be both",
+                    ("expect", "target"),
+                )
             )
     return problems
 
@@ -413,35 +470,47 @@ def _event_path(touchpoint: str, event_type: str | None = None) -> str:
 
 def _check_events(
     events: Mapping[str, Mapping[str, EventDeclaration]],
-    promises: Sequence[Promise],
+    promises: Sequence[_Indexed],
     touchpoints: Mapping[str, float],
-) -> list[str]:
+) -> list[CatalogueProblem]:
     """The tracking plan agrees with the touchpoints and with the promises."""
-    problems: list[str] = []
+    problems: list[CatalogueProblem] = []
     for touchpoint, declared in events.items():
         if touchpoint not in touchpoints:
             problems.append(
-                f"{_event_path(touchpoint)}: {touchpoint!r} is not one of the catalogue's"
-                f" touchpoints ({_listed(touchpoints)})"
+                CatalogueProblem(
+                    f"{touchpoint!r} is not one of the catalogue's touchpoints"
+                    f" ({_listed(touchpoints)})",
+                    field=_event_path(touchpoint),
+                    loc=("events", touchpoint, "[key]"),
+                )
             )
         for event_type, declaration in declared.items():
             seen: set[str] = set()
             for index, name in enumerate(declaration.required):
                 if name in seen:
                     problems.append(
-                        f"{_event_path(touchpoint, event_type)}.required[{index}]:"
-                        f" {name!r} is listed twice"
+                        CatalogueProblem(
+                            f"{name!r} is listed twice",
+                            field=f"{_event_path(touchpoint, event_type)}.required[{index}]",
+                            loc=("events", touchpoint, event_type, "required", index),
+                        )
                     )
                 seen.add(name)
-    for promise in promises:
-        name = f"promise {promise.id!r}"
+    for index, promise in promises:
         if isinstance(promise, MeasurePromise):
             types = events.get(promise.touchpoint)
             if types is not None and promise.event_type not in types:
                 problems.append(
-                    f"{name}: event_type: {promise.event_type!r} is not among the event types"
-                    f" {_event_path(promise.touchpoint)} declares ({_listed(types)});"
-                    " no event could ever be judged by this promise"
+                    _promise_problem(
+                        index,
+                        promise.id,
+                        "event_type",
+                        f"{promise.event_type!r} is not among the event types"
+                        f" {_event_path(promise.touchpoint)} declares ({_listed(types)});"
+                        " no event could ever be judged by this promise",
+                        ("event_type",),
+                    )
                 )
             continue
         if not set(touchpoints) <= set(events):
@@ -451,25 +520,30 @@ def _check_events(
             event_type = getattr(promise.deadline, role)
             if event_type not in anywhere:
                 problems.append(
-                    f"{name}: deadline.{role}: {event_type!r} is declared at no touchpoint in"
-                    " events, and every touchpoint declares its event types; no such event"
-                    " could ever arrive"
+                    _promise_problem(
+                        index,
+                        promise.id,
+                        f"deadline.{role}",
+                        f"{event_type!r} is declared at no touchpoint in events, and every"
+                        " touchpoint declares its event types; no such event could ever arrive",
+                        ("deadline", role),
+                    )
                 )
     return problems
 
 
-def _promise_name(index: int, item: object) -> str:
+def _promise_id_of(item: object) -> str | None:
     if isinstance(item, Mapping):
         promise_id = item.get("id")
         if isinstance(promise_id, str) and promise_id:
-            return f"promise {promise_id!r}"
-    return f"promise #{index + 1} (no id)"
+            return promise_id
+    return None
 
 
-def _describe_document_error(error: ErrorDetails) -> str:
+def _describe_document_error(error: ErrorDetails) -> CatalogueProblem:
     loc = error["loc"]
     if loc and loc[0] == "policy" and len(loc) > 1:
-        return f"policy: {_describe({**error, 'loc': loc[1:]})}"
+        return CatalogueProblem(error["msg"], subject="policy", field=_path(loc[1:]), loc=loc)
     if loc and loc[0] == "events" and len(loc) > 2 and loc[2] != "[key]":
         # Event types hold dots: events.call_centre['call.answered'].required[0], not a path
         # that reads as five keys.
@@ -477,13 +551,8 @@ def _describe_document_error(error: ErrorDetails) -> str:
         rest = _path(loc[3:])
         if rest:
             where += rest if rest[0] in "[ " else f".{rest}"
-        return f"{where}: {error['msg']}"
-    return _describe(error)
-
-
-def _describe(error: ErrorDetails) -> str:
-    path = _path(error["loc"])
-    return f"{path}: {error['msg']}" if path else error["msg"]
+        return CatalogueProblem(error["msg"], field=where, loc=loc)
+    return CatalogueProblem(error["msg"], field=_path(loc), loc=loc)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

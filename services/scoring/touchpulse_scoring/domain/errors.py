@@ -12,19 +12,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class ScoringDomainError(Exception):
     """Root of every error the scoring domain raises itself."""
 
 
+class CatalogueProblem(NamedTuple):
+    """One problem in a catalogue, told to people (:meth:`__str__`) and located for tools
+    (``touchpulse catalogue check`` turns :attr:`loc` into a line of the file)."""
+
+    message: str
+    #: What it is in: ``promise 'call-answer-time'``, ``promise #3 (no id)``, ``policy``, or
+    #: empty for the file's other sections (the field then names the section).
+    subject: str = ""
+    #: The field within the subject as people read it: ``expect.op``, ``segments.premium``.
+    field: str = ""
+    #: The promise's id when the problem is in a promise that has one.
+    promise_id: str | None = None
+    #: The path in the decoded document, e.g. ``("promises", 3, "expect", "op")``; as far as
+    #: it exists (a missing field's path ends at its parent); empty when it is the file.
+    loc: tuple[str | int, ...] = ()
+    #: 1-based line, when the YAML parser said where (a syntax error, a duplicate key).
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.subject, self.field, self.message) if part)
+
+
 class CatalogueError(ScoringDomainError):
     """The catalogue text is invalid; each line of the message names a promise and a field."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems: tuple[str, ...] = tuple(problems)
+    def __init__(self, problems: Sequence[str | CatalogueProblem]) -> None:
+        details = tuple(
+            p if isinstance(p, CatalogueProblem) else CatalogueProblem(p) for p in problems
+        )
+        super().__init__("\n".join(str(d) for d in details))
+        self.details: tuple[CatalogueProblem, ...] = details
+        self.problems: tuple[str, ...] = tuple(str(d) for d in details)
 
 
 class UnscorableReason(StrEnum):
