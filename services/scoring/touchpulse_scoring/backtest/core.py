@@ -1,0 +1,570 @@
+"""Re-judge retained events under two catalogues, in memory, and say what would change.
+
+Pure: events, profiles, both catalogues and the moment the run treats as now come in; a
+:class:`BacktestReport` comes out. Nothing is read or written anywhere else, so the same
+inputs give the same report, byte for byte (``to_json``).
+
+Each customer's events are folded through the very steps scoring applies to an event
+(``judge_event`` -> ``apply_outcomes`` -> ``assess`` -> ``explanation_needed`` ->
+``explain`` -> ``decide``, see :mod:`touchpulse_scoring.engine`), once under the live
+catalogue and once under the candidate, one event at a time in event-time order (the
+order scoring applies a batch in). Both sides are re-judged here, never read from the
+database: the live side is what the live catalogue gives on the same events with the same
+profiles, so every difference in the report is the catalogue's.
+
+What stands in for the services' clocks, all taken from the events (a replay decides
+alike):
+
+- a deadline expires (a breach by absence, dated at its due time) before the customer's
+  first event later than its due time, and at the end if due before ``now``;
+- an open intervention nobody took expires (``expire_overdue``) at the time of the next
+  decision after its expiry days. People's takes and resolutions are not known to a
+  back-test: cases stay open until they expire.
+
+Per customer the two runs are compared and only the summary is kept (the 20 most affected
+customers in full), so memory grows with customers, not with events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from touchpulse_scoring.domain import (
+    NO_GUARD,
+    NO_PROFILE,
+    Catalogue,
+    CustomerProfile,
+    Deadline,
+    DeadlineRef,
+    Fulfilment,
+    Intervention,
+    Outcome,
+    ReopenGuard,
+    TouchpointHealth,
+    UnscorableEvent,
+    apply_outcomes,
+    assess,
+    decide,
+    expire_deadline,
+    expire_overdue,
+    explain,
+    explanation_needed,
+    is_new,
+    judge_event,
+)
+from touchpulse_scoring.domain.profile import DEFAULT_SEGMENT
+from touchpulse_shared.contract.events import ExperienceEventV1
+
+#: How many customers the report lists in full, most affected first.
+MOST_AFFECTED = 20
+#: How many gaps each of them shows per side (the health explanation's worst first).
+GAPS_SHOWN = 3
+#: The band of a customer with no score (no outcome at all).
+NO_BAND = "none"
+BANDS = ("red", "amber", "green", NO_BAND)
+#: The segment column of a promise row that covers every segment.
+ALL_SEGMENTS = "*"
+
+Progress = Callable[[int, int], None]
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """One promise's standing outcomes under one catalogue: how many, how many broken, and
+    the gap of the broken ones (in the promise's unit; hours late for deadlines)."""
+
+    outcomes: int
+    breaches: int
+    breach_rate: float | None
+    median_gap: float | None
+    p90_gap: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PromiseRow:
+    promise_id: str
+    #: The customers' segment, or :data:`ALL_SEGMENTS`.
+    segment: str
+    live: Rates
+    candidate: Rates
+
+    @property
+    def changed(self) -> bool:
+        return self.live != self.candidate
+
+
+@dataclass(frozen=True, slots=True)
+class GapRow:
+    promise_id: str
+    touchpoint: str
+    op: str
+    target: float | bool
+    unit: str
+    actual: float | bool | None
+    gap: float
+    occurred_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSide:
+    score: float | None
+    band: str
+    breaches: int
+    interventions_opened: int
+    gaps: tuple[GapRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    customer_id: str
+    segment: str
+    live: CustomerSide
+    candidate: CustomerSide
+
+
+@dataclass(frozen=True, slots=True)
+class InterventionDiff:
+    """Cases opened over the window under each catalogue."""
+
+    opened_live: int
+    opened_candidate: int
+    #: Opened (at least once more) under the candidate: a case that would have opened.
+    would_open: tuple[str, ...]
+    #: Opened (at least once more) under live: a case that would not have opened.
+    would_not_open: tuple[str, ...]
+    #: Trigger kind -> [under live, under the candidate], over the cases opened.
+    triggers: Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class BacktestReport:
+    live_version: str
+    candidate_version: str
+    events: int
+    duplicates: int
+    customers: int
+    first_event: str | None
+    last_event: str | None
+    #: Per catalogue, events it refuses (reason -> count): dead letters under it.
+    unscorable: Mapping[str, Mapping[str, int]]
+    promises: tuple[PromiseRow, ...]
+    #: Live band -> candidate band -> customers (every band, zeros included).
+    bands: Mapping[str, Mapping[str, int]]
+    interventions: InterventionDiff
+    most_affected: tuple[CustomerRow, ...]
+    #: Customers whose score, band, breaches or openings differ.
+    customers_changed: int
+
+    @property
+    def moved(self) -> int:
+        """Customers whose band differs."""
+        return sum(n for a, row in self.bands.items() for b, n in row.items() if a != b)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing differs: the candidate judges these events exactly as live does."""
+        return (
+            self.customers_changed == 0
+            and not any(row.changed for row in self.promises)
+            and not self.interventions.would_open
+            and not self.interventions.would_not_open
+            and self.unscorable["live"] == self.unscorable["candidate"]
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        found = asdict(self)
+        found["moved"] = self.moved
+        found["empty"] = self.empty
+        return found
+
+    def to_json(self) -> str:
+        return orjson.dumps(
+            self.as_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
+        ).decode()
+
+
+# --- one customer under one catalogue -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    """A customer's state under one catalogue, as scoring's rows would hold it."""
+
+    catalogue: Catalogue
+    profile: CustomerProfile
+    health: dict[str, TouchpointHealth] = field(default_factory=dict)
+    standing: dict[str, Outcome] = field(default_factory=dict)
+    deadlines: dict[DeadlineRef, Deadline] = field(default_factory=dict)
+    early: dict[DeadlineRef, Fulfilment] = field(default_factory=dict)
+    #: Promise -> times of the standing breaches (scoring's breach history, before pruning).
+    breaches: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
+    current: Intervention | None = None
+    guard: ReopenGuard = NO_GUARD
+    score: float | None = None
+    as_of: datetime | None = None
+    opened: list[Intervention] = field(default_factory=list)
+    unscorable: Counter[str] = field(default_factory=Counter)
+
+    def event(self, event: ExperienceEventV1) -> None:
+        at = event.occurred_at
+        if self.deadlines:
+            self.expire_before(at)
+        try:
+            judged = judge_event(event, self.catalogue, self.profile, self.deadlines, self.early)
+        except UnscorableEvent as exc:
+            self.unscorable[exc.reason.value] += 1
+            return
+        judged.fold_into(self.deadlines, self.early)
+        if self.as_of is None or at > self.as_of:
+            self.as_of = at
+        self.settle(judged.outcomes)
+
+    def expire_before(self, now: datetime) -> None:
+        """Expire the open deadlines due before ``now`` (scoring's sweep, once the
+        partition is applied past their due time), earliest due first."""
+        due = sorted(
+            (d for d in self.deadlines.values() if d.state == "open" and d.due_at < now),
+            key=lambda d: (d.due_at, d.promise_id, d.journey_key),
+        )
+        for deadline in due:
+            expired = expire_deadline(deadline, now)
+            if expired is None:
+                continue
+            ended, outcome = expired
+            self.deadlines[deadline.ref] = ended
+            if self.as_of is None or ended.due_at > self.as_of:
+                self.as_of = ended.due_at
+            self.settle((outcome,))
+
+    def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Scoring's ``_settle`` and ``_decide`` for one customer and one event."""
+        catalogue = self.catalogue
+        policy = catalogue.policy
+        as_of = self.as_of
+        assert as_of is not None  # noqa: S101 - set by every caller before settling
+        if not outcomes:
+            # Only the freshness of health moves; that can matter only to a guard still
+            # waiting for recovery (nothing is decided without a fresh outcome).
+            if not self.guard.recovered and self.health:
+                self.score = assess(self.health, catalogue, as_of).score
+                self._observe(as_of)
+            return
+        standing = self.standing
+        given = {
+            o.outcome_key: standing[o.outcome_key] for o in outcomes if o.outcome_key in standing
+        }
+        applied = apply_outcomes(self.health, given, outcomes, half_life_days=policy.half_life_days)
+        self.health = dict(applied.health)
+        journey = assess(applied.health, catalogue, as_of)
+        previous = self.score
+        self.score = journey.score
+        broken = any(not o.met for o in applied.recorded)
+        # The breach history the decision reads is the one before these outcomes.
+        history = (
+            {p: tuple(ts) for p, ts in self.breaches.items() if ts}
+            if broken or self.current
+            else {}
+        )
+        for old in applied.superseded:
+            if not old.met:
+                times = self.breaches[old.promise_id]
+                if old.occurred_at in times:
+                    times.remove(old.occurred_at)
+        for new in applied.recorded:
+            standing[new.outcome_key] = new
+            if not new.met:
+                self.breaches[new.promise_id].append(new.occurred_at)
+        if self.current is not None:
+            overdue = expire_overdue(self.current, now=as_of, policy=policy.interventions)
+            if overdue is not None:
+                self.guard = ReopenGuard.after_close(overdue)
+                self.current = None
+        if not applied.recorded or (self.current is None and not broken):
+            self._observe(as_of)
+            return
+        new_customer = is_new(self.profile, as_of, policy)
+        arguments: dict[str, Any] = {
+            "catalogue": catalogue,
+            "health": journey.score,
+            "previous_health": previous,
+            "is_new": new_customer,
+            "outcomes": applied.recorded,
+            "breaches": history,
+            "current": self.current,
+            "guard": self.guard,
+            "evidence": journey.evidence,
+        }
+        if not explanation_needed(**arguments):
+            self._observe(as_of)
+            return
+        explained = explain(applied.health, standing.values(), catalogue, as_of)
+        decision = decide(
+            **arguments,
+            customer_id=event_customer(outcomes),
+            now=as_of,
+            profile=self.profile,
+            explained=[e.outcome for e in explained],
+        )
+        self.guard = decision.guard
+        if decision.kind == "opened" and decision.intervention is not None:
+            self.opened.append(decision.intervention)
+        if decision.kind != "none":
+            self.current = decision.intervention
+
+    def _observe(self, as_of: datetime) -> None:
+        if not self.guard.recovered:
+            policy = self.catalogue.policy
+            self.guard = self.guard.observe(
+                self.score, policy.interventions, is_new=is_new(self.profile, as_of, policy)
+            )
+
+    def finish(self, now: datetime) -> None:
+        if self.deadlines:
+            self.expire_before(now)
+        if self.as_of is not None and self.health:
+            self.score = assess(self.health, self.catalogue, self.as_of).score
+
+    @property
+    def band(self) -> str:
+        if self.score is None:
+            return NO_BAND
+        return self.catalogue.policy.bands.of(self.score)
+
+    def gaps(self) -> tuple[GapRow, ...]:
+        if self.as_of is None:
+            return ()
+        worst = explain(self.health, self.standing.values(), self.catalogue, self.as_of)
+        return tuple(_gap_row(e.outcome) for e in worst[:GAPS_SHOWN])
+
+
+def event_customer(outcomes: Sequence[Outcome]) -> str:
+    return outcomes[0].customer_id
+
+
+def _gap_row(outcome: Outcome) -> GapRow:
+    return GapRow(
+        promise_id=outcome.promise_id,
+        touchpoint=outcome.touchpoint,
+        op=outcome.expected.op,
+        target=outcome.expected.target,
+        unit=outcome.expected.unit,
+        actual=outcome.actual,
+        gap=outcome.gap,
+        occurred_at=outcome.occurred_at.isoformat(),
+    )
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    """Gaps of breaches and counts of outcomes, per (promise, segment), for one catalogue."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    gaps: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, run: _Run, segment: str) -> int:
+        breaches = 0
+        outcomes, gaps = self.outcomes, self.gaps
+        for outcome in run.standing.values():
+            key = (outcome.promise_id, segment)
+            outcomes[key] += 1
+            if not outcome.met:
+                gaps[key].append(outcome.gap)
+                breaches += 1
+        return breaches
+
+
+def backtest(
+    events: Iterable[ExperienceEventV1],
+    profiles: Mapping[str, CustomerProfile],
+    live: Catalogue,
+    candidate: Catalogue,
+    *,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> BacktestReport:
+    """Re-judge ``events`` (duplicates by ``(source, event_id)`` count once) under both
+    catalogues; ``now`` (default: the newest event's time) is when open deadlines are
+    expired for the last time. ``progress(customers_done, customers)`` is called now and
+    then."""
+    by_customer: dict[str, list[ExperienceEventV1]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    total = duplicates = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    for event in events:
+        identity = event.identity
+        if identity in seen:
+            duplicates += 1
+            continue
+        seen.add(identity)
+        total += 1
+        at = event.occurred_at
+        if first is None or at < first:
+            first = at
+        if last is None or at > last:
+            last = at
+        by_customer[event.customer_id].append(event)
+    end = now if now is not None else last
+    tallies = {"live": _Tally(), "candidate": _Tally()}
+    unscorable: dict[str, Counter[str]] = {"live": Counter(), "candidate": Counter()}
+    bands = {a: dict.fromkeys(BANDS, 0) for a in BANDS}
+    triggers: dict[str, list[int]] = {}
+    opened = {"live": 0, "candidate": 0}
+    would_open: list[str] = []
+    would_not_open: list[str] = []
+    changed = 0
+    # A min-heap of the most affected: (how much, customer, row), the smallest first out.
+    affected: list[tuple[tuple[float, int, str], CustomerRow]] = []
+    customers = sorted(by_customer)
+    step = max(1, len(customers) // 100)
+    for index, customer in enumerate(customers):
+        pending = by_customer.pop(customer)
+        pending.sort(key=lambda e: (e.occurred_at, e.identity))
+        profile = profiles.get(customer, NO_PROFILE)
+        segment = profile.segment or DEFAULT_SEGMENT
+        runs = {"live": _Run(live, profile), "candidate": _Run(candidate, profile)}
+        sides: dict[str, tuple[float | None, str, int, int]] = {}
+        for side, run in runs.items():
+            for event in pending:
+                run.event(event)
+            if end is not None:
+                run.finish(end)
+            breaches = tallies[side].add(run, segment)
+            unscorable[side].update(run.unscorable)
+            opened[side] += len(run.opened)
+            for case in run.opened:
+                for kind in case.reasons:
+                    triggers.setdefault(kind.value, [0, 0])[side == "candidate"] += 1
+            sides[side] = (run.score, run.band, breaches, len(run.opened))
+        bands[sides["live"][1]][sides["candidate"][1]] += 1
+        if sides["candidate"][3] > sides["live"][3]:
+            would_open.append(customer)
+        elif sides["candidate"][3] < sides["live"][3]:
+            would_not_open.append(customer)
+        if sides["live"] != sides["candidate"]:
+            changed += 1
+            rank = _affected(sides["live"], sides["candidate"])
+            if len(affected) < MOST_AFFECTED or rank > affected[0][0][:2]:
+                row = CustomerRow(
+                    customer_id=customer,
+                    segment=segment,
+                    live=_customer_side(runs["live"], sides["live"]),
+                    candidate=_customer_side(runs["candidate"], sides["candidate"]),
+                )
+                entry = ((*rank, _reverse(customer)), row)
+                if len(affected) < MOST_AFFECTED:
+                    heapq.heappush(affected, entry)
+                else:
+                    heapq.heapreplace(affected, entry)
+        if progress is not None and (index + 1) % step == 0:
+            progress(index + 1, len(customers))
+    if progress is not None:
+        progress(len(customers), len(customers))
+    return BacktestReport(
+        live_version=live.version,
+        candidate_version=candidate.version,
+        events=total,
+        duplicates=duplicates,
+        customers=len(customers),
+        first_event=None if first is None else first.isoformat(),
+        last_event=None if last is None else last.isoformat(),
+        unscorable={side: dict(sorted(found.items())) for side, found in unscorable.items()},
+        promises=_promise_rows(tallies["live"], tallies["candidate"]),
+        bands=bands,
+        interventions=InterventionDiff(
+            opened_live=opened["live"],
+            opened_candidate=opened["candidate"],
+            would_open=tuple(would_open),
+            would_not_open=tuple(would_not_open),
+            triggers={k: (v[0], v[1]) for k, v in sorted(triggers.items())},
+        ),
+        most_affected=tuple(row for _, row in sorted(affected, reverse=True)),
+        customers_changed=changed,
+    )
+
+
+def _affected(
+    live: tuple[float | None, str, int, int], candidate: tuple[float | None, str, int, int]
+) -> tuple[float, int]:
+    """How much a customer changed: score points moved (a score appearing or vanishing
+    counts as 100), then breaches added or removed."""
+    a, b = live[0], candidate[0]
+    if a is None or b is None:
+        moved = 0.0 if a is b else 100.0
+    else:
+        moved = round(abs(a - b), 6)
+    return (moved, abs(live[2] - candidate[2]) + abs(live[3] - candidate[3]))
+
+
+class _reverse(str):  # noqa: N801 - a sort key, read as "customer id, reversed order"
+    """Ties among the most affected go to the smaller customer id: in the min-heap the
+    larger id must rank lower."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: object) -> bool:
+        return str.__gt__(self, other) if isinstance(other, str) else NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        return str.__lt__(self, other) if isinstance(other, str) else NotImplemented
+
+
+def _customer_side(run: _Run, side: tuple[float | None, str, int, int]) -> CustomerSide:
+    return CustomerSide(
+        score=None if side[0] is None else round(side[0], 6),
+        band=side[1],
+        breaches=side[2],
+        interventions_opened=side[3],
+        gaps=run.gaps(),
+    )
+
+
+def _promise_rows(live: _Tally, candidate: _Tally) -> tuple[PromiseRow, ...]:
+    keys = set(live.outcomes) | set(candidate.outcomes)
+    promises = sorted({p for p, _ in keys})
+    rows: list[PromiseRow] = []
+    for promise in promises:
+        segments = sorted(s for p, s in keys if p == promise)
+        for segment in [ALL_SEGMENTS, *segments]:
+            chosen = [s for s in segments if segment in (ALL_SEGMENTS, s)]
+            rows.append(
+                PromiseRow(
+                    promise_id=promise,
+                    segment=segment,
+                    live=_rates(live, promise, chosen),
+                    candidate=_rates(candidate, promise, chosen),
+                )
+            )
+    return tuple(rows)
+
+
+def _rates(tally: _Tally, promise: str, segments: Sequence[str]) -> Rates:
+    outcomes = sum(tally.outcomes.get((promise, s), 0) for s in segments)
+    gaps = sorted(g for s in segments for g in tally.gaps.get((promise, s), ()))
+    return Rates(
+        outcomes=outcomes,
+        breaches=len(gaps),
+        breach_rate=None if not outcomes else round(len(gaps) / outcomes, 6),
+        median_gap=None if not gaps else round(statistics.median(gaps), 6),
+        p90_gap=None if not gaps else round(_nearest_rank(gaps, 0.9), 6),
+    )
+
+
+def _nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile by nearest rank: a value that occurred, never an interpolation."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
