@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from touchpulse_shared.settings import Settings
 from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
 from touchpulse_shared.stack.postgres import LocalPostgres
@@ -85,6 +83,9 @@ def new_run_dir(state_dir: Path) -> Path:
     """A fresh folder for this run's data and logs; folders of dead runs are removed."""
     runs = state_dir.resolve() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    # psutil is the local extra's, not the service images': imported where used.
+    import psutil  # noqa: PLC0415
+
     for old in runs.iterdir():
         pid = _owner_pid(old)
         if pid is not None and not psutil.pid_exists(pid):
