@@ -29,20 +29,22 @@ EXIT_USAGE = 2
 
 @app.command("check")
 def check(
-    file: Annotated[Path, typer.Argument(help="the catalogue YAML to check")],
+    file: Annotated[
+        Path, typer.Argument(help="the catalogue YAML to check", exists=True, dir_okay=False)
+    ],
     *,
     json_output: Annotated[
         bool, typer.Option("--json", help="print a JSON report instead of text")
     ] = False,
 ) -> None:
-    """Validate a catalogue exactly as ingest and scoring do; every problem at once.
+    """Validate a catalogue exactly as ingest and scoring do, every problem at once.
 
-    Exits 0 when the services would accept the file (and prints a summary), 1 when they
-    would refuse it (one line per problem, naming the promise and the field), 2 on usage
-    errors.
+    Exits 0 when the services would take the file (and prints what it promises), 1 when
+    they would refuse it (one line per problem, with its line, promise and field), 2 on
+    usage errors.
     """
-    from touchpulse_scoring.catalogue_tools.check import check_file  # noqa: PLC0415
+    from touchpulse_scoring.catalogue_tools import check  # noqa: PLC0415
 
-    report = check_file(file)
-    typer.echo(report.render_json() if json_output else report.render_text())
-    raise typer.Exit(EXIT_OK if report.ok else EXIT_FOUND)
+    loaded = check.load(file)
+    typer.echo(check.render_json(loaded) if json_output else check.render_text(loaded))
+    raise typer.Exit(EXIT_OK if loaded.ok else EXIT_FOUND)

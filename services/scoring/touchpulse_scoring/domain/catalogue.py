@@ -339,7 +339,12 @@ def catalogue_from_mapping(data: object) -> Catalogue:
         problems = [_describe_document_error(error) for error in exc.errors()]
         raw_promises = data.get("promises")
         if isinstance(raw_promises, list):
-            problems += _validate_promises(raw_promises)[1]
+            # The promises' own problems too, and what they break between them, so that one
+            # check shows everything to fix rather than one section per attempt.
+            indexed, found = _validate_promises(raw_promises)
+            raw_touchpoints = data.get("touchpoints")
+            known = raw_touchpoints if isinstance(raw_touchpoints, Mapping) else None
+            problems += found + _cross_check(indexed, known) + _check_kinds(indexed)
         raise CatalogueError(problems) from None
     indexed, problems = _validate_promises(document.promises)
     problems += _cross_check(indexed, document.touchpoints)
@@ -414,10 +419,11 @@ def _validate_promises(raw: Sequence[Any]) -> tuple[list[_Indexed], list[Catalog
 
 
 def _cross_check(
-    promises: Sequence[_Indexed], touchpoints: Mapping[str, float]
+    promises: Sequence[_Indexed], touchpoints: Mapping[str, Any] | None
 ) -> list[CatalogueProblem]:
+    """Unique ids, and known touchpoints (unless the touchpoints section is no mapping)."""
     problems: list[CatalogueProblem] = []
-    known = ", ".join(sorted(touchpoints))
+    known = ", ".join(sorted(map(str, touchpoints or {})))
     seen: set[str] = set()
     for index, promise in promises:
         if promise.id in seen:
@@ -427,7 +433,7 @@ def _cross_check(
                 )
             )
         seen.add(promise.id)
-        if promise.touchpoint not in touchpoints:
+        if touchpoints is not None and promise.touchpoint not in touchpoints:
             problems.append(
                 _promise_problem(
                     index,
