@@ -135,7 +135,7 @@ def _line(root: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
 # --- the summary of a valid catalogue ---------------------------------------------------------
 
 
-def _terms(promise: MeasurePromise | DeadlinePromise) -> str:
+def terms(promise: MeasurePromise | DeadlinePromise) -> str:
     if isinstance(promise, MeasurePromise):
         target = (
             str(promise.expect.target).lower()
@@ -163,7 +163,7 @@ def summary(catalogue: Catalogue) -> dict[str, Any]:
             {
                 "id": promise.id,
                 "kind": "deadline" if isinstance(promise, DeadlinePromise) else "measure",
-                "terms": _terms(promise),
+                "terms": terms(promise),
                 "weight": promise.weight,
                 "severity": promise.severity,
             }

@@ -48,3 +48,43 @@ def check(
     loaded = check.load(file)
     typer.echo(check.render_json(loaded) if json_output else check.render_text(loaded))
     raise typer.Exit(EXIT_OK if loaded.ok else EXIT_FOUND)
+
+
+@app.command("diff")
+def diff(
+    old: Annotated[
+        Path, typer.Argument(help="the catalogue in effect", exists=True, dir_okay=False)
+    ],
+    new: Annotated[
+        Path, typer.Argument(help="the candidate catalogue", exists=True, dir_okay=False)
+    ],
+    *,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print a JSON report instead of text")
+    ] = False,
+) -> None:
+    """What NEW changes against OLD, in the catalogue's terms: promises added and removed,
+    their changed fields (targets, tolerances, weights, severity, segment terms), policy,
+    touchpoints, tracking plan and version.
+
+    Exits 0 when both promise the same (and prints nothing, as diff(1)), 1 when they
+    differ, 2 when either file is invalid (its problems as `check` prints them) or on
+    usage errors.
+    """
+    from touchpulse_scoring.catalogue_tools import check as checking  # noqa: PLC0415
+    from touchpulse_scoring.catalogue_tools import diff as diffing  # noqa: PLC0415
+
+    before, after = checking.load(old), checking.load(new)
+    if before.catalogue is None or after.catalogue is None:
+        invalid = [loaded for loaded in (before, after) if not loaded.ok]
+        if json_output:
+            typer.echo("[" + ",\n".join(checking.render_json(i) for i in invalid) + "]")
+        for loaded in invalid:
+            typer.echo(loaded.problems_text(), err=True)
+        raise typer.Exit(EXIT_USAGE)
+    result = diffing.diff_catalogues(before.catalogue, after.catalogue)
+    if json_output:
+        typer.echo(diffing.render_json(result, before, after))
+    elif not result.identical:
+        typer.echo(diffing.render_text(result, before, after))
+    raise typer.Exit(EXIT_OK if result.identical else EXIT_FOUND)
