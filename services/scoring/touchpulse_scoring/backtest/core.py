@@ -249,70 +249,62 @@ class _Run:
             self.settle((outcome,))
 
     def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Scoring's ``_settle`` and ``_decide`` for one customer and one event."""
-        catalogue = self.catalogue
-        policy = catalogue.policy
+        """Scoring's ``_settle`` and ``_decide`` for one customer and one event, reduced to
+        what the report can see: the standing outcomes, the final health and the cases
+        that open (with their triggers at opening).
+
+        Two shortcuts, each exact for those:
+
+        - while a case is open nothing new can open (at most one open case per customer;
+          the next waits for this one's expiry, which depends on when it opened only), so
+          the attachments and re-rankings scoring would make to it are not computed;
+        - the journey is read only for a decision: the previous score feeds only the
+          reopen guard, and a guard never waits in a back-test (cases are not resolved
+          here, only expired, and an expired case damps nothing).
+        """
         as_of = self.as_of
         assert as_of is not None  # noqa: S101 - set by every caller before settling
         if not outcomes:
-            # Only the freshness of health moves; that can matter only to a guard still
-            # waiting for recovery (nothing is decided without a fresh outcome).
-            if not self.guard.recovered and self.health:
-                self.score = assess(self.health, catalogue, as_of).score
-                self._observe(as_of)
-            return
+            return  # only the freshness of health moves: read at the end
+        catalogue = self.catalogue
+        policy = catalogue.policy
         standing = self.standing
         given = {
             o.outcome_key: standing[o.outcome_key] for o in outcomes if o.outcome_key in standing
         }
         applied = apply_outcomes(self.health, given, outcomes, half_life_days=policy.half_life_days)
-        self.health = dict(applied.health)
-        journey = assess(applied.health, catalogue, as_of)
-        previous = self.score
-        self.score = journey.score
+        self.health = applied.health  # type: ignore[assignment] # a fresh dict, ours now
         broken = any(not o.met for o in applied.recorded)
         # The breach history the decision reads is the one before these outcomes.
-        history = (
-            {p: tuple(ts) for p, ts in self.breaches.items() if ts}
-            if broken or self.current
-            else {}
-        )
-        for old in applied.superseded:
-            if not old.met:
-                times = self.breaches[old.promise_id]
-                if old.occurred_at in times:
-                    times.remove(old.occurred_at)
-        for new in applied.recorded:
-            standing[new.outcome_key] = new
-            if not new.met:
-                self.breaches[new.promise_id].append(new.occurred_at)
-        if self.current is not None:
-            overdue = expire_overdue(self.current, now=as_of, policy=policy.interventions)
-            if overdue is not None:
-                self.guard = ReopenGuard.after_close(overdue)
-                self.current = None
-        if not applied.recorded or (self.current is None and not broken):
-            self._observe(as_of)
+        history = self._history() if broken else {}
+        self._record(applied.recorded, applied.superseded)
+        current = self.current
+        if current is not None:
+            overdue = expire_overdue(current, now=as_of, policy=policy.interventions)
+            if overdue is None:
+                return
+            self.guard = ReopenGuard.after_close(overdue)
+            self.current = None
+        if not broken:
             return
-        new_customer = is_new(self.profile, as_of, policy)
+        journey = assess(applied.health, catalogue, as_of)
         arguments: dict[str, Any] = {
             "catalogue": catalogue,
             "health": journey.score,
-            "previous_health": previous,
-            "is_new": new_customer,
+            "previous_health": None,
+            "is_new": is_new(self.profile, as_of, policy),
             "outcomes": applied.recorded,
             "breaches": history,
-            "current": self.current,
+            "current": None,
             "guard": self.guard,
             "evidence": journey.evidence,
         }
         if not explanation_needed(**arguments):
-            self._observe(as_of)
             return
         explained = explain(applied.health, standing.values(), catalogue, as_of)
         decision = decide(
             **arguments,
-            customer_id=event_customer(outcomes),
+            customer_id=outcomes[0].customer_id,
             now=as_of,
             profile=self.profile,
             explained=[e.outcome for e in explained],
@@ -320,15 +312,22 @@ class _Run:
         self.guard = decision.guard
         if decision.kind == "opened" and decision.intervention is not None:
             self.opened.append(decision.intervention)
-        if decision.kind != "none":
             self.current = decision.intervention
 
-    def _observe(self, as_of: datetime) -> None:
-        if not self.guard.recovered:
-            policy = self.catalogue.policy
-            self.guard = self.guard.observe(
-                self.score, policy.interventions, is_new=is_new(self.profile, as_of, policy)
-            )
+    def _history(self) -> dict[str, tuple[datetime, ...]]:
+        return {p: tuple(ts) for p, ts in self.breaches.items() if ts}
+
+    def _record(self, recorded: Sequence[Outcome], superseded: Sequence[Outcome]) -> None:
+        for old in superseded:
+            if not old.met:
+                times = self.breaches[old.promise_id]
+                if old.occurred_at in times:
+                    times.remove(old.occurred_at)
+        standing, breaches = self.standing, self.breaches
+        for new in recorded:
+            standing[new.outcome_key] = new
+            if not new.met:
+                breaches[new.promise_id].append(new.occurred_at)
 
     def finish(self, now: datetime) -> None:
         if self.deadlines:
@@ -347,10 +346,6 @@ class _Run:
             return ()
         worst = explain(self.health, self.standing.values(), self.catalogue, self.as_of)
         return tuple(_gap_row(e.outcome) for e in worst[:GAPS_SHOWN])
-
-
-def event_customer(outcomes: Sequence[Outcome]) -> str:
-    return outcomes[0].customer_id
 
 
 def _gap_row(outcome: Outcome) -> GapRow:
@@ -388,6 +383,156 @@ class _Tally:
         return breaches
 
 
+#: What the comparison keeps of one customer under one catalogue: score, band, standing
+#: breaches, cases opened.
+_Summary = tuple[float | None, str, int, int]
+LIVE, CANDIDATE = "live", "candidate"
+
+
+class _Changes:
+    """Which events the candidate can judge differently from live.
+
+    When the two catalogues differ only in promises (the policy, touchpoints and tracking
+    plan equal), an event that no changed promise judges, opens or fulfils is judged alike
+    under both, and a customer with only such events gets the same outcomes, health and
+    decisions (the catalogue's other lookups, priors and actions, are those of unchanged
+    promises): the live run stands for the candidate's, exactly, at half the cost.
+    """
+
+    def __init__(self, live: Catalogue, candidate: Catalogue) -> None:
+        self.live = live
+        self.candidate = candidate
+        self.promises: frozenset[str] | None = None
+        same_frame = (
+            live.policy == candidate.policy
+            and dict(live.touchpoints) == dict(candidate.touchpoints)
+            and {t: dict(d) for t, d in live.events.items()}
+            == {t: dict(d) for t, d in candidate.events.items()}
+        )
+        if same_frame:
+            old = {p.id: p for p in live.promises}
+            new = {p.id: p for p in candidate.promises}
+            self.promises = frozenset(
+                i for i in old.keys() | new.keys() if old.get(i) != new.get(i)
+            )
+        self._kinds: dict[tuple[str, str], bool] = {}
+
+    def touches(self, events: Sequence[ExperienceEventV1]) -> bool:
+        """Whether any of these events can be judged differently under the candidate."""
+        if self.promises is None:
+            return True
+        kinds = self._kinds
+        for event in events:
+            kind = (event.touchpoint, event.type)
+            found = kinds.get(kind)
+            if found is None:
+                found = kinds[kind] = self._touches(*kind)
+            if found:
+                return True
+        return False
+
+    def _touches(self, touchpoint: str, event_type: str) -> bool:
+        changed = self.promises
+        assert changed is not None  # noqa: S101 - only asked when promises alone differ
+        for catalogue in (self.live, self.candidate):
+            for group in (
+                catalogue.measure_promises(touchpoint, event_type),
+                catalogue.deadlines_opened_by(event_type),
+                catalogue.deadlines_fulfilled_by(event_type),
+            ):
+                if any(p.id in changed for p in group):
+                    return True
+        return False
+
+
+@dataclass
+class _Comparison:
+    """The report's figures, customer by customer."""
+
+    tallies: dict[str, _Tally] = field(
+        default_factory=lambda: {LIVE: _Tally(), CANDIDATE: _Tally()}
+    )
+    unscorable: dict[str, Counter[str]] = field(
+        default_factory=lambda: {LIVE: Counter(), CANDIDATE: Counter()}
+    )
+    bands: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {a: dict.fromkeys(BANDS, 0) for a in BANDS}
+    )
+    triggers: dict[str, list[int]] = field(default_factory=dict)
+    opened: dict[str, int] = field(default_factory=lambda: {LIVE: 0, CANDIDATE: 0})
+    would_open: list[str] = field(default_factory=list)
+    would_not_open: list[str] = field(default_factory=list)
+    changed: int = 0
+    #: A min-heap of the most affected: (how much, customer), row; the least first out.
+    affected: list[tuple[tuple[float, int, str], CustomerRow]] = field(default_factory=list)
+
+    def count(self, side: str, run: _Run, segment: str) -> _Summary:
+        breaches = self.tallies[side].add(run, segment)
+        self.unscorable[side].update(run.unscorable)
+        self.opened[side] += len(run.opened)
+        for case in run.opened:
+            for kind in case.reasons:
+                self.triggers.setdefault(kind.value, [0, 0])[side == CANDIDATE] += 1
+        return (run.score, run.band, breaches, len(run.opened))
+
+    def compare(
+        self,
+        customer: str,
+        segment: str,
+        runs: Mapping[str, _Run],
+        live: _Summary,
+        candidate: _Summary,
+    ) -> None:
+        self.bands[live[1]][candidate[1]] += 1
+        if candidate[3] > live[3]:
+            self.would_open.append(customer)
+        elif candidate[3] < live[3]:
+            self.would_not_open.append(customer)
+        if live == candidate:
+            return
+        self.changed += 1
+        rank = _affected(live, candidate)
+        heap = self.affected
+        if len(heap) == MOST_AFFECTED and rank <= heap[0][0][:2]:
+            return  # ties go to the customer seen first: the smaller id
+        row = CustomerRow(
+            customer_id=customer,
+            segment=segment,
+            live=_customer_side(runs[LIVE], live),
+            candidate=_customer_side(runs[CANDIDATE], candidate),
+        )
+        entry = ((*rank, _Reverse(customer)), row)
+        if len(heap) < MOST_AFFECTED:
+            heapq.heappush(heap, entry)
+        else:
+            heapq.heapreplace(heap, entry)
+
+
+def _by_customer(
+    events: Iterable[ExperienceEventV1],
+) -> tuple[dict[str, list[ExperienceEventV1]], int, datetime | None, datetime | None]:
+    """Each customer's events, each ``(source, event_id)`` once; duplicates dropped; the
+    first and last event times."""
+    by_customer: dict[str, list[ExperienceEventV1]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    duplicates = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    for event in events:
+        identity = event.identity
+        if identity in seen:
+            duplicates += 1
+            continue
+        seen.add(identity)
+        at = event.occurred_at
+        if first is None or at < first:
+            first = at
+        if last is None or at > last:
+            last = at
+        by_customer[event.customer_id].append(event)
+    return by_customer, duplicates, first, last
+
+
 def backtest(
     events: Iterable[ExperienceEventV1],
     profiles: Mapping[str, CustomerProfile],
@@ -401,35 +546,11 @@ def backtest(
     catalogues; ``now`` (default: the newest event's time) is when open deadlines are
     expired for the last time. ``progress(customers_done, customers)`` is called now and
     then."""
-    by_customer: dict[str, list[ExperienceEventV1]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
-    total = duplicates = 0
-    first: datetime | None = None
-    last: datetime | None = None
-    for event in events:
-        identity = event.identity
-        if identity in seen:
-            duplicates += 1
-            continue
-        seen.add(identity)
-        total += 1
-        at = event.occurred_at
-        if first is None or at < first:
-            first = at
-        if last is None or at > last:
-            last = at
-        by_customer[event.customer_id].append(event)
+    by_customer, duplicates, first, last = _by_customer(events)
+    total = sum(len(found) for found in by_customer.values())
     end = now if now is not None else last
-    tallies = {"live": _Tally(), "candidate": _Tally()}
-    unscorable: dict[str, Counter[str]] = {"live": Counter(), "candidate": Counter()}
-    bands = {a: dict.fromkeys(BANDS, 0) for a in BANDS}
-    triggers: dict[str, list[int]] = {}
-    opened = {"live": 0, "candidate": 0}
-    would_open: list[str] = []
-    would_not_open: list[str] = []
-    changed = 0
-    # A min-heap of the most affected: (how much, customer, row), the smallest first out.
-    affected: list[tuple[tuple[float, int, str], CustomerRow]] = []
+    changes = _Changes(live, candidate)
+    found = _Comparison()
     customers = sorted(by_customer)
     step = max(1, len(customers) // 100)
     for index, customer in enumerate(customers):
@@ -437,40 +558,17 @@ def backtest(
         pending.sort(key=lambda e: (e.occurred_at, e.identity))
         profile = profiles.get(customer, NO_PROFILE)
         segment = profile.segment or DEFAULT_SEGMENT
-        runs = {"live": _Run(live, profile), "candidate": _Run(candidate, profile)}
-        sides: dict[str, tuple[float | None, str, int, int]] = {}
-        for side, run in runs.items():
+        runs = {LIVE: _Run(live, profile)}
+        if changes.touches(pending):
+            runs[CANDIDATE] = _Run(candidate, profile)
+        for run in runs.values():
             for event in pending:
                 run.event(event)
             if end is not None:
                 run.finish(end)
-            breaches = tallies[side].add(run, segment)
-            unscorable[side].update(run.unscorable)
-            opened[side] += len(run.opened)
-            for case in run.opened:
-                for kind in case.reasons:
-                    triggers.setdefault(kind.value, [0, 0])[side == "candidate"] += 1
-            sides[side] = (run.score, run.band, breaches, len(run.opened))
-        bands[sides["live"][1]][sides["candidate"][1]] += 1
-        if sides["candidate"][3] > sides["live"][3]:
-            would_open.append(customer)
-        elif sides["candidate"][3] < sides["live"][3]:
-            would_not_open.append(customer)
-        if sides["live"] != sides["candidate"]:
-            changed += 1
-            rank = _affected(sides["live"], sides["candidate"])
-            if len(affected) < MOST_AFFECTED or rank > affected[0][0][:2]:
-                row = CustomerRow(
-                    customer_id=customer,
-                    segment=segment,
-                    live=_customer_side(runs["live"], sides["live"]),
-                    candidate=_customer_side(runs["candidate"], sides["candidate"]),
-                )
-                entry = ((*rank, _reverse(customer)), row)
-                if len(affected) < MOST_AFFECTED:
-                    heapq.heappush(affected, entry)
-                else:
-                    heapq.heapreplace(affected, entry)
+        runs.setdefault(CANDIDATE, runs[LIVE])
+        summary = {side: found.count(side, run, segment) for side, run in runs.items()}
+        found.compare(customer, segment, runs, summary[LIVE], summary[CANDIDATE])
         if progress is not None and (index + 1) % step == 0:
             progress(index + 1, len(customers))
     if progress is not None:
@@ -483,35 +581,30 @@ def backtest(
         customers=len(customers),
         first_event=None if first is None else first.isoformat(),
         last_event=None if last is None else last.isoformat(),
-        unscorable={side: dict(sorted(found.items())) for side, found in unscorable.items()},
-        promises=_promise_rows(tallies["live"], tallies["candidate"]),
-        bands=bands,
+        unscorable={side: dict(sorted(n.items())) for side, n in found.unscorable.items()},
+        promises=_promise_rows(found.tallies[LIVE], found.tallies[CANDIDATE]),
+        bands=found.bands,
         interventions=InterventionDiff(
-            opened_live=opened["live"],
-            opened_candidate=opened["candidate"],
-            would_open=tuple(would_open),
-            would_not_open=tuple(would_not_open),
-            triggers={k: (v[0], v[1]) for k, v in sorted(triggers.items())},
+            opened_live=found.opened[LIVE],
+            opened_candidate=found.opened[CANDIDATE],
+            would_open=tuple(found.would_open),
+            would_not_open=tuple(found.would_not_open),
+            triggers={k: (v[0], v[1]) for k, v in sorted(found.triggers.items())},
         ),
-        most_affected=tuple(row for _, row in sorted(affected, reverse=True)),
-        customers_changed=changed,
+        most_affected=tuple(row for _, row in sorted(found.affected, reverse=True)),
+        customers_changed=found.changed,
     )
 
 
-def _affected(
-    live: tuple[float | None, str, int, int], candidate: tuple[float | None, str, int, int]
-) -> tuple[float, int]:
+def _affected(live: _Summary, candidate: _Summary) -> tuple[float, int]:
     """How much a customer changed: score points moved (a score appearing or vanishing
     counts as 100), then breaches added or removed."""
     a, b = live[0], candidate[0]
-    if a is None or b is None:
-        moved = 0.0 if a is b else 100.0
-    else:
-        moved = round(abs(a - b), 6)
+    moved = (0.0 if a is b else 100.0) if a is None or b is None else round(abs(a - b), 6)
     return (moved, abs(live[2] - candidate[2]) + abs(live[3] - candidate[3]))
 
 
-class _reverse(str):  # noqa: N801 - a sort key, read as "customer id, reversed order"
+class _Reverse(str):
     """Ties among the most affected go to the smaller customer id: in the min-heap the
     larger id must rank lower."""
 
@@ -524,7 +617,7 @@ class _reverse(str):  # noqa: N801 - a sort key, read as "customer id, reversed 
         return str.__lt__(self, other) if isinstance(other, str) else NotImplemented
 
 
-def _customer_side(run: _Run, side: tuple[float | None, str, int, int]) -> CustomerSide:
+def _customer_side(run: _Run, side: _Summary) -> CustomerSide:
     return CustomerSide(
         score=None if side[0] is None else round(side[0], 6),
         band=side[1],
