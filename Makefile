@@ -79,7 +79,7 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-schema: $(STAMP) ## Re-export the event JSON Schema into docs/
+schema: $(STAMP) ## Re-export the JSON Schemas (events, promise catalogue) into docs/schema
 	$(BIN)/touchpulse schema export docs/schema
 
 lock: ## Re-resolve requirements.lock from pyproject.toml (needs network to PyPI)

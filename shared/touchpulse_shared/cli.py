@@ -43,7 +43,9 @@ from touchpulse_shared.stack.procs import StackError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and PostgreSQL.")
-schema_app = typer.Typer(no_args_is_help=True, help="The event contract's JSON Schemas.")
+schema_app = typer.Typer(
+    no_args_is_help=True, help="JSON Schemas: the event contract's and the promise catalogue's."
+)
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schema_app, name="schema")
@@ -312,14 +314,27 @@ def config() -> None:
         typer.echo(f"{env_name(name)}={'' if shown is None else shown}")
 
 
+#: Services add JSON Schemas of their own files (the promise catalogue's) through entry
+#: points naming a function that returns ``{file name: schema}``.
+SCHEMA_GROUP = "touchpulse.schemas"
+
+
 @schema_app.command("export")
 def schema_export(
     directory: Annotated[Path, typer.Argument(help="where to write the JSON Schema files")],
 ) -> None:
-    """Write the event contract's JSON Schemas (the docs/schema files)."""
-    from touchpulse_shared.contract.schema import export_json_schemas  # noqa: PLC0415
+    """Write the JSON Schemas (the docs/schema files): the event contract's, and those the
+    services add (the promise catalogue's)."""
+    from touchpulse_shared.contract.schema import (  # noqa: PLC0415
+        export_json_schemas,
+        json_schemas,
+    )
 
-    for path in export_json_schemas(directory):
+    schemas = json_schemas()
+    for entry in sorted(entry_points(group=SCHEMA_GROUP), key=lambda e: e.name):
+        # Unlike a missing command, a missing schema would go unnoticed: fail loudly.
+        schemas.update(entry.load()())
+    for path in export_json_schemas(directory, schemas):
         typer.echo(str(path))
 
 

@@ -58,11 +58,14 @@ def render_schema(schema: Mapping[str, Any]) -> bytes:
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
-def export_json_schemas(directory: Path) -> list[Path]:
-    """Write every schema into ``directory`` (created if needed); returns the paths written."""
+def export_json_schemas(
+    directory: Path, schemas: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Path]:
+    """Write ``schemas`` (default: the contract's) into ``directory`` (created if needed);
+    returns the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, schema in sorted(json_schemas().items()):
+    for name, schema in sorted((json_schemas() if schemas is None else schemas).items()):
         path = directory / name
         path.write_bytes(render_schema(schema))
         written.append(path)

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, WithJsonSchema
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from touchpulse_scoring.domain.errors import (
@@ -88,7 +88,11 @@ class CatalogueDocument(BaseModel):
     model_config = MODEL_CONFIG
 
     # A string, so that YAML cannot read 2026.10 as the float 2026.1.
-    version: Annotated[str, AfterValidator(_version)]
+    version: Annotated[
+        str,
+        AfterValidator(_version),
+        WithJsonSchema({"type": "string", "pattern": r"^\S{1,64}$", "title": "Version"}),
+    ]
     touchpoints: Annotated[
         dict[Slug, Annotated[float, Field(ge=0, le=1000)]],
         Field(min_length=1, max_length=MAX_TOUCHPOINTS),

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     PlainValidator,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -56,7 +57,12 @@ def _promise_id(value: str) -> str:
     return value
 
 
-PromiseId = Annotated[str, AfterValidator(_promise_id)]
+PromiseId = Annotated[
+    str,
+    AfterValidator(_promise_id),
+    # The check above, stated for the catalogue's JSON Schema (editors).
+    WithJsonSchema({"type": "string", "pattern": f"^{PROMISE_ID_PATTERN.pattern}$", "title": "Id"}),
+]
 #: Touchpoint, measure and segment names share the contract's slug rule (and its message).
 Slug = Touchpoint
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
@@ -75,7 +81,11 @@ def _target(value: object) -> bool | float:
     raise PydanticCustomError("target", "Input should be a finite number or a boolean")
 
 
-Target = Annotated[bool | float, PlainValidator(_target)]
+Target = Annotated[
+    bool | float,
+    PlainValidator(_target),
+    WithJsonSchema({"type": ["number", "boolean"], "title": "Target"}),
+]
 
 
 class Expect(BaseModel):
