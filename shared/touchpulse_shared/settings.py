@@ -126,6 +126,13 @@ class Settings(BaseSettings):
     ingest_max_clock_skew_s: int = Field(
         900, ge=0, description="events this far in the future are still accepted"
     )
+    ingest_quality_flush_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="how often ingest adds its edge-rejection counts per source to PostgreSQL "
+        "(a crash loses at most this many seconds of them)",
+    )
     rate_limit_events_per_s: float = Field(
         2000.0, gt=0, description="sustained events per second per API key"
     )
@@ -199,6 +206,20 @@ class Settings(BaseSettings):
         gt=0,
         description="how often the pruning loop looks for rows to remove when its last round "
         "found none (a round that found its fill is followed at once by the next)",
+    )
+    source_dead_letter_keep_days: int = Field(
+        14,
+        ge=1,
+        le=3650,
+        description="days the dead letters listed by GET /v1/dead-letters are kept (the "
+        "dead-letter topic keeps the records themselves for dead_letter_retention_hours)",
+    )
+    source_quality_keep_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="days of the hourly per-source counters GET /v1/sources/{source}/quality "
+        "reads are kept",
     )
     scoring_lifecycle_batch_rows: int = Field(
         5000,

@@ -15,6 +15,8 @@ scoring can judge.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -31,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import JSONResponse, Response
 
+from touchpulse_ingest.feedback import EdgeRejections
 from touchpulse_ingest.metrics import IngestMetrics
 from touchpulse_ingest.openapi import install_openapi
 from touchpulse_ingest.producer import EventProducer, ProduceUnavailable
@@ -65,6 +69,7 @@ from touchpulse_shared.http.app import (
     install_problem_handlers,
 )
 from touchpulse_shared.http.problems import Problem, field_errors, pointer
+from touchpulse_shared.loops import Loops, supervise
 from touchpulse_shared.ratelimit import RateLimiter
 from touchpulse_shared.settings import Settings
 
@@ -92,6 +97,17 @@ class Ingest:
     catalogue: CatalogueSource
     clock: Clock = utc_now
     monotonic: Callable[[], float] = time.monotonic
+    #: Refusals per source, flushed to PostgreSQL for the source's owners (feedback.py).
+    rejections: EdgeRejections | None = None
+
+    def refused(
+        self, principal: Principal, reason: str, touchpoint: str | None, count: int = 1
+    ) -> None:
+        """Count events refused for ``reason``: in the metrics and for the key's source."""
+        for _ in range(count):
+            self.metrics.rejected(reason, touchpoint)
+        if self.rejections is not None:
+            self.rejections.count(principal.source, reason, count)
 
     def current_catalogue(self) -> Catalogue:
         """The catalogue in effect: one stat() per request, a re-read when the file changed
@@ -215,14 +231,14 @@ def _judge(
             judged.rejected.append(
                 {"index": index, "status": 422, "errors": field_errors(item.errors, where)}
             )
-            ingest.metrics.rejected("invalid", None)
+            ingest.refused(principal, "invalid", None)
             continue
         refusal = principal.write_refusal(item.source, item.touchpoint)
         if refusal is not None:
             judged.rejected.append(
                 {"index": index, "status": 403, "event_id": item.event_id, "detail": refusal}
             )
-            ingest.metrics.rejected("forbidden", item.touchpoint)
+            ingest.refused(principal, "forbidden", item.touchpoint)
             continue
         problems = event_problems(item, catalogue)
         errors = [
@@ -249,10 +265,10 @@ def _judge(
             if problems:
                 reason = problems[0].reason
                 known = reason is not UnscorableReason.UNKNOWN_TOUCHPOINT
-                ingest.metrics.rejected(reason.value, item.touchpoint if known else None)
+                ingest.refused(principal, reason.value, item.touchpoint if known else None)
             else:
                 too_new = item.occurred_at > now
-                ingest.metrics.rejected("too_new" if too_new else "too_old", item.touchpoint)
+                ingest.refused(principal, "too_new" if too_new else "too_old", item.touchpoint)
             continue
         judged.accepted.append(item)
     return judged
@@ -269,7 +285,7 @@ async def _produce(
     wait = ingest.limiter.take(principal.key_id, len(events), ingest.monotonic())
     if wait > 0:
         for event in events:
-            ingest.metrics.rejected("rate_limited", event.touchpoint)
+            ingest.refused(principal, "rate_limited", event.touchpoint)
         raise Problem(
             429,
             "rate-limited",
@@ -286,7 +302,7 @@ async def _produce(
         )
     except ProduceUnavailable as exc:
         for event in events:
-            ingest.metrics.rejected("unavailable", event.touchpoint)
+            ingest.refused(principal, "unavailable", event.touchpoint)
         log.warning("ingest.produce.unavailable", events=len(events), error=str(exc))
         raise Problem(
             503,
@@ -401,11 +417,13 @@ def _native_batch(body: bytes, max_items: int) -> Sequence[ExperienceEventV1 | I
     return events
 
 
-def _parse_one(ingest: Ingest, parse: Callable[[], ExperienceEventV1]) -> ExperienceEventV1:
+def _parse_one(
+    ingest: Ingest, principal: Principal, parse: Callable[[], ExperienceEventV1]
+) -> ExperienceEventV1:
     try:
         return parse()
     except ValidationError as exc:
-        ingest.metrics.rejected("invalid", None)
+        ingest.refused(principal, "invalid", None)
         errors = exc.errors(include_url=False)
         if len(errors) == 1 and errors[0]["type"] == "json_invalid":
             raise Problem(
@@ -451,13 +469,15 @@ def create_app(
             items = _batch_or_problem(lambda: from_batch(body, max_items=max_items))
             return await _batch(ingest, principal, items, (), CLOUDEVENT)
         if kind == CONTENT_TYPE_CLOUDEVENT:
-            event = _parse_one(ingest, lambda: parse_structured(body))
+            event = _parse_one(ingest, principal, lambda: parse_structured(body))
             return await _single(ingest, principal, event, CLOUDEVENT)
         if "ce-specversion" in request.headers:
             headers = {k: v for k, v in request.headers.items() if k.startswith("ce-")}
-            event = _parse_one(ingest, lambda: from_binary(headers, body))
+            event = _parse_one(ingest, principal, lambda: from_binary(headers, body))
             return await _single(ingest, principal, event, CLOUDEVENT)
-        return await _single(ingest, principal, _parse_one(ingest, lambda: parse_event_json(body)))
+        return await _single(
+            ingest, principal, _parse_one(ingest, principal, lambda: parse_event_json(body))
+        )
 
     @app.post("/v1/events/batch", status_code=202, tags=["events"])
     async def post_batch(request: Request, ingest: IngestDep, principal: PrincipalDep) -> Response:
@@ -539,6 +559,11 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
         producer = EventProducer(
             bootstrap_servers=bootstrap,
             topic=settings.events_topic,
+        # Its own session for the edge-rejection counts: a flush never takes a key read's.
+        counts_pool = await create_pool(
+            database_url, service="ingest", role="quality", min_size=0, max_size=1
+        )
+        rejections = EdgeRejections(clock)
             linger_ms=settings.ingest_linger_ms,
         )
         await producer.start()
@@ -553,8 +578,28 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
         )
         try:
             yield
+            rejections=rejections,
+        )
+        flusher = asyncio.create_task(
+            supervise(
+                Loops(),
+                "edge_rejections",
+                settings.ingest_quality_flush_s,
+                lambda: rejections.flush(counts_pool),
+                stuck_after_s=max(60.0, 10 * settings.ingest_quality_flush_s),
+            ),
+            name="edge-rejections",
         finally:
             await producer.stop()
             await pool.close()
 
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            try:  # what was counted since the last flush, once more (bounded)
+                async with asyncio.timeout(5):
+                    await rejections.flush(counts_pool)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("ingest.quality.unflushed", error=str(exc))
     return create_app(settings, metrics, lifespan=lifespan)
+            await counts_pool.close()

@@ -8,11 +8,22 @@ undecodable bytes are written as ``\\xNN`` escapes.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from touchpulse_shared.contract import format_rfc3339
+import orjson
+
+from touchpulse_shared.contract import ExperienceEventV1, format_rfc3339
+from touchpulse_shared.contract.events import (
+    IDENTIFIER_PATTERN,
+    MAX_EVENT_ID_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_TYPE_LENGTH,
+)
+from touchpulse_shared.contract.record import HEADER_CE_ID, HEADER_CE_SOURCE, HEADER_CE_TYPE
 
 HEADER_REASON = "touchpulse-dlq-reason"
 HEADER_DETAIL = "touchpulse-dlq-detail"
@@ -20,7 +31,8 @@ HEADER_TOPIC = "touchpulse-dlq-topic"
 HEADER_PARTITION = "touchpulse-dlq-partition"
 HEADER_OFFSET = "touchpulse-dlq-offset"
 HEADER_FAILED_AT = "touchpulse-dlq-failed-at"
-_MAX_DETAIL = 1000  # a header, not a log: keep the record small
+#: A header (and the api's listing), not a log: keep the record small.
+MAX_DETAIL = 1000
 
 
 @dataclass(frozen=True)
@@ -33,11 +45,17 @@ class DeadLetter:
     headers: Sequence[tuple[str, bytes]]
     reason: str
     detail: str
+    #: What the record says it is (:func:`origin`): whose dead letter it is, for the api.
+    source: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    #: When the record reached Touchpulse (the hour its dead letter is counted in).
+    seen_at: datetime | None = None
 
     def record_headers(self, failed_at: datetime) -> list[tuple[str, bytes]]:
         added = [
             (HEADER_REASON, self.reason.encode()),
-            (HEADER_DETAIL, self.detail[:_MAX_DETAIL].encode("utf-8", "replace")),
+            (HEADER_DETAIL, self.detail[:MAX_DETAIL].encode("utf-8", "replace")),
             (HEADER_TOPIC, self.topic.encode()),
             (HEADER_PARTITION, str(self.partition).encode()),
             (HEADER_OFFSET, str(self.offset).encode()),
@@ -49,6 +67,55 @@ class DeadLetter:
             if not name.startswith("touchpulse-dlq-")
         ]
         return original + added
+
+
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def origin(
+    headers: Sequence[tuple[str, bytes]], value: bytes | None, event: ExperienceEventV1 | None
+) -> tuple[str | None, str | None, str | None]:
+    """``(source, event_id, type)`` of a dead-lettered record, each ``None`` where unknown.
+
+    The decoded event when there is one; else what ingest stamps on every record (the
+    ``ce_`` headers), else the value's own fields when it is a JSON object. Only values that
+    pass the contract's identifier rules are taken, so a broken record cannot attribute its
+    dead letter to a made-up name of any length; a record naming no usable source is listed
+    to admin keys alone.
+    """
+    if event is not None:
+        return event.source, event.event_id, event.type
+    found = dict(headers)
+    fields: dict[str, object] = {}
+    if value is not None and value[:1] == b"{":
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            fields = parsed
+    return (
+        _named(found.get(HEADER_CE_SOURCE), fields.get("source"), MAX_SOURCE_LENGTH),
+        _named(found.get(HEADER_CE_ID), fields.get("event_id"), MAX_EVENT_ID_LENGTH),
+        _named(found.get(HEADER_CE_TYPE), fields.get("type"), MAX_TYPE_LENGTH),
+    )
+
+
+def _named(header: bytes | None, field: object, limit: int) -> str | None:
+    candidates: list[object] = []
+    if header is not None:
+        with contextlib.suppress(UnicodeDecodeError):
+            candidates.append(header.decode())
+    candidates.append(field)
+    for candidate in candidates:
+        if (
+            isinstance(candidate, str)
+            and 0 < len(candidate) <= limit
+            and _IDENTIFIER.fullmatch(candidate) is not None
+            and candidate.isprintable()
+        ):
+            return candidate
+    return None
 
 
 def _printable_name(name: str) -> str:

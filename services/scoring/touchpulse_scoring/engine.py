@@ -5,7 +5,9 @@ decodes each record and applies ingest's rules to it — the contract, the promi
 and the time window (a record that breaks one becomes a dead letter, written to the outbox),
 locks the batch's customers, dedupes events on ``(source, event_id)``, loads the customers'
 state, runs the pure domain per customer in event-time order, and writes the outcomes,
-health, deadlines, interventions and outbox rows. Only applied events are recorded as
+health, deadlines, interventions and outbox rows, and — in one more statement — the
+per-source counters and the dead letters the api lists (touchpulse_shared.db.quality).
+Only applied events are recorded as
 processed: a dead letter, fixed and replayed with the same ``(source, event_id)``, is
 applied then. ``Engine.sweep`` does the same
 for deadlines that passed with no event.
@@ -16,13 +18,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import structlog
 
-from touchpulse_scoring.dlq import DeadLetter
+from touchpulse_scoring.dlq import DeadLetter, origin
 from touchpulse_scoring.domain import (
     Applied,
     Catalogue,
@@ -67,6 +69,7 @@ from touchpulse_scoring.store import (
     load_state,
     load_unacknowledged,
     load_watermarks,
+    record_feedback,
     release_events,
     unacknowledged_customers,
     write_deadlines,
@@ -86,6 +89,7 @@ from touchpulse_shared.contract import (
 from touchpulse_shared.db import Conn
 from touchpulse_shared.db.locks import lock_customers
 from touchpulse_shared.db.outbox import insert_outbox, outbox_row
+from touchpulse_shared.db.quality import Tally
 from touchpulse_shared.kafka import records as kafka_records
 from touchpulse_shared.kafka.partitioner import partition_of
 from touchpulse_shared.settings import Settings
@@ -146,6 +150,8 @@ class Report:
     #: When ingest received each applied event; the service measures event-to-health
     #: from these once the batch has committed.
     received: list[datetime] = field(default_factory=list)
+    #: The per-source counters this batch adds (docs/operations.md, "Source quality").
+    quality: Tally = field(default_factory=Tally)
 
 
 @dataclass
@@ -192,16 +198,35 @@ class Engine:
         for record in records:
             try:
                 result = decode_record(record.key, record.value, list(record.headers or ()))
-                check_event(result.event, catalogue)
             except RecordRejected as exc:
-                report.dead_letters.append(_dead(record, exc.reason.value, exc.detail))
+                report.dead_letters.append(_dead(record, exc.reason.value, exc.detail, now))
                 continue
+            try:
+                check_event(result.event, catalogue)
             except UnscorableEvent as exc:
-                report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
+                report.dead_letters.append(
+                    _dead(
+                        record,
+                        exc.reason.value,
+                        str(exc),
+                        now,
+                        event=result.event,
+                        received=result.received_at,
+                    )
+                )
                 continue
             late = self._time_problem(record, result)
             if late is not None:
-                report.dead_letters.append(_dead(record, TIME_WINDOW, late))
+                report.dead_letters.append(
+                    _dead(
+                        record,
+                        TIME_WINDOW,
+                        late,
+                        now,
+                        event=result.event,
+                        received=result.received_at,
+                    )
+                )
                 continue
             decoded.append((record, result.event, result.received_at))
 
@@ -212,6 +237,11 @@ class Engine:
             decoded = await self._drop_erased(conn, decoded, report)
         fresh = await self._dedupe(conn, decoded)
         report.duplicates = len(decoded) - len(fresh)
+        if report.duplicates:
+            kept = {id(record) for record, _, _ in fresh}
+            for record, event, received in decoded:
+                if id(record) not in kept:
+                    report.quality.add(event.source, received, "duplicate", shard=record.partition)
         if fresh:
             await self._apply_events(conn, catalogue, fresh, now, report)
         await insert_outbox(
@@ -221,6 +251,13 @@ class Engine:
                 for d in report.dead_letters
             ],
         )
+        for d in report.dead_letters:
+            if d.source is not None:
+                report.quality.add(
+                    d.source, d.seen_at or now, "dead_lettered", d.reason, shard=d.partition
+                )
+        # The counters and the dead letters the api lists, with the batch: exactly once.
+        await record_feedback(conn, report.quality, report.dead_letters, now)
         if len(report.dead_letters) * 2 > len(records) >= 20:
             # Most of a batch unusable is an incident (a broken producer, a bad deploy), not
             # noise: say so loudly; the flood metric drives an alert.
@@ -304,12 +341,24 @@ class Engine:
                 try:
                     self._judge_event(event, catalogue, state, pending)
                 except UnscorableEvent as exc:
-                    record, _ = by_event[event.identity]
-                    report.dead_letters.append(_dead(record, exc.reason.value, str(exc)))
+                    record, received = by_event[event.identity]
+                    report.dead_letters.append(
+                        _dead(
+                            record, exc.reason.value, str(exc), now, event=event, received=received
+                        )
+                    )
                     refused.append(event)
                     continue
+                record, received = by_event[event.identity]
                 report.applied += 1
-                report.received.append(by_event[event.identity][1])
+                report.received.append(received)
+                report.quality.add(
+                    event.source, received, "accepted", shard=record.partition, seen=received
+                )
+                if not catalogue.matches_a_promise(event.touchpoint, event.type):
+                    report.quality.add(
+                        event.source, received, "unmatched", event.type, shard=record.partition
+                    )
                 # The newest event time applied: what health is read at (see _settle).
                 pending.as_of = max(pending.as_of or event.occurred_at, event.occurred_at)
         await self._release(conn, refused)
@@ -651,14 +700,40 @@ def _journey_row(customer: str, journey: Journey, as_of: datetime, *, changed: b
     )
 
 
-def _dead(record: Any, reason: str, detail: str) -> DeadLetter:
+def _dead(
+    record: Any,
+    reason: str,
+    detail: str,
+    now: datetime,
+    *,
+    event: ExperienceEventV1 | None = None,
+    received: datetime | None = None,
+) -> DeadLetter:
+    headers = [(name, value or b"") for name, value in (record.headers or ())]
+    source, event_id, event_type = origin(headers, record.value, event)
     return DeadLetter(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
         key=record.key,
         value=record.value,
-        headers=[(name, value or b"") for name, value in (record.headers or ())],
+        headers=headers,
         reason=reason,
         detail=detail,
+        source=source,
+        event_id=event_id,
+        event_type=event_type,
+        seen_at=_seen_at(record, received, now),
     )
+
+
+def _seen_at(record: Any, received: datetime | None, now: datetime) -> datetime:
+    """When a dead-lettered record reached Touchpulse, for its counter's hour: ingest's
+    receipt time when it could be read, else the record's Kafka timestamp; never later than
+    now (a forged timestamp must not open a counter row in the year 9999)."""
+    if received is not None:
+        return min(received, now)
+    timestamp = getattr(record, "timestamp", None)
+    if isinstance(timestamp, int) and 0 <= timestamp <= now.timestamp() * 1000:
+        return datetime.fromtimestamp(timestamp / 1000, tz=UTC)
+    return now

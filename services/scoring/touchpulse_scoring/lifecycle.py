@@ -18,6 +18,9 @@ once, and a step another instance holds is skipped, not waited for):
    and fulfilled deadlines no event can change any more.
 5. **early_fulfilment**, once a day: orphan fulfilments older than any opening that can
    still arrive.
+6. **dead_letter** and **source_quality** (what touchpoint owners read back through the
+   api): dead letters stored longer ago than their keep days, and hourly counters whose
+   hour is older than theirs. Plain retention by time, nothing reads them back.
 
 Every delete removes at most ``batch_rows`` rows in its transaction, so row locks are short
 and the WAL of one step is bounded; a round reports whether a step stopped at its bound and
@@ -90,7 +93,14 @@ ROW_LOCK_TIMEOUT = "5s"
 
 # Any fixed 64-bit number: "lifecycle step N" among advisory locks (one per step).
 _LOCK_BASE = 0x6C6966656379_00
-_STEPS = ("processed_event", "history_partitions", "history_downsample", "customers", "early")
+_STEPS = (
+    "processed_event",
+    "history_partitions",
+    "history_downsample",
+    "customers",
+    "early",
+    "source_feedback",
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ class Terms:
     history_full: timedelta
     history_keep: timedelta
     outcome_keep: timedelta
+    dead_letter_keep: timedelta = timedelta(days=14)
+    quality_keep: timedelta = timedelta(days=90)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Terms:
@@ -118,6 +130,8 @@ class Terms:
             history_full=timedelta(days=settings.scoring_history_full_days),
             history_keep=timedelta(days=settings.scoring_history_keep_days),
             outcome_keep=timedelta(days=settings.scoring_outcome_keep_days),
+            dead_letter_keep=timedelta(days=settings.source_dead_letter_keep_days),
+            quality_keep=timedelta(days=settings.source_quality_keep_days),
         )
 
 
@@ -225,6 +239,7 @@ async def prune_round(
     await _downsample(pool, cut, terms, pruned)
     await _customers(pool, now, cut, terms, pruned)
     await _orphans(pool, now, cut, terms, pruned)
+    await _source_feedback(pool, now, terms, pruned)
     if pruned.rows or pruned.partitions:
         log.info(
             "scoring.lifecycle.pruned",
@@ -652,6 +667,42 @@ async def _orphans(
         if removed < terms.batch_rows:
             await _mark(conn, "early_fulfilment", finished=now)
     _add(pruned, "early_fulfilment", removed, terms)
+
+
+async def _source_feedback(pool: asyncpg.Pool, now: datetime, terms: Terms, pruned: Pruned) -> None:
+    """Dead letters kept for the api, and the per-source counters, past their keep days.
+
+    Rows rather than partitions: both tables are small (a dead letter is an incident, a
+    counter row is per source, hour and reason), and both are keyed for their readers, not
+    by time alone.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if not await _claim(conn, "source_feedback"):
+            return
+        letters = _count(
+            await conn.execute(
+                """
+                DELETE FROM dead_letter WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM dead_letter WHERE dead_lettered_at < $1
+                    ORDER BY dead_lettered_at LIMIT $2))
+                """,
+                now - terms.dead_letter_keep,
+                terms.batch_rows,
+            )
+        )
+        counters = _count(
+            await conn.execute(
+                """
+                DELETE FROM source_quality WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM source_quality WHERE hour < $1 LIMIT $2))
+                """,
+                # A counter's hour ends an hour after it starts: gone once wholly past.
+                now - terms.quality_keep - timedelta(hours=1),
+                terms.batch_rows,
+            )
+        )
+    _add(pruned, "dead_letter", letters, terms)
+    _add(pruned, "source_quality", counters, terms)
 
 
 async def _mark(

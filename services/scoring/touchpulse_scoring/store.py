@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from touchpulse_scoring.dlq import MAX_DETAIL, DeadLetter
 from touchpulse_scoring.domain import (
     EXPLAIN_WINDOW,
     NO_GUARD,
@@ -36,6 +37,7 @@ from touchpulse_scoring.intervention_table import intervention_from_row
 from touchpulse_scoring.windows import KeptInterventions
 from touchpulse_shared.contract import ExperienceEventV1
 from touchpulse_shared.db import Conn
+from touchpulse_shared.db.quality import Tally, clean_text, counts_upsert
 
 
 @dataclass
@@ -125,6 +127,48 @@ async def load_state(
     for row in await conn.fetch(
         "SELECT * FROM customer_profile WHERE customer_id = ANY($1::text[])", customers
     ):
+async def record_feedback(
+    conn: Conn, quality: Tally, letters: Sequence[DeadLetter], now: datetime
+) -> None:
+    """Add a batch's per-source counters and store its dead letters for the api, in ONE
+    statement of the batch transaction (none for a batch with nothing to count).
+
+    Exactly once with the batch: a redelivered batch is dropped by the offset check before
+    it reaches here, and a dead letter is keyed by where it was read besides.
+    """
+    if not letters:
+        if quality:
+            await conn.execute(counts_upsert(1), quality.as_json())
+        return
+    await conn.execute(
+        f"""
+        WITH letters AS (
+            INSERT INTO dead_letter (topic, partition, "offset", source, reason, detail,
+                                     event_id, event_type, dead_lettered_at)
+            SELECT r->>0, (r->>1)::int, (r->>2)::bigint, r->>3, r->>4, r->>5, r->>6, r->>7, $3
+            FROM jsonb_array_elements($1::jsonb) AS r
+            ON CONFLICT DO NOTHING
+        )
+        {counts_upsert(2)}
+        """,  # noqa: S608 - the counters' statement is fixed text, never input
+        _rows(
+            [
+                clean_text(d.topic, 249),
+                d.partition,
+                d.offset,
+                d.source,
+                clean_text(d.reason, 64),
+                clean_text(d.detail, MAX_DETAIL),
+                d.event_id,
+                d.event_type,
+            ]
+            for d in letters
+        ),
+        quality.as_json(),
+        now,
+    )
+
+
         states[row["customer_id"]].profile = CustomerProfile(
             segment=row["segment"],
             customer_since=row["customer_since"],
