@@ -556,14 +556,14 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Small pool: ingest only reads API keys, and those are cached.
         pool = await create_pool(database_url, service="ingest", role="keys", max_size=4)
-        producer = EventProducer(
-            bootstrap_servers=bootstrap,
-            topic=settings.events_topic,
         # Its own session for the edge-rejection counts: a flush never takes a key read's.
         counts_pool = await create_pool(
             database_url, service="ingest", role="quality", min_size=0, max_size=1
         )
         rejections = EdgeRejections(clock)
+        producer = EventProducer(
+            bootstrap_servers=bootstrap,
+            topic=settings.events_topic,
             linger_ms=settings.ingest_linger_ms,
         )
         await producer.start()
@@ -575,9 +575,6 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
             metrics=metrics,
             catalogue=catalogue,
             clock=clock,
-        )
-        try:
-            yield
             rejections=rejections,
         )
         flusher = asyncio.create_task(
@@ -589,10 +586,10 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
                 stuck_after_s=max(60.0, 10 * settings.ingest_quality_flush_s),
             ),
             name="edge-rejections",
+        )
+        try:
+            yield
         finally:
-            await producer.stop()
-            await pool.close()
-
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -601,5 +598,8 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
                     await rejections.flush(counts_pool)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("ingest.quality.unflushed", error=str(exc))
-    return create_app(settings, metrics, lifespan=lifespan)
+            await producer.stop()
             await counts_pool.close()
+            await pool.close()
+
+    return create_app(settings, metrics, lifespan=lifespan)

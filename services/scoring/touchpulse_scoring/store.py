@@ -107,26 +107,6 @@ async def release_events(conn: Conn, identities: Sequence[tuple[str, str]]) -> N
     )
 
 
-async def load_state(
-    conn: Conn,
-    customers: Sequence[str],
-    *,
-    deadline_refs: Iterable[DeadlineRef],
-    breach_window_start: datetime,
-    recovery_margin: float,
-    kept: KeptInterventions | None = None,
-) -> dict[str, CustomerState]:
-    """Each customer's state for one batch, read under its lock. ``kept``: interventions
-    decoded in earlier batches, reused where the row's version is the same."""
-    decode = (
-        intervention_from_row
-        if kept is None
-        else partial(kept.decode, decode=intervention_from_row)
-    )
-    states = {c: CustomerState() for c in customers}
-    for row in await conn.fetch(
-        "SELECT * FROM customer_profile WHERE customer_id = ANY($1::text[])", customers
-    ):
 async def record_feedback(
     conn: Conn, quality: Tally, letters: Sequence[DeadLetter], now: datetime
 ) -> None:
@@ -169,6 +149,26 @@ async def record_feedback(
     )
 
 
+async def load_state(
+    conn: Conn,
+    customers: Sequence[str],
+    *,
+    deadline_refs: Iterable[DeadlineRef],
+    breach_window_start: datetime,
+    recovery_margin: float,
+    kept: KeptInterventions | None = None,
+) -> dict[str, CustomerState]:
+    """Each customer's state for one batch, read under its lock. ``kept``: interventions
+    decoded in earlier batches, reused where the row's version is the same."""
+    decode = (
+        intervention_from_row
+        if kept is None
+        else partial(kept.decode, decode=intervention_from_row)
+    )
+    states = {c: CustomerState() for c in customers}
+    for row in await conn.fetch(
+        "SELECT * FROM customer_profile WHERE customer_id = ANY($1::text[])", customers
+    ):
         states[row["customer_id"]].profile = CustomerProfile(
             segment=row["segment"],
             customer_since=row["customer_since"],
