@@ -73,6 +73,26 @@ async def load_erasures(conn: Conn, customers: Iterable[str]) -> dict[str, datet
     return {r["customer_id"]: r["erased_at"] for r in rows}
 
 
+async def load_profiles(conn: Conn, customers: Iterable[str]) -> dict[str, CustomerProfile]:
+    """The profiles of these customers that the CRM sent (others judge as NO_PROFILE)."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, segment, customer_since, value, reach FROM customer_profile
+        WHERE customer_id = ANY($1::text[])
+        """,
+        sorted(set(customers)),
+    )
+    return {
+        r["customer_id"]: CustomerProfile(
+            segment=r["segment"],
+            customer_since=r["customer_since"],
+            value=r["value"],
+            reach=r["reach"],
+        )
+        for r in rows
+    }
+
+
 async def claim_events(
     conn: Conn, items: Sequence[tuple[Any, ExperienceEventV1]]
 ) -> set[tuple[str, str]]:

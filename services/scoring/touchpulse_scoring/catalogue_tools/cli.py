@@ -88,3 +88,72 @@ def diff(
     elif not result.identical:
         typer.echo(diffing.render_text(result, before, after))
     raise typer.Exit(EXIT_OK if result.identical else EXIT_FOUND)
+
+
+@app.command("backtest")
+def backtest(
+    candidate: Annotated[
+        Path, typer.Argument(help="the candidate catalogue", exists=True, dir_okay=False)
+    ],
+    *,
+    since: Annotated[
+        str | None,
+        typer.Option(help="re-judge events written at or after this RFC 3339 time"),
+    ] = None,
+    days: Annotated[
+        float | None,
+        typer.Option(min=0, help="re-judge the events of the last N days (instead of --since)"),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON instead of tables")
+    ] = False,
+) -> None:
+    """Re-judge the events retained on the events topic under the live catalogue
+    (TOUCHPULSE_PROMISE_CATALOGUE) and under CANDIDATE, in memory, and report what would
+    change: per promise and segment, bands, interventions, the customers most affected.
+
+    Writes nothing anywhere: no consumer group, no offsets, no database row. Progress goes
+    to stderr. Exits 0 when nothing would change, 1 when something would, 2 when a
+    catalogue is invalid or on usage errors.
+    """
+    import asyncio  # noqa: PLC0415
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    from touchpulse_scoring.backtest import command, render  # noqa: PLC0415
+    from touchpulse_scoring.catalogue_tools import check as checking  # noqa: PLC0415
+    from touchpulse_shared.settings import ConfigError, load_settings  # noqa: PLC0415
+
+    if since is not None and days is not None:
+        typer.echo("touchpulse: give --since or --days, not both", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    start: datetime | None = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            start = None
+        if start is None or start.utcoffset() is None:
+            typer.echo(f"touchpulse: --since {since!r} is not a time with a UTC offset", err=True)
+            raise typer.Exit(EXIT_USAGE)
+    elif days is not None:
+        start = datetime.now(UTC) - timedelta(days=days)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"touchpulse: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    live, proposed = checking.load(settings.promise_catalogue), checking.load(candidate)
+    invalid = [loaded for loaded in (live, proposed) if not loaded.ok]
+    if live.catalogue is None or proposed.catalogue is None:
+        for loaded in invalid:
+            typer.echo(loaded.problems_text(), err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        report, _ = asyncio.run(
+            command.run(settings, live.catalogue, proposed.catalogue, since=start)
+        )
+    except command.BacktestError as exc:
+        typer.echo(f"touchpulse: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(report.to_json() if json_output else render.render_text(report))
+    raise typer.Exit(EXIT_OK if report.empty else EXIT_FOUND)
