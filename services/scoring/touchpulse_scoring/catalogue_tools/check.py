@@ -215,7 +215,11 @@ def _summary_text(loaded: Loaded, catalogue: Catalogue) -> str:
     for touchpoint in facts["touchpoints"]:
         count = len(touchpoint["promises"])
         declared = facts["events_declared"].get(touchpoint["name"])
-        plan = f", declares {len(declared)} event types" if declared is not None else ""
+        plan = (
+            f", declares {len(declared)} event type{'s' if len(declared) != 1 else ''}"
+            if declared is not None
+            else ""
+        )
         lines.append(
             f"  {touchpoint['name']:<{width}}  importance {touchpoint['importance']:g},"
             f" {count} promise{'s' if count != 1 else ''}{plan}"
