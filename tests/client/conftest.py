@@ -1,0 +1,203 @@
+"""The real ingest as a process of its own, for the client to talk to over HTTP.
+
+Each test gets its own database (with its key), its own topic and its own ingest on a
+free port; a test that kills the broker starts a broker of its own (:func:`own_broker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from touchpulse_client import Outcome, Status
+from touchpulse_shared.auth import Scope, create_key
+from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.settings import Settings
+from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
+from touchpulse_shared.stack.local import new_run_dir
+from touchpulse_shared.stack.procs import free_port, spawn, stop, wait_until
+
+SOURCE = "client-tests"
+READY_S = 60.0
+READ_S = 30.0
+
+
+class IngestProcess:
+    """``touchpulse-ingest`` as a child process on a fixed port, restartable there."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings.model_copy(update={"ingest_port": free_port()})
+        self.url = f"http://127.0.0.1:{self.settings.ingest_port}"
+        self.log_path = workdir / "ingest.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            # Only this ingest's own settings: never a broker named for the whole suite.
+            if not k.startswith("TOUCHPULSE_") and k != "KAFKA_BOOTSTRAP_SERVERS"
+        }
+        for name, value in self.settings.model_dump().items():
+            if value is not None:
+                env[f"TOUCHPULSE_{name.upper()}"] = str(value)
+        self.proc = spawn(
+            [sys.executable, "-m", "touchpulse_ingest.main"], log_path=self.log_path, env=env
+        )
+        wait_until(
+            self._ready,
+            timeout=READY_S,
+            what="ingest",
+            proc=self.proc,
+            log_path=self.log_path,
+            interval=0.1,
+        )
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, sig=signal.SIGKILL, timeout=10)
+            self.proc = None
+
+
+@dataclass
+class Ingest:
+    process: IngestProcess
+    key: str
+    topic: str
+    bootstrap: str
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+
+async def new_key(database_url: str, source: str = SOURCE) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        key, _ = await create_key(
+            conn,
+            name="client tests",
+            scopes=[Scope.EVENTS_WRITE],
+            source=source,
+            now=datetime.now(UTC),
+        )
+        return key
+    finally:
+        await conn.close()
+
+
+def ingest_settings(bootstrap: str, database_url: str, topic: str, **extra: object) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=bootstrap,
+        database_url=database_url,
+        events_topic=topic,
+        # Fast faults: Kafka's silence becomes a 503 within a second, and the client is told
+        # to come back a second later.
+        ingest_produce_timeout_ms=1000,
+        ingest_retry_after_s=1,
+        log_format="json",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def client_db(fresh_database: str) -> str:
+    await migrate_url(fresh_database)
+    return fresh_database
+
+
+@pytest.fixture
+async def ingest(
+    kafka_bootstrap: str, client_db: str, topic: str, tmp_path: Path
+) -> AsyncIterator[Ingest]:
+    """Ingest on the suite's broker, with a key for :data:`SOURCE`."""
+    process = IngestProcess(ingest_settings(kafka_bootstrap, client_db, topic), tmp_path)
+    process.start()
+    try:
+        yield Ingest(process, await new_key(client_db), topic, kafka_bootstrap)
+    finally:
+        process.kill()
+
+
+@pytest.fixture
+def own_broker(base_settings: Settings) -> Iterator[LocalKafka]:
+    """A broker only this test uses, so it may be killed."""
+    broker = LocalKafka(
+        libs=kafka_libs(base_settings.cache_dir, base_settings.kafka_version),
+        workdir=new_run_dir(base_settings.state_dir) / "kafka",
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def topic_event_ids(bootstrap: str, topic: str, at_least: int) -> Counter[str]:
+    """How many records each event id has on ``topic``: read until ``at_least`` records
+    came, then a little longer for any stray beyond them."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        counts: Counter[str] = Counter()
+        async with asyncio.timeout(READ_S):
+            while counts.total() < at_least:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    counts.update(_event_id(record.headers) for record in batch)
+        for batch in (await consumer.getmany(timeout_ms=500)).values():
+            counts.update(_event_id(record.headers) for record in batch)
+        return counts
+    finally:
+        await consumer.stop()
+
+
+def _event_id(headers: list[tuple[str, bytes]]) -> str:
+    return next(value.decode() for name, value in headers if name == "ce_id")
+
+
+@dataclass
+class Results:
+    """Every outcome the client reported, by event id (``on_result`` fills it)."""
+
+    by_id: dict[str, Outcome] = field(default_factory=dict)
+    reported_twice: list[str] = field(default_factory=list)
+
+    def __call__(self, outcome: Outcome) -> None:
+        if outcome.event_id in self.by_id:
+            self.reported_twice.append(outcome.event_id)
+        self.by_id[outcome.event_id] = outcome
+
+    def ids(self, status: Status) -> set[str]:
+        return {i for i, o in self.by_id.items() if o.status is status}

@@ -1,0 +1,132 @@
+"""The client against the real ingest when nothing goes wrong: every event gets its own
+result, good ones are on the topic once, refused ones are reported with ingest's reasons
+and never retried."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.client.conftest import SOURCE, Ingest, Results, topic_event_ids
+from touchpulse_client import (
+    AsyncTouchpulseClient,
+    ClientConfig,
+    EventBuilder,
+    NoMetrics,
+    Status,
+    TouchpulseClient,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+class Sent(NoMetrics):
+    def __init__(self) -> None:
+        self.requests: list[int] = []
+
+    def on_batch_sent(self, *, events: int, size_bytes: int, status: int, seconds: float) -> None:
+        self.requests.append(status)
+
+
+async def test_each_event_gets_its_result_and_lands_once(ingest: Ingest) -> None:
+    results, metrics = Results(), Sent()
+    builder = EventBuilder(SOURCE)
+    config = ClientConfig(max_batch_events=40, linger_s=0.02)
+    good, bad = [], []
+    with TouchpulseClient(
+        ingest.url, ingest.key, config, on_result=results, metrics=metrics
+    ) as client:
+        futures = []
+        for i in range(200):
+            make = builder.cloudevent if i % 3 == 0 else builder.event
+            event = make(
+                customer_id=f"C-{i % 17}",
+                touchpoint="call_centre",
+                type="call.answered",
+                measures={"wait_seconds": 30 + i},
+            )
+            good.append(event.event_id)
+            futures.append(client.send(event))
+            if i % 50 == 0:
+                # Refused by the promise catalogue (a boolean where a number is judged) and
+                # by the clock: rejected with ingest's reasons, never retried.
+                wrong = builder.event(
+                    customer_id="C-x",
+                    touchpoint="call_centre",
+                    type="call.answered",
+                    measures={"wait_seconds": True},
+                )
+                late = builder.event(
+                    customer_id="C-y",
+                    touchpoint="billing",
+                    type="invoice.issued",
+                    occurred_at=datetime.now(UTC) + timedelta(days=3),
+                )
+                bad += [wrong.event_id, late.event_id]
+                futures += [client.send(wrong), client.send(late)]
+        # The same event again while the first copy is pending: sent once.
+        duplicate = client.send(
+            builder.event(
+                customer_id="C-0",
+                touchpoint="call_centre",
+                type="call.answered",
+                measures={"wait_seconds": 1},
+                event_id=good[-1],
+            )
+        )
+        report = client.flush(timeout=30)
+    assert duplicate.result().status is Status.DUPLICATE
+    assert report.delivered == len(good)
+    assert report.rejected_count == len(bad)
+    assert report.duplicates == 1
+    assert report.pending == 0
+    assert {f.result().status for f in futures} == {Status.ACCEPTED, Status.REJECTED}
+    assert results.ids(Status.ACCEPTED) == set(good)
+    assert results.ids(Status.REJECTED) == set(bad)
+    reasons = {o.event_id: o for o in report.rejected}
+    wrong_errors = reasons[bad[0]].problem
+    assert wrong_errors is not None
+    assert wrong_errors["errors"][0]["code"] == "wrong_measure_kind"
+    assert reasons[bad[0]].http_status == 422
+    late_errors = reasons[bad[1]].problem
+    assert late_errors is not None
+    assert late_errors["errors"][0]["code"] == "time_window"
+    # Batched, and nothing was sent twice: one request per batch, every one a 202.
+    assert set(metrics.requests) == {202}
+    assert len(metrics.requests) < len(good) / 10
+    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, len(good))
+    assert set(on_topic) == set(good)
+    assert max(on_topic.values()) == 1
+
+
+async def test_the_async_client_delivers_and_reports(ingest: Ingest) -> None:
+    results = Results()
+    builder = EventBuilder(SOURCE, touchpoint="survey")
+    async with AsyncTouchpulseClient(
+        ingest.url, ingest.key, ClientConfig(linger_s=0.01), on_result=results
+    ) as client:
+        futures = await client.send_many(
+            builder.cloudevent(customer_id=f"S-{i}", type="survey.answered", measures={"csat": 4})
+            for i in range(120)
+        )
+        outcomes = [await f for f in futures]
+        report = await client.close(timeout=30)
+    assert {o.status for o in outcomes} == {Status.ACCEPTED}
+    assert report.delivered == 120
+    assert report.complete
+    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 120)
+    assert set(on_topic) == {o.event_id for o in outcomes}
+
+
+async def test_a_revoked_or_wrong_key_refuses_every_event_with_the_problem(
+    ingest: Ingest,
+) -> None:
+    builder = EventBuilder(SOURCE, touchpoint="survey")
+    with TouchpulseClient(ingest.url, "tpk_nope_nope", ClientConfig(linger_s=0)) as client:
+        future = client.send(builder.event(customer_id="S-1", type="survey.answered"))
+        outcome = future.result(timeout=30)
+    assert outcome.status is Status.REJECTED
+    assert outcome.http_status == 401
+    assert outcome.problem is not None
+    assert outcome.problem["status"] == 401
