@@ -4,6 +4,7 @@ that no promise judges are accepted and counted."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -72,7 +73,8 @@ async def test_an_edit_is_applied_without_a_restart_and_a_bad_one_keeps_the_last
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["pointer"] == "/type"
 
-    _rewrite(path, _with_page_scrolled(original, "edit"), tick=1)
+    good = _with_page_scrolled(original, "edit")
+    _rewrite(path, good, tick=1)
     accepted = await client.http.post(
         "/v1/events",
         json=make_event(touchpoint="web", type="page.scrolled", measures={}),
@@ -81,6 +83,8 @@ async def test_an_edit_is_applied_without_a_restart_and_a_bad_one_keeps_the_last
     assert accepted.status_code == 202, accepted.text
     ready = (await client.http.get("/readyz")).json()
     assert ready["catalogue_version"].startswith("edit-")
+    # The hash is the edited file's, recomputed here rather than taken from the code.
+    assert ready["catalogue_hash"] == hashlib.sha256(good.encode()).hexdigest()
 
     # A typo in the next edit: refused by the reload, the last good catalogue stays.
     _rewrite(path, original.replace("touchpoints:", "touchpoints: [", 1), tick=2)
@@ -94,13 +98,9 @@ async def test_an_edit_is_applied_without_a_restart_and_a_bad_one_keeps_the_last
         "catalogue_version"
     ]
     samples = _samples((await client.http.get("/metrics")).text)
-    version = ready["catalogue_version"]
-    assert samples[("touchpulse_ingest_catalogue_info", frozenset({("version", version)}))] == 1
-    assert not [
-        k
-        for k in samples
-        if k[0] == "touchpulse_ingest_catalogue_info" and k[1] != frozenset({("version", version)})
-    ]
+    shown = frozenset({("version", ready["catalogue_version"]), ("hash", ready["catalogue_hash"])})
+    assert samples[("touchpulse_ingest_catalogue_info", shown)] == 1
+    assert not [k for k in samples if k[0] == "touchpulse_ingest_catalogue_info" and k[1] != shown]
 
 
 async def test_events_no_promise_judges_are_accepted_and_counted_by_source_and_type(

@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import Request
 from starlette.responses import Response
 
-from touchpulse_api import desk, webhooks
+from touchpulse_api import desk, sources, webhooks
+from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ApiContext, ContextDep
 from touchpulse_api.desk import sessions as desk_sessions
 from touchpulse_api.explanations import ExplanationCache
@@ -47,6 +48,7 @@ ROUTERS = (
     organisation.router,
     keys.router,
     webhooks.router,
+    sources.router,
 )
 # The dispatcher finishes (or abandons, to retry later) a delivery in flight on shutdown.
 DISPATCHER_STOP_S = 15.0
@@ -111,16 +113,24 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"])
     async def readyz(context: ContextDep) -> Response:
-        """Ready when PostgreSQL answers."""
+        """Ready when PostgreSQL answers; names the promise catalogue in effect."""
+        catalogue = {
+            "catalogue_version": current_catalogue(context).version,
+            "catalogue_hash": context.catalogue.content_hash,
+        }
         try:
             async with context.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            return JSONResponse({"status": "not ready", "database": False}, status_code=503)
-        return JSONResponse({"status": "ready", "database": True})
+            return JSONResponse(
+                {"status": "not ready", "database": False, **catalogue}, status_code=503
+            )
+        return JSONResponse({"status": "ready", "database": True, **catalogue})
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def prometheus(context: ContextDep) -> Response:
+        catalogue = current_catalogue(context)
+        context.metrics.catalogue.show(catalogue.version, context.catalogue.content_hash)
         return Response(generate_latest(context.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from touchpulse_shared.loops import Loops
+from touchpulse_shared.metrics import CatalogueInfo
 
 # Reads from PostgreSQL answer in 1-15 ms when healthy; the top buckets catch slow queries.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -77,6 +78,14 @@ class ApiMetrics:
             ["loop"],
             registry=registry,
         )
+        self.catalogue_info = Gauge(
+            "touchpulse_api_catalogue_info",
+            "The promise catalogue the api explains and previews with (value 1; its version"
+            " and content sha256 as labels)",
+            ["version", "hash"],
+            registry=registry,
+        )
+        self.catalogue = CatalogueInfo(self.catalogue_info)
         self.loop_backlog = Gauge(
             "touchpulse_api_loop_backlog_items",
             "Work waiting for each background loop (webhook outbox rows and due deliveries)",

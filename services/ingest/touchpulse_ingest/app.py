@@ -504,6 +504,7 @@ def create_app(
                 "status": "ready" if ready else "not ready",
                 "kafka_producer": ready,
                 "catalogue_version": ingest.current_catalogue().version,
+                "catalogue_hash": ingest.catalogue.content_hash,
             },
             status_code=200 if ready else 503,
         )
@@ -512,7 +513,9 @@ def create_app(
     async def prometheus(ingest: IngestDep) -> Response:
         ingest.metrics.producer_ready.set(1 if ingest.producer.ready else 0)
         ingest.metrics.producer_replaced(ingest.producer.replacements)
-        ingest.metrics.catalogue_version(ingest.current_catalogue().version)
+        ingest.metrics.catalogue_version(
+            ingest.current_catalogue().version, ingest.catalogue.content_hash
+        )
         return Response(generate_latest(ingest.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     install_problem_handlers(app)
@@ -550,7 +553,7 @@ def build_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     database_url, bootstrap = settings.database_url, settings.kafka_bootstrap_servers
     catalogue = load_catalogue(settings)
     metrics = IngestMetrics(CollectorRegistry())
-    metrics.catalogue_version(catalogue().version)
+    metrics.catalogue_version(catalogue().version, catalogue.content_hash)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from touchpulse_shared.metrics import BoundedLabel
+from touchpulse_shared.metrics import BoundedLabel, CatalogueInfo
 
 # Produce acknowledgements take ~1-20 ms on a healthy loopback broker; the top buckets catch
 # the slow tail up to the 503 bound.
@@ -61,11 +61,12 @@ class IngestMetrics:
         )
         self.catalogue_info = Gauge(
             "touchpulse_ingest_catalogue_info",
-            "The promise catalogue ingest checks events against (value 1, version as a label)",
-            ["version"],
+            "The promise catalogue ingest checks events against (value 1; its version and"
+            " content sha256 as labels)",
+            ["version", "hash"],
             registry=registry,
         )
-        self._catalogue_version: str | None = None
+        self._catalogue = CatalogueInfo(self.catalogue_info)
         self.produce_duration = Histogram(
             "touchpulse_ingest_produce_duration_seconds",
             "Time from handing a request's records to the producer to Kafka's acknowledgement",
@@ -103,12 +104,9 @@ class IngestMetrics:
             self.producer_replacements.inc(total - self._replacements_seen)
             self._replacements_seen = total
 
-    def catalogue_version(self, version: str) -> None:
-        """Show the catalogue in effect (one series: the old version's is removed)."""
-        if version != self._catalogue_version:
-            self.catalogue_info.clear()
-            self.catalogue_info.labels(version).set(1)
-            self._catalogue_version = version
+    def catalogue_version(self, version: str, content_hash: str) -> None:
+        """Show the catalogue in effect (one series: the old catalogue's is removed)."""
+        self._catalogue.show(version, content_hash)
 
     def unmatched(self, source: str, event_type: str, count: int) -> None:
         self.events_unmatched.labels(self.source(source), self.event_type(event_type)).inc(count)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from touchpulse_scoring.state_figures import StateFigures
 from touchpulse_shared.loops import Loops
-from touchpulse_shared.metrics import BoundedLabel
+from touchpulse_shared.metrics import BoundedLabel, CatalogueInfo
 
 # Event-to-health: ingest receipt to the commit that applied the event. Healthy is tens of
 # milliseconds; the top buckets show backlogs.
@@ -179,8 +179,15 @@ class ScoringMetrics:
         )
         self.catalogue_info = Gauge(
             "touchpulse_scoring_catalogue_info",
-            "The promise catalogue in effect (value 1, version as a label)",
-            ["version"],
+            "The promise catalogue in effect (value 1; its version and content sha256 as labels)",
+            ["version", "hash"],
+            registry=registry,
+        )
+        self.catalogue = CatalogueInfo(self.catalogue_info)
+        self.catalogue_version_reused = Counter(
+            "touchpulse_scoring_catalogue_version_reused_total",
+            "Catalogues recorded whose version string an earlier catalogue with other content"
+            " already had (an edit that forgot to change the version)",
             registry=registry,
         )
 

@@ -36,6 +36,7 @@ from touchpulse_scoring.engine import (
 from touchpulse_scoring.metrics import ScoringMetrics
 from touchpulse_scoring.outbox import publish_once
 from touchpulse_scoring.state_figures import read_backlogs, read_state_figures
+from touchpulse_scoring.store import record_catalogue
 from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.kafka.topics import DEAD_LETTER_MAX_MESSAGE_BYTES
@@ -81,7 +82,9 @@ class ScoringService:
         self.bootstrap = settings.kafka_bootstrap_servers
         self.catalogue = CatalogueSource(settings.promise_catalogue)
         self.metrics = ScoringMetrics(CollectorRegistry())
-        self.metrics.catalogue_info.labels(self.catalogue().version).set(1)
+        self.metrics.catalogue.show(self.catalogue().version, self.catalogue.content_hash)
+        #: The content hash last recorded in catalogue_version (None: not yet).
+        self.recorded_hash: str | None = None
         self.engine = Engine(
             catalogue=self.catalogue,
             topics=Topics(
@@ -124,6 +127,8 @@ class ScoringService:
             url, service="scoring", role="gauges", max_size=1, statement_cache_size=0
         )
         pools = [pool, outbox_pool, sweep_pool, gauges_pool]
+        # Before ready: from then on the catalogue it judges by is in catalogue_version.
+        await self._record_catalogue(sweep_pool)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.settings.scoring_group_id,
@@ -173,7 +178,7 @@ class ScoringService:
             "expiry": (sweep_every, lambda: self._expire(sweep_pool)),
             "follow_ups": (sweep_every, lambda: self._follow_ups(sweep_pool)),
             "consumer_lag": (LAG_INTERVAL_S, lambda: self._lag(consumer)),
-            "catalogue": (CATALOGUE_CHECK_S, self._reload),
+            "catalogue": (CATALOGUE_CHECK_S, lambda: self._reload(sweep_pool)),
             "state_gauges": (
                 self.settings.scoring_state_metrics_interval_s,
                 lambda: self._state(gauges_pool),
@@ -291,11 +296,38 @@ class ScoringService:
         self.metrics.set_backlogs(backlogs)
         return False
 
-    async def _reload(self) -> bool:
+    async def _reload(self, pool: asyncpg.Pool) -> bool:
         if self.catalogue.refresh():
-            self.metrics.catalogue_info.clear()
-            self.metrics.catalogue_info.labels(self.catalogue().version).set(1)
+            self.metrics.catalogue.show(self.catalogue().version, self.catalogue.content_hash)
+        # Also when the reload was earlier and its recording failed: retried every round.
+        if self.catalogue.content_hash != self.recorded_hash:
+            await self._record_catalogue(pool)
         return False
+
+    async def _record_catalogue(self, pool: asyncpg.Pool) -> None:
+        """Keep the catalogue in effect in ``catalogue_version`` (a new period when it
+        differs from the one recorded as current, by any member)."""
+        catalogue, text, digest = self.catalogue(), self.catalogue.text, self.catalogue.content_hash
+        async with pool.acquire() as conn, conn.transaction():
+            recorded = await record_catalogue(
+                conn,
+                version=catalogue.version,
+                content_hash=digest,
+                content=text,
+                now=self.engine.clock(),
+            )
+        self.recorded_hash = digest
+        if recorded.version_reused:
+            self.metrics.catalogue_version_reused.inc()
+            log.warning(
+                "scoring.catalogue.version_reused",
+                version=catalogue.version,
+                hash=digest,
+                detail="an earlier catalogue with other content has this version string;"
+                " outcomes naming it are ambiguous (change the version with every edit)",
+            )
+        if recorded.began:
+            log.info("scoring.catalogue.recorded", version=catalogue.version, hash=digest)
 
     def _partition_count(self) -> int | None:
         if self.runner is None:
@@ -367,7 +399,13 @@ async def serve_probes(service: ScoringService, host: str, port: int) -> asyncio
                 ok = service.ready.is_set()
                 status, body, kind = (
                     (200 if ok else 503),
-                    (b'{"status":"ready"}' if ok else b'{"status":"starting"}'),
+                    orjson.dumps(
+                        {
+                            "status": "ready" if ok else "starting",
+                            "catalogue_version": service.catalogue().version,
+                            "catalogue_hash": service.catalogue.content_hash,
+                        }
+                    ),
                     "application/json",
                 )
             else:

@@ -819,3 +819,64 @@ async def skip_to(conn: Conn, group: str, tp: TopicPartition, offset: int) -> No
         tp.partition,
         offset,
     )
+
+
+# --- catalogue versions ----------------------------------------------------------------------
+
+# Any fixed 64-bit number: "recording the catalogue in effect" among advisory locks.
+_CATALOGUE_LOCK = 0x636174616C67_01
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueRecorded:
+    """What :func:`record_catalogue` found and did."""
+
+    #: A new period began (False: this catalogue was already the one in effect).
+    began: bool
+    #: Earlier catalogues with this version string but other content (an edit that forgot
+    #: to change the version): outcomes naming the version are ambiguous between them.
+    version_reused: bool
+
+
+async def record_catalogue(
+    conn: Conn, *, version: str, content_hash: str, content: str, now: datetime
+) -> CatalogueRecorded:
+    """Make this catalogue the one in ``catalogue_version`` that is in effect; in the caller's
+    transaction.
+
+    Idempotent: a scoring member restarting on the catalogue in effect, or a second member
+    loading it after the first, changes nothing. Otherwise the current period ends at
+    ``now`` and this catalogue's begins. Members serialise on an advisory lock (the
+    partial unique index would refuse a second open row anyway: the lock makes the loser
+    wait and then find the work done rather than fail).
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CATALOGUE_LOCK)
+    current = await conn.fetchrow(
+        "SELECT id, content_hash, came_into_effect FROM catalogue_version"
+        " WHERE went_out_of_effect IS NULL"
+    )
+    if current is not None and current["content_hash"] == content_hash:
+        return CatalogueRecorded(began=False, version_reused=False)
+    reused = await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM catalogue_version WHERE version = $1 AND content_hash <> $2)",
+        version,
+        content_hash,
+    )
+    if current is not None:
+        # A clock behind the current period's start (another member's) never makes a period
+        # end before it began, nor the periods overlap.
+        now = max(now, current["came_into_effect"])
+        await conn.execute(
+            "UPDATE catalogue_version SET went_out_of_effect = $2 WHERE id = $1",
+            current["id"],
+            now,
+        )
+    await conn.execute(
+        "INSERT INTO catalogue_version (version, content_hash, content, came_into_effect)"
+        " VALUES ($1, $2, $3, $4)",
+        version,
+        content_hash,
+        content,
+        now,
+    )
+    return CatalogueRecorded(began=True, version_reused=bool(reused))
