@@ -7,7 +7,6 @@ is for people: each problem placed on its line, and a summary of a catalogue tha
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
+from touchpulse_scoring.catalogue_source import content_hash
 from touchpulse_scoring.domain import (
     Catalogue,
     CatalogueError,
@@ -53,7 +53,7 @@ class Loaded:
 
     path: Path
     catalogue: Catalogue | None
-    #: sha256 of the text (what the services report as the catalogue's hash); None unread.
+    #: The services' hash of the text (:func:`content_hash`); None when it cannot be read.
     sha256: str | None
     problems: tuple[Located, ...] = field(default=())
 
@@ -78,7 +78,8 @@ def load(path: Path) -> Loaded:
         return Loaded(
             path, None, None, (Located(CatalogueProblem(f"cannot be read: {exc}"), None),)
         )
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # The hash the services report for this file (/readyz, *_catalogue_info, the versions).
+    digest = content_hash(text)
     try:
         catalogue = parse_catalogue(text)
     except CatalogueError as exc:
