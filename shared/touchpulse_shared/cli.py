@@ -37,6 +37,7 @@ from touchpulse_shared.people import (
     reset_password,
 )
 from touchpulse_shared.settings import ConfigError, Settings, env_name, load_settings
+from touchpulse_shared.sources_cli import sources_app
 from touchpulse_shared.stack import runner
 from touchpulse_shared.stack.kafka import kafka_libs
 from touchpulse_shared.stack.procs import StackError
@@ -50,6 +51,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once)
 app.add_typer(stack_app, name="stack")
 app.add_typer(schema_app, name="schema")
 app.add_typer(keys_app, name="keys")
+app.add_typer(sources_app, name="sources")
 users_app = typer.Typer(
     no_args_is_help=True, help="People who sign in to the desk: create, list, disable, reset."
 )

@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -275,6 +282,19 @@ class Settings(BaseSettings):
         False,
         description="allow webhook URLs on loopback, link-local and private networks "
         "(local testing only)",
+    )
+
+    # --- CLI commands that call the api (touchpulse sources) -----------------------------
+    api_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="the api's base URL for CLI commands that call it; default: this "
+        "machine's api (host and api_port)",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="the API key those commands send: an events:write key reads its own "
+        "source, an admin key every source",
     )
 
     # --- simulator ---------------------------------------------------------------------

@@ -55,9 +55,11 @@ async def _context(request: Request) -> ApiContext:
 ContextDep = Annotated[ApiContext, Depends(_context)]
 
 
-async def admit(request: Request, context: ApiContext, scope: Scope) -> Principal:
-    """The caller's key has ``scope`` (401, 403, 503 as :func:`authenticate` says) and is
-    within its rate limit (429 with ``Retry-After``)."""
+async def admit(
+    request: Request, context: ApiContext, scope: Scope | tuple[Scope, ...]
+) -> Principal:
+    """The caller's key has ``scope`` (or one of several; 401, 403, 503 as
+    :func:`authenticate` says) and is within its rate limit (429 with ``Retry-After``)."""
     principal = await authenticate(request, context.verifier, scope, retry_after_s=5)
     wait = context.limiter.take(principal.key_id, 1, context.monotonic())
     if wait > 0:

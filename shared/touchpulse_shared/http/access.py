@@ -26,8 +26,13 @@ def presented_key(request: Request) -> str | None:
 
 
 async def authenticate(
-    request: Request, verifier: KeyVerifier, scope: Scope, *, retry_after_s: int
+    request: Request,
+    verifier: KeyVerifier,
+    scope: Scope | tuple[Scope, ...],
+    *,
+    retry_after_s: int,
 ) -> Principal:
+    """The caller's principal, holding ``scope`` (or, given several, any one of them)."""
     presented = presented_key(request)
     try:
         principal = await verifier.verify(presented)
@@ -50,6 +55,12 @@ async def authenticate(
             else "The API key is not valid (unknown, revoked or malformed)",
             headers={"WWW-Authenticate": 'Bearer realm="touchpulse"'},
         )
-    if not principal.has(scope):
-        raise Problem(403, "forbidden", "Forbidden", f"This API key lacks the scope {scope.value}")
+    wanted = (scope,) if isinstance(scope, Scope) else scope
+    if not any(principal.has(s) for s in wanted):
+        raise Problem(
+            403,
+            "forbidden",
+            "Forbidden",
+            f"This API key lacks the scope {' or '.join(s.value for s in wanted)}",
+        )
     return principal
