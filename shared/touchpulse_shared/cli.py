@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -62,8 +63,11 @@ app.add_typer(users_app, name="users")
 PLUGIN_GROUP = "touchpulse.cli"
 
 
-def _add_plugins(parent: typer.Typer) -> None:
-    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+def _add_plugins(parent: typer.Typer, entries: Iterable[EntryPoint] | None = None) -> None:
+    """Add each ``touchpulse.cli`` entry point's typer app under its name (``entries``
+    instead of the installed ones: the tests)."""
+    found = entry_points(group=PLUGIN_GROUP) if entries is None else entries
+    for entry in sorted(found, key=lambda e: e.name):
         try:
             sub = entry.load()
         except Exception as exc:
