@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -112,6 +112,9 @@ async def _run(
     assert settings.kafka_bootstrap_servers is not None  # noqa: S101 - checked by run
     assert settings.database_url is not None  # noqa: S101 - checked by run
     began = time.monotonic()
+    # Live scoring expires a deadline once the wall clock and its partition are past the
+    # due time; everything on the topic up to now is applied, so now is that moment here.
+    now = datetime.now(UTC)
     say(
         f"backtest: reading {settings.events_topic}"
         + (f" since {since.isoformat()}" if since else " from its beginning")
@@ -127,7 +130,7 @@ async def _run(
     began = time.monotonic()
     say(f"backtest: re-judging {len(events):,} events under {live.version} and {candidate.version}")
     report = await asyncio.to_thread(
-        backtest, events, profiles, live, candidate, progress=_Throttled(say, "customers")
+        backtest, events, profiles, live, candidate, now=now, progress=_Throttled(say, "customers")
     )
     return report, Window(
         records=retained.records,
