@@ -333,3 +333,11 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert run("check", tmp_path)[0] == 2
     assert run("check")[0] == 2
     assert run("check", write(tmp_path, "c.yaml", BASE), "--colour")[0] == 2
+
+
+def test_control_characters_from_the_file_never_reach_the_terminal(tmp_path: Path) -> None:
+    text = mutate(BASE, "    weight: 1.0\n", '    weight: 1.0\n    "col\\e[2Jour": blue\n')
+    code, out, _ = run("check", write(tmp_path, "bad.yaml", text))
+    assert code == 1
+    assert "\x1b" not in out
+    assert "promise 'call-answer-time': col\\x1b[2Jour: Extra inputs are not permitted" in out

@@ -67,7 +67,7 @@ class Loaded:
             f"{self.path}: invalid: {count} problem{'s' if count != 1 else ''};"
             " ingest and scoring would refuse this file"
         )
-        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+        return printable("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
 
 def load(path: Path) -> Loaded:
@@ -260,10 +260,16 @@ def _summary_text(loaded: Loaded, catalogue: Catalogue) -> str:
     return "\n".join(lines)
 
 
+def printable(text: str) -> str:
+    """Text for a terminal: a file's own keys and values may hold control characters (an
+    escape sequence in a field name would recolour or rewrite the screen), shown escaped."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
 def render_text(loaded: Loaded) -> str:
     if loaded.catalogue is None:
-        return loaded.problems_text()
-    return _summary_text(loaded, loaded.catalogue)
+        return printable(loaded.problems_text())
+    return printable(_summary_text(loaded, loaded.catalogue))
 
 
 def render_json(loaded: Loaded) -> str:

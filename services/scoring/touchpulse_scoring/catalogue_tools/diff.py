@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from touchpulse_scoring.catalogue_tools.check import Loaded, terms
+from touchpulse_scoring.catalogue_tools.check import Loaded, printable, terms
 from touchpulse_scoring.domain import Catalogue, Promise
 
 
@@ -198,7 +198,7 @@ def render_text(result: CatalogueDiff, old: Loaded, new: Loaded) -> str:
         if changes:
             lines.append(f"{title}:")
             lines += _table(changes, "    ")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def render_json(result: CatalogueDiff, old: Loaded, new: Loaded) -> str:
