@@ -42,6 +42,8 @@ REQUIRED: dict[tuple[str, str], Scope | None] = {
     ("POST", "/v1/interventions/{intervention_id}/reassign"): Scope.INTERVENTIONS_WRITE,
     ("GET", "/v1/gaps"): Scope.HEALTH_READ,
     ("GET", "/v1/promises"): Scope.HEALTH_READ,
+    ("GET", "/v1/promises/versions"): Scope.HEALTH_READ,
+    ("POST", "/v1/promises/evaluate"): Scope.HEALTH_READ,
     ("GET", "/v1/keys"): Scope.ADMIN,
     ("POST", "/v1/keys"): Scope.ADMIN,
     ("DELETE", "/v1/keys/{key_id}"): Scope.ADMIN,

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import Request
 from starlette.responses import Response
 
-from touchpulse_api import desk, sources, webhooks
+from touchpulse_api import desk, promises, sources, webhooks
 from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ApiContext, ContextDep
 from touchpulse_api.desk import sessions as desk_sessions
@@ -46,6 +46,7 @@ ROUTERS = (
     erasure.router,
     interventions.router,
     organisation.router,
+    promises.router,
     keys.router,
     webhooks.router,
     sources.router,

@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from touchpulse_api import queries
-from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ContextDep, HealthReader
 from touchpulse_api.models import UTC_MIN, Instant, OrgGap, OrgGaps, PromisesOut
+from touchpulse_api.promises.catalogues import catalogue_named
+from touchpulse_api.promises.models import CatalogueVersionText
+from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 
 WINDOW = timedelta(days=7)
 
@@ -49,10 +51,33 @@ async def organisation_gaps(
     return OrgGaps(since=since, until=until, items=items)
 
 
-@router.get("/promises", response_model=PromisesOut)
-async def promises(context: ContextDep, _: HealthReader) -> PromisesOut:
-    """The promise catalogue in effect, with its version."""
-    catalogue = current_catalogue(context)
+@router.get(
+    "/promises",
+    response_model=PromisesOut,
+    responses=problem_responses(
+        *AUTHENTICATED,
+        404,
+        409,
+        422,
+        descriptions={
+            404: "No catalogue with this `version` was ever in effect",
+            409: "The stored catalogue version no longer validates under this release",
+        },
+    ),
+)
+async def promises(
+    context: ContextDep,
+    _: HealthReader,
+    version: Annotated[
+        CatalogueVersionText | None,
+        Query(description="a stored version (GET /v1/promises/versions); default: in effect"),
+    ] = None,
+) -> PromisesOut:
+    """The promise catalogue in effect, with its version; or the catalogue ``version`` as
+    it was while in effect (the terms outcomes naming that version were judged by)."""
+    catalogue = (
+        await catalogue_named(context, version, pointer="/query/version", status=404)
+    ).catalogue
     return PromisesOut(
         version=catalogue.version,
         touchpoints=dict(catalogue.touchpoints),
