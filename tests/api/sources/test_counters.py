@@ -145,6 +145,7 @@ async def test_a_batch_counts_once_whatever_crashes_and_redeliveries_happen(
     seen = await pool.fetchval("SELECT max(last_event_at) FROM source_quality")
     assert seen == RECEIVED
     letter = await pool.fetchrow("SELECT * FROM dead_letter WHERE source IS NOT NULL")
+    assert letter is not None
     assert (letter["reason"], letter["event_id"], letter["dead_lettered_at"]) == (
         "not_json",
         "e-999",
