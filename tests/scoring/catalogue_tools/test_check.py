@@ -20,6 +20,7 @@ from tests.scoring.catalogue_tools.support import (
     touchpulse,
     write,
 )
+from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.domain import CatalogueError, parse_catalogue
 
 
@@ -33,6 +34,8 @@ def test_the_shipped_catalogue_passes_through_the_touchpulse_command() -> None:
     assert report["problems"] == []
     assert report["version"] == raw["version"]
     assert report["sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    # ...which is the hash the services report for the catalogue they run.
+    assert report["sha256"] == CatalogueSource(SHIPPED).content_hash
     summary = report["summary"]
     # Every figure recomputed from the YAML itself, not from the domain.
     assert summary["promises"] == len(raw["promises"])
