@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-replay bench-scale bench-api bench-history bench-desk desk-screenshots fuzz soak
+.PHONY: help setup run test lint format lock schema clean bench bench-ingest bench-scoring bench-replay bench-scale bench-api bench-history bench-desk bench-backtest desk-screenshots fuzz soak
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,7 +39,7 @@ fuzz: setup ## Long abuse runs: Schemathesis with every check and the stateful p
 soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL and its sessions, links, retention) under load, several rounds; 38 min at most
 	$(BIN)/python -m tests.faults --soak
 
-bench: setup ## Every benchmark on one broker and database: ingest, scoring, replay, scale-out, api, history (about 16 min, estimated)
+bench: setup ## Every benchmark on one broker and database: ingest, scoring, replay, scale-out, api, history, desk, backtest (about 16 min, estimated)
 	$(BIN)/python -m tests.bench
 
 bench-ingest: setup ## Benchmark ingest against Kafka's ProducerPerformance and a bare ASGI route
@@ -62,6 +62,9 @@ bench-history: setup ## Benchmark scoring and the health read on a year of histo
 
 bench-desk: setup ## Benchmark the desk's queue and customer pages (10,000 open cases, 100,000 customers) against a bare route
 	$(BIN)/python -m tests.bench.desk
+
+bench-backtest: setup ## Benchmark catalogue backtest's re-judging (events per CPU-second) against the pure domain's own loop
+	$(BIN)/python -m tests.bench.backtest
 
 desk-screenshots: setup ## Photograph every desk page in chromium (desktop and phone) and copy the pictures to docs/desk/
 	$(BIN)/python -m pytest tests/desk/browser -k photographed -p no:cacheprovider -q

@@ -17,7 +17,9 @@ topics and a database of its own (removed when the stage ends):
    latency on a database holding a year of history against an empty one, and the bytes per
    customer that year leaves before and after the lifecycle's pruning;
 7. desk (``tests/bench/desk.py``): the action desk's queue and customer pages' server time
-   with 10,000 open interventions and 100,000 customers, against a bare route.
+   with 10,000 open interventions and 100,000 customers, against a bare route;
+8. backtest (``tests/bench/backtest.py``): ``touchpulse catalogue backtest``'s re-judging in
+   events per CPU-second of one core, against the pure domain's own loop (no server).
 
 Printed: one table of every figure beside its ceiling and their ratio, then the CPU per
 unit of work and the peak memory of every process, stage by stage. Written: one JSON file
@@ -42,7 +44,7 @@ from typing import Any
 
 import psutil
 
-from tests.bench import api, desk, history, ingest, replay, scale, scoring
+from tests.bench import api, backtest, desk, history, ingest, replay, scale, scoring
 from tests.bench.common import (
     FIGURE_HEADER,
     Site,
@@ -111,6 +113,7 @@ STAGES: tuple[tuple[str, ModuleType, Callable[[str], Any]], ...] = (
         lambda mode: {FULL: history.FULL, QUICK: history.QUICK, SMOKE: history.SMOKE}[mode],
     ),
     ("desk", desk, lambda mode: desk.FULL if mode == FULL else desk.QUICK),
+    ("backtest", backtest, lambda mode: backtest.FULL if mode == FULL else backtest.QUICK),
 )
 
 #: Per stage, the phases whose CPU per unit of work is reported per process (the stage's
@@ -128,6 +131,7 @@ PROCESS_PHASES: Mapping[str, tuple[str, ...]] = {
         f"health read, {history.YEAR}",
     ),
     "desk": ("queue (closed)", "customer (closed)"),
+    "backtest": ("tightened",),
 }
 PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
     "ingest": {"server": "ingest", "kafka": "kafka", "loadgen": "load generator"},
@@ -166,6 +170,7 @@ PROCESS_NAMES: Mapping[str, Mapping[str, str]] = {
         "bench": "bench process",
     },
     "desk": {"api": "api", "postgres": "postgres", "loadgen": "load generator", "kafka": "kafka"},
+    "backtest": {"bench": "bench process"},
 }
 # How often the servers' memory is sampled (their peak within each stage).
 RSS_SAMPLE_S = 0.5
@@ -409,6 +414,7 @@ def report(result: Mapping[str, Any]) -> str:
         ("api", api.cpu_table, "CPU µs per request served (cores), median over pairs"),
         ("history", history.cpu_table, "CPU µs per event or request (cores)"),
         ("desk", desk.cpu_table, "CPU µs per page served (cores)"),
+        ("backtest", backtest.cpu_table, "CPU µs per event, one core"),
     )
     for name, cpu_table, what in details:
         stage = result["stages"].get(name)

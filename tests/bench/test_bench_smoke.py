@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench import api, desk, history, ingest, replay, scale, scoring
+from tests.bench import api, backtest, desk, history, ingest, replay, scale, scoring
 
 REPO = Path(__file__).resolve().parents[2]
 # The smoke suite takes about 2.5 min on 2 cores; the rest is slack for a loaded machine.
@@ -34,12 +34,14 @@ STAGE_FIGURES = {
     "api": api.FIGURE_KEYS,
     "history": history.FIGURE_KEYS,
     "desk": desk.FIGURE_KEYS,
+    "backtest": backtest.FIGURE_KEYS,
 }
 #: Figures new with issue 14: each must be there and positive.
 POSITIVE = {
     *(f"replay.{key}" for key in replay.FIGURE_KEYS),
     *(f"history.{key}" for key in history.FIGURE_KEYS),
     *(f"desk.{key}" for key in desk.FIGURE_KEYS),
+    *(f"backtest.{key}" for key in backtest.FIGURE_KEYS),
     *(
         f"scoring.{key}"
         for key in (
