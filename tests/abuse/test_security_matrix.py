@@ -21,8 +21,9 @@ from touchpulse_shared.auth import Scope, parse_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-# (method, path template) -> the scope it needs; None: open to anyone.
-REQUIRED: dict[tuple[str, str], Scope | None] = {
+# (method, path template) -> the scope it needs (several: any one of them); None: open to
+# anyone.
+REQUIRED: dict[tuple[str, str], Scope | tuple[Scope, ...] | None] = {
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("POST", "/v1/events"): Scope.EVENTS_WRITE,
@@ -47,6 +48,9 @@ REQUIRED: dict[tuple[str, str], Scope | None] = {
     ("GET", "/v1/keys"): Scope.ADMIN,
     ("POST", "/v1/keys"): Scope.ADMIN,
     ("DELETE", "/v1/keys/{key_id}"): Scope.ADMIN,
+    # A touchpoint team's key reads its own source's feedback; an admin's every source's.
+    ("GET", "/v1/sources/{source}/quality"): (Scope.ADMIN, Scope.EVENTS_WRITE),
+    ("GET", "/v1/dead-letters"): (Scope.ADMIN, Scope.EVENTS_WRITE),
 }
 WEBHOOK_PREFIX = "/v1/webhooks"  # every webhook route is admin-only
 
@@ -56,11 +60,12 @@ PARAMS = {
     "key_id": "aaaaaaaaaaaa",
     "subscription_id": "wh_" + "a" * 26,
     "delivery_id": "msg_" + "0" * 32,
+    "source": SOURCE,  # the matrix's writer key is bound to it
 }
 ALL_SCOPES = [Scope.HEALTH_READ, Scope.INTERVENTIONS_WRITE, Scope.ADMIN]
 
 
-def needed(method: str, path: str) -> Scope | None:
+def needed(method: str, path: str) -> Scope | tuple[Scope, ...] | None:
     if path.startswith(WEBHOOK_PREFIX):
         return Scope.ADMIN
     assert (method, path) in REQUIRED, f"{method} {path} has no row in the matrix: add one"
@@ -116,6 +121,7 @@ async def check_matrix(service: Service) -> list[str]:
     problems: list[str] = []
     for method, template in await operations(service):
         scope = needed(method, template)
+        allowed = {s.value for s in ((scope,) if isinstance(scope, Scope) else scope or ())}
         path = concrete(template)
         for caller, headers in callers.items():
             response = await service.http.request(
@@ -129,9 +135,9 @@ async def check_matrix(service: Service) -> list[str]:
                 if status in (401, 403):
                     problems.append(f"{where}, expected open")
             elif caller in {s.value for s in Scope}:
-                if caller == scope.value and status in (401, 403):
+                if caller in allowed and status in (401, 403):
                     problems.append(f"{where}, expected allowed")
-                if caller != scope.value and status != 403:
+                if caller not in allowed and status != 403:
                     problems.append(f"{where}, expected 403")
             elif status != 401:
                 problems.append(f"{where}, expected 401")
@@ -163,6 +169,26 @@ async def test_every_ingest_endpoint_against_every_kind_of_key(ingest: Service) 
 async def test_every_api_endpoint_against_every_kind_of_key(api: Service) -> None:
     problems = await check_matrix(api)
     assert problems == [], "\n".join(problems)
+    await source_rule(api)
+
+
+async def source_rule(api: Service) -> None:
+    """The scope rule of the feedback routes: a touchpoint team's key reads its own source's
+    quality and dead letters and is refused another's (existing or not), an admin reads all."""
+    ours = Service.bearer(await api.keys.make("billing", [Scope.EVENTS_WRITE], source=SOURCE))
+    theirs = Service.bearer(await api.keys.make("web", [Scope.EVENTS_WRITE], source="web-prod"))
+    admin = Service.bearer(await api.keys.make("operator", [Scope.ADMIN]))
+    own = [f"/v1/sources/{SOURCE}/quality", f"/v1/dead-letters?source={SOURCE}"]
+    other = ["/v1/sources/web-prod/quality", "/v1/dead-letters?source=web-prod"]
+    for key in (ours, theirs, admin):  # no source named: a bound key's own, an admin's all
+        assert (await api.http.get("/v1/dead-letters", headers=key)).status_code == 200
+    for path in own:
+        assert (await api.http.get(path, headers=ours)).status_code == 200, path
+        assert (await api.http.get(path, headers=theirs)).status_code == 403, path
+        assert (await api.http.get(path, headers=admin)).status_code == 200, path
+    for path in other:
+        assert (await api.http.get(path, headers=ours)).status_code == 403, path
+        assert (await api.http.get(path, headers=theirs)).status_code == 200, path
 
 
 def _needles(secret: str) -> list[str]:
