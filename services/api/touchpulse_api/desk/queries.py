@@ -1,4 +1,5 @@
-"""The desk's SQL: the queue, its counts, the live feed's cursor, the call list.
+"""The desk's SQL: the queue, its counts, the live feed's cursor, the call list, the
+back-test's profiles.
 
 What the REST api already reads (health, profiles, a customer's interventions, the
 organisation's gaps) the desk reads through ``touchpulse_api.queries``; only what the pages
@@ -8,6 +9,7 @@ cases by priority, by assignee, by gap touchpoint).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -15,6 +17,7 @@ from enum import StrEnum
 import asyncpg
 import orjson
 
+from touchpulse_scoring.domain import CustomerProfile
 from touchpulse_shared.db import Conn
 
 ACTIVE = ("open", "acknowledged")
@@ -230,3 +233,37 @@ async def actions_helped(conn: Conn, *, since: datetime, until: datetime) -> lis
         until,
     )
     return rows
+
+
+async def backtest_profiles(
+    conn: Conn, customers: Iterable[str]
+) -> tuple[dict[str, CustomerProfile], dict[str, datetime]]:
+    """For the back-test page: the profiles of these customers the CRM sent, and when each
+    erased one was erased (events received before that were never applied)."""
+    wanted = sorted(set(customers))
+    profiles = {
+        r["customer_id"]: CustomerProfile(
+            segment=r["segment"],
+            customer_since=r["customer_since"],
+            value=r["value"],
+            reach=r["reach"],
+        )
+        for r in await conn.fetch(
+            """
+            SELECT customer_id, segment, customer_since, value, reach FROM customer_profile
+            WHERE customer_id = ANY($1::text[])
+            """,
+            wanted,
+        )
+    }
+    erased = {
+        r["customer_id"]: r["erased_at"]
+        for r in await conn.fetch(
+            """
+            SELECT customer_id, erased_at FROM erased_customer
+            WHERE customer_id = ANY($1::text[])
+            """,
+            wanted,
+        )
+    }
+    return profiles, erased
