@@ -37,6 +37,12 @@ EXAMPLES = fuzz_examples()
 # category against the catalogue in effect (reloadable), a snooze's end against the clock,
 # a reassignment against the current assignee, a note's text after trimming whitespace
 # (Python's idea of whitespace, not the document regex's): a 422 naming the body field.
+# An event previewed by /v1/promises/evaluate is judged against the catalogue in effect
+# (its touchpoints, event types and measure kinds) and a stored version it names must have
+# been in effect: a 422 naming the field, as ingest answers.
+# A source's quality window must not end before it starts, and its end defaults to the
+# clock: no schema relates two parameters, nor one to now, so a since after until (or in
+# the future) is a 422 naming /query/since.
 API_CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2XX", "400", "401", "403", "404", "409", "429"]
@@ -44,6 +50,20 @@ expected-statuses = ["2XX", "400", "401", "403", "404", "409", "429"]
 [[operations]]
 include-path-regex = "^/v1/webhooks(/[^/]+)?$"
 include-method-regex = "^(POST|PATCH)$"
+checks.positive_data_acceptance.expected-statuses = [
+    "2XX", "400", "401", "403", "404", "409", "422", "429"
+]
+
+[[operations]]
+include-path-regex = "^/v1/promises/evaluate$"
+include-method-regex = "^POST$"
+checks.positive_data_acceptance.expected-statuses = [
+    "2XX", "400", "401", "403", "404", "409", "422", "429"
+]
+
+[[operations]]
+include-path-regex = "^/v1/sources/.+/quality$"
+include-method-regex = "^GET$"
 checks.positive_data_acceptance.expected-statuses = [
     "2XX", "400", "401", "403", "404", "409", "422", "429"
 ]

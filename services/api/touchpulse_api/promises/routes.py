@@ -74,9 +74,11 @@ async def list_promise_versions(
     summary="Judge one event against the promises, storing nothing",
     responses=problem_responses(
         *AUTHENTICATED,
+        400,
         409,
         422,
         descriptions={
+            400: "The body is not JSON",
             409: "The stored catalogue version no longer validates under this release",
             422: "The body is not valid, the catalogue refuses the event as ingest would, or"
             " no catalogue with `version` is stored; `errors` names the field",
