@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 
 from touchpulse_shared.contract.record import KafkaRecord
 from touchpulse_shared.kafka.partitioner import Partitioner
@@ -59,13 +59,18 @@ class EventProducer:
         self._partitioner: Partitioner | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._replaced = 0
+        # A producer the broker refuses for good though its sender lives on (see produce).
+        self._condemned: AIOKafkaProducer | None = None
         # Set while a live producer is installed; waited on by start-up and tests.
         self._started = asyncio.Event()
 
     @property
     def ready(self) -> bool:
         """A producer is started and its sender is alive."""
-        return self._producer is not None and _alive(self._producer)
+        return self._usable(self._producer)
+
+    def _usable(self, producer: AIOKafkaProducer | None) -> bool:
+        return producer is not None and producer is not self._condemned and _alive(producer)
 
     @property
     def replacements(self) -> int:
@@ -96,7 +101,7 @@ class EventProducer:
 
     async def _supervise(self) -> None:
         while True:
-            if self._producer is not None and not _alive(self._producer):
+            if self._producer is not None and not self._usable(self._producer):
                 log.warning("ingest.producer.dead", replacing=True)
                 await self._discard()
                 self._replaced += 1
@@ -142,7 +147,7 @@ class EventProducer:
     async def produce(self, records: Sequence[KafkaRecord], *, within_s: float) -> None:
         """Return once Kafka acknowledged every record; else raise ProduceUnavailable."""
         producer = self._producer
-        if producer is None or not _alive(producer):
+        if producer is None or not self._usable(producer):
             raise ProduceUnavailable("Kafka is not reachable")
         try:
             async with asyncio.timeout(within_s):
@@ -159,6 +164,12 @@ class EventProducer:
         except TimeoutError:
             raise ProduceUnavailable(f"Kafka did not acknowledge within {within_s:.1f} s") from None
         except KafkaError as exc:
+            if isinstance(exc, OutOfOrderSequenceNumber):
+                # The broker has lost this producer's sequence state (seen after a broker
+                # restart with batches in flight) and refuses every later batch of it, while
+                # aiokafka's sender may live on: only a new producer, with a new producer id,
+                # gets past it. Found by the client's broker-restart test (tests/client).
+                self._condemned = producer
             raise ProduceUnavailable(f"Kafka refused the records: {exc}") from exc
 
     async def _send_batches(
