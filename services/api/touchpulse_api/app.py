@@ -35,6 +35,7 @@ from touchpulse_shared.http.app import (
     RequestMetricsMiddleware,
     install_problem_docs,
     install_problem_handlers,
+    readable_operation_id,
 )
 from touchpulse_shared.http.problems import Problem
 from touchpulse_shared.loops import Loops, supervise
@@ -75,6 +76,7 @@ def create_app(
         summary="Customer journey health, expected-versus-actual gaps and the interventions "
         "they call for.",
         lifespan=lifespan,
+        generate_unique_id_function=readable_operation_id,
     )
     app.add_middleware(RejectNulMiddleware)
     app.add_middleware(

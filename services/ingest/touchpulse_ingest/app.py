@@ -67,6 +67,7 @@ from touchpulse_shared.http.app import (
     RejectNulMiddleware,
     RequestMetricsMiddleware,
     install_problem_handlers,
+    readable_operation_id,
 )
 from touchpulse_shared.http.problems import Problem, field_errors, pointer
 from touchpulse_shared.loops import Loops, supervise
@@ -451,6 +452,7 @@ def create_app(
         version="1",
         summary="Customer-experience events from every touchpoint, into Kafka.",
         lifespan=lifespan,
+        generate_unique_id_function=readable_operation_id,
     )
     app.add_middleware(RejectNulMiddleware)
     app.add_middleware(
@@ -459,7 +461,7 @@ def create_app(
     install_openapi(app)
     max_items = settings.ingest_max_batch_items
 
-    @app.post("/v1/events", status_code=202, tags=["events"])
+    @app.post("/v1/events", status_code=202, tags=["events"], operation_id="post_event")
     async def post_event(request: Request, ingest: IngestDep, principal: PrincipalDep) -> Response:
         """One event: native JSON, or a CloudEvent in structured, binary or batch mode."""
         kind = _media_type(request, EVENT_TYPES)
@@ -479,7 +481,7 @@ def create_app(
             ingest, principal, _parse_one(ingest, principal, lambda: parse_event_json(body))
         )
 
-    @app.post("/v1/events/batch", status_code=202, tags=["events"])
+    @app.post("/v1/events/batch", status_code=202, tags=["events"], operation_id="post_event_batch")
     async def post_batch(request: Request, ingest: IngestDep, principal: PrincipalDep) -> Response:
         """Many events, each accepted or rejected on its own, reported by index."""
         kind = _media_type(request, BATCH_TYPES)

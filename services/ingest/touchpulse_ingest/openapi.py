@@ -20,6 +20,7 @@ from touchpulse_shared.contract import (
     ExperienceEventBatchV1,
     ExperienceEventV1,
 )
+from touchpulse_shared.http.app import problem_responses
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {
@@ -73,12 +74,13 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _problems() -> dict[str, Any]:
+    # Both routes can answer every one of these (a batch's items are judged one by one, but
+    # a whole body can still be malformed, too large or of the wrong type).
+    statuses = [int(code) for code in _ERRORS]
+    described = {int(code): text for code, text in _ERRORS.items()}
     return {
-        code: {
-            "description": text,
-            "content": {"application/problem+json": {"schema": _ref("Problem")}},
-        }
-        for code, text in _ERRORS.items()
+        str(status): response
+        for status, response in problem_responses(*statuses, descriptions=described).items()
     }
 
 

@@ -136,7 +136,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 PROBLEM_STATUSES = {
-    400: "A malformed request (e.g. a cursor this API did not issue, a NUL character)",
+    400: "A malformed request: a body that is not JSON, a cursor this API did not issue, or "
+    "a NUL character in the path or query",
     401: "No API key, or an unknown, revoked or malformed one",
     403: "The key lacks the scope this operation needs",
     404: "No such resource",
@@ -223,15 +224,15 @@ def problem_responses(
 #: What every route behind an API key can answer: no key or a bad one, a key without the
 #: scope, over the key's rate limit, the key store unreachable.
 AUTHENTICATED = (401, 403, 429, 503)
-_LEGACY = (400, 401, 403, 404, 409, 422, 429, 503)
 
 
 def install_problem_docs(app: FastAPI, *, prefix: str = "/v1") -> None:
     """Complete the OpenAPI document of the operations under ``prefix``: the Problem schema
     the routes' ``problem_responses`` refer to, the API key scheme, and a 400 wherever a
     path or query parameter could carry the NUL character :class:`RejectNulMiddleware`
-    refuses. FastAPI's own 422 (its validation schema, not problem+json) is dropped: a
-    route that can refuse its input says so with ``problem_responses(422)``."""
+    refuses or a body could fail to parse as JSON. FastAPI's own 422 (its validation
+    schema, not problem+json) is dropped: a route that can refuse its input says so with
+    ``problem_responses(422)``."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -250,13 +251,12 @@ def install_problem_docs(app: FastAPI, *, prefix: str = "/v1") -> None:
                 continue
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
-                if not any(PROBLEM_JSON in r.get("content", {}) for r in responses.values()):
-                    # Not yet declared by the route: every status, as before (transitional).
-                    responses.update({str(s): r for s, r in problem_responses(*_LEGACY).items()})
                 fastapi_422 = responses.get("422", {}).get("content", {})
                 if "application/json" in fastapi_422:
                     del responses["422"]
-                if operation.get("parameters") and "400" not in responses:
+                # A body that is not JSON at all is FastAPI's 400 before any validation.
+                malformed = operation.get("parameters") or "requestBody" in operation
+                if malformed and "400" not in responses:
                     responses.update({str(s): r for s, r in problem_responses(400).items()})
                 operation["security"] = [{"apiKey": []}]
         app.openapi_schema = document

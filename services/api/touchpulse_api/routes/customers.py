@@ -34,6 +34,7 @@ from touchpulse_scoring.domain import (
     explain,
     touchpoint_values,
 )
+from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -57,7 +58,14 @@ def outcome_out(row: Any) -> OutcomeOut:
     )
 
 
-@router.get("/{customer_id}/health", response_model=CustomerHealth)
+@router.get(
+    "/{customer_id}/health",
+    response_model=CustomerHealth,
+    operation_id="get_customer_health",
+    responses=problem_responses(
+        *AUTHENTICATED, 404, 422, descriptions={404: "No such customer (never scored, or erased)"}
+    ),
+)
 async def customer_health(
     customer_id: str,
     context: ReaderContext,
@@ -163,7 +171,12 @@ def _derived(
     )
 
 
-@router.get("/{customer_id}/gaps", response_model=GapsPage)
+@router.get(
+    "/{customer_id}/gaps",
+    response_model=GapsPage,
+    operation_id="list_customer_gaps",
+    responses=problem_responses(*AUTHENTICATED, 400, 422),
+)
 async def customer_gaps(
     *,
     customer_id: str,
@@ -209,7 +222,13 @@ async def customer_gaps(
     )
 
 
-@router.get("/at-risk", response_model=AtRiskPage, summary="At-risk customers")
+@router.get(
+    "/at-risk",
+    response_model=AtRiskPage,
+    summary="At-risk customers",
+    operation_id="list_at_risk_customers",
+    responses=problem_responses(*AUTHENTICATED, 400, 422),
+)
 async def at_risk(
     *,
     context: ContextDep,
@@ -267,8 +286,16 @@ async def at_risk(
     )
 
 
-@router.get("/{customer_id}/profile", response_model=ProfileOut)
+@router.get(
+    "/{customer_id}/profile",
+    response_model=ProfileOut,
+    operation_id="get_customer_profile",
+    responses=problem_responses(
+        *AUTHENTICATED, 404, descriptions={404: "No profile for this customer"}
+    ),
+)
 async def get_profile(customer_id: str, context: ContextDep, _: HealthReader) -> ProfileOut:
+    """What the CRM told Touchpulse about the customer: segment, tenure, value and reach."""
     async with context.pool.acquire() as conn:
         row = await queries.read_profile(conn, customer_id)
     if row is None:
@@ -279,7 +306,11 @@ async def get_profile(customer_id: str, context: ContextDep, _: HealthReader) ->
 @router.put(
     "/{customer_id}/profile",
     response_model=ProfileOut,
-    responses={201: {"model": ProfileOut, "description": "Created"}},
+    operation_id="put_customer_profile",
+    responses={
+        201: {"model": ProfileOut, "description": "Created"},
+        **problem_responses(*AUTHENTICATED, 422),
+    },
 )
 async def put_profile(
     customer_id: Annotated[str, Path(min_length=1, max_length=128)],

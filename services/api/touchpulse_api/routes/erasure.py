@@ -13,11 +13,17 @@ from fastapi import APIRouter
 from touchpulse_api import queries
 from touchpulse_api.context import Admin, ContextDep
 from touchpulse_api.models import Erased
+from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
 
-@router.delete("/{customer_id}", response_model=Erased)
+@router.delete(
+    "/{customer_id}",
+    response_model=Erased,
+    operation_id="erase_customer",
+    responses=problem_responses(*AUTHENTICATED),
+)
 async def erase_customer(customer_id: str, context: ContextDep, _: Admin) -> Erased:
     """Remove everything about the customer; idempotent (erasing twice is fine)."""
     now = context.clock()

@@ -33,6 +33,7 @@ from touchpulse_scoring.intervention_table import (
     intervention_json,
 )
 from touchpulse_shared.auth import Principal
+from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/interventions", tags=["interventions"])
@@ -53,7 +54,12 @@ def _out(
     return InterventionOut.model_validate({**document, "health_now": health_now})
 
 
-@router.get("", response_model=InterventionsPage, operation_id="listInterventions")
+@router.get(
+    "",
+    response_model=InterventionsPage,
+    operation_id="list_interventions",
+    responses=problem_responses(*AUTHENTICATED, 400, 422),
+)
 async def list_interventions(
     *,
     context: ContextDep,
@@ -98,7 +104,12 @@ async def list_interventions(
     )
 
 
-@router.get("/{intervention_id}", response_model=InterventionOut, operation_id="getIntervention")
+@router.get(
+    "/{intervention_id}",
+    response_model=InterventionOut,
+    operation_id="get_intervention",
+    responses=problem_responses(*AUTHENTICATED, 404),
+)
 async def get_intervention(
     intervention_id: str, context: ContextDep, _: HealthReader
 ) -> InterventionOut:
@@ -175,7 +186,8 @@ def _by(action: Action | None) -> dict[str, Any]:
 @router.post(
     "/{intervention_id}/acknowledge",
     response_model=InterventionOut,
-    operation_id="acknowledgeIntervention",
+    operation_id="acknowledge_intervention",
+    responses=problem_responses(*AUTHENTICATED, 404, 409, 422),
 )
 async def acknowledge_intervention(
     intervention_id: str, body: Acknowledge, context: ContextDep, key: InterventionWriter
@@ -195,7 +207,10 @@ async def acknowledge_intervention(
 
 
 @router.post(
-    "/{intervention_id}/notes", response_model=InterventionOut, operation_id="addInterventionNote"
+    "/{intervention_id}/notes",
+    response_model=InterventionOut,
+    operation_id="add_intervention_note",
+    responses=problem_responses(*AUTHENTICATED, 404, 409, 422),
 )
 async def add_intervention_note(
     intervention_id: str, body: AddNote, context: ContextDep, key: InterventionWriter
@@ -212,7 +227,10 @@ async def add_intervention_note(
 
 
 @router.post(
-    "/{intervention_id}/snooze", response_model=InterventionOut, operation_id="snoozeIntervention"
+    "/{intervention_id}/snooze",
+    response_model=InterventionOut,
+    operation_id="snooze_intervention",
+    responses=problem_responses(*AUTHENTICATED, 404, 409, 422),
 )
 async def snooze_intervention(
     intervention_id: str, body: Snooze, context: ContextDep, key: InterventionWriter
@@ -235,7 +253,8 @@ async def snooze_intervention(
 @router.post(
     "/{intervention_id}/reassign",
     response_model=InterventionOut,
-    operation_id="reassignIntervention",
+    operation_id="reassign_intervention",
+    responses=problem_responses(*AUTHENTICATED, 404, 409, 422),
 )
 async def reassign_intervention(
     intervention_id: str, body: Reassign, context: ContextDep, key: InterventionWriter
@@ -256,7 +275,10 @@ async def reassign_intervention(
 
 
 @router.post(
-    "/{intervention_id}/resolve", response_model=InterventionOut, operation_id="resolveIntervention"
+    "/{intervention_id}/resolve",
+    response_model=InterventionOut,
+    operation_id="resolve_intervention",
+    responses=problem_responses(*AUTHENTICATED, 404, 409, 422),
 )
 async def resolve_intervention(
     intervention_id: str, body: Resolve, context: ContextDep, key: InterventionWriter

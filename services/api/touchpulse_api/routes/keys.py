@@ -23,6 +23,7 @@ from touchpulse_shared.contract.events import (
     MAX_SOURCE_LENGTH,
     SLUG_PATTERN,
 )
+from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 from touchpulse_shared.http.problems import Problem
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -134,8 +135,16 @@ def _out(record: KeyRecord) -> KeyOut:
     )
 
 
-@router.post("", response_model=CreatedKey, status_code=201)
+@router.post(
+    "",
+    response_model=CreatedKey,
+    status_code=201,
+    operation_id="create_key",
+    responses=problem_responses(*AUTHENTICATED, 422),
+)
 async def create(body: KeyIn, context: ContextDep, _: Admin) -> CreatedKey:
+    """A new API key with its scopes (for events:write, the source and touchpoints it may
+    write too); the plaintext key is in this answer only."""
     try:
         plaintext, record = await create_key(
             context.pool,
@@ -156,12 +165,31 @@ async def create(body: KeyIn, context: ContextDep, _: Admin) -> CreatedKey:
     return CreatedKey(**_out(record).model_dump(), key=plaintext)
 
 
-@router.get("", response_model=list[KeyOut])
+@router.get(
+    "",
+    response_model=list[KeyOut],
+    operation_id="list_keys",
+    responses=problem_responses(*AUTHENTICATED),
+)
 async def list_all(context: ContextDep, _: Admin) -> list[KeyOut]:
+    """Every API key, revoked ones included (never a secret)."""
     return [_out(r) for r in await list_keys(context.pool)]
 
 
-@router.delete("/{key_id}", status_code=204)
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    operation_id="revoke_key",
+    responses=problem_responses(
+        *AUTHENTICATED,
+        404,
+        409,
+        descriptions={
+            404: "No active key with this id",
+            409: "The key making the request cannot revoke itself",
+        },
+    ),
+)
 async def revoke(key_id: str, context: ContextDep, admin: Admin) -> Response:
     """Revoke a key at once. Not the key making the request (409): an admin would lock
     themselves out mid-session; another admin key or ``touchpulse keys revoke`` does it."""

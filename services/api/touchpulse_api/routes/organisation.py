@@ -19,7 +19,12 @@ WINDOW = timedelta(days=7)
 router = APIRouter(prefix="/v1", tags=["organisation"])
 
 
-@router.get("/gaps", response_model=OrgGaps)
+@router.get(
+    "/gaps",
+    response_model=OrgGaps,
+    operation_id="get_organisation_gaps",
+    responses=problem_responses(*AUTHENTICATED, 422),
+)
 async def organisation_gaps(
     context: ContextDep,
     _: HealthReader,
@@ -64,6 +69,7 @@ async def organisation_gaps(
             409: "The stored catalogue version no longer validates under this release",
         },
     ),
+    operation_id="get_promises",
 )
 async def promises(
     context: ContextDep,

@@ -24,6 +24,7 @@ from touchpulse_api.webhooks import store
 from touchpulse_api.webhooks.dispatcher import GIVE_UP_AFTER
 from touchpulse_api.webhooks.signing import derive_secret, master_key, new_nonce
 from touchpulse_api.webhooks.targets import ForbiddenTarget, TargetError, resolve_target
+from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 from touchpulse_shared.http.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -357,10 +358,13 @@ Limit = Annotated[int, Query(ge=1, description="page size; capped by the server'
     "/deliveries/{delivery_id}",
     response_model=WebhookDeliveryDetail,
     summary="One delivery with its payload and attempt log",
+    operation_id="get_webhook_delivery",
+    responses=problem_responses(*AUTHENTICATED, 404),
 )
 async def get_delivery(
     delivery_id: str, context: ContextDep, _admin: Admin
 ) -> WebhookDeliveryDetail:
+    """One delivery with its payload and the log of its attempts."""
     _delivery_id(delivery_id)
     delivery = await store.get_delivery(context.pool, delivery_id)
     if delivery is None:
@@ -378,8 +382,17 @@ async def get_delivery(
     status_code=202,
     response_model=WebhookDelivery,
     summary="Send a finished delivery again now, with the same webhook-id",
+    operation_id="resend_webhook_delivery",
+    responses=problem_responses(
+        *AUTHENTICATED,
+        404,
+        409,
+        descriptions={409: "The delivery is still pending: it is resent when finished"},
+    ),
 )
 async def resend_delivery(delivery_id: str, context: ContextDep, admin: Admin) -> WebhookDelivery:
+    """Send a finished delivery again now, with the same webhook-id (409 while it is
+    still pending)."""
     _delivery_id(delivery_id)
     now = context.clock()
     async with context.pool.acquire() as conn:
@@ -400,10 +413,17 @@ async def resend_delivery(delivery_id: str, context: ContextDep, admin: Admin) -
     status_code=201,
     response_model=WebhookSubscriptionCreated,
     summary="Subscribe a URL to event kinds; the response holds the secret, once",
+    operation_id="create_webhook_subscription",
+    responses=problem_responses(
+        *AUTHENTICATED,
+        422,
+        descriptions={422: "The body is not valid, or the URL is not a public https target"},
+    ),
 )
 async def create_subscription(
     body: WebhookCreate, context: ContextDep, admin: Admin
 ) -> WebhookSubscriptionCreated:
+    """Subscribe a URL to event kinds. The answer holds the subscription's signing secret, once."""
     await _check_url(context, body.url)
     nonce = new_nonce()
     subscription = await store.create_subscription(
@@ -425,10 +445,13 @@ async def create_subscription(
     "",
     response_model=WebhookSubscriptionPage,
     summary="Every subscription, oldest first (never a secret)",
+    operation_id="list_webhook_subscriptions",
+    responses=problem_responses(*AUTHENTICATED, 400, 422),
 )
 async def list_subscriptions(
     context: ContextDep, _admin: Admin, limit: Limit = 50, cursor: cursors.Cursor = None
 ) -> WebhookSubscriptionPage:
+    """Every subscription, oldest first, a page at a time (never a secret)."""
     size = _page_size(context, limit)
     rows = await store.list_subscriptions(
         context.pool, after=_subscription_cursor(context, cursor), limit=size + 1
@@ -447,10 +470,13 @@ async def list_subscriptions(
     "/{subscription_id}",
     response_model=WebhookSubscription,
     summary="One subscription (never its secret)",
+    operation_id="get_webhook_subscription",
+    responses=problem_responses(*AUTHENTICATED, 404),
 )
 async def get_subscription(
     subscription_id: str, context: ContextDep, _admin: Admin
 ) -> WebhookSubscription:
+    """One subscription (never its secret)."""
     _subscription_id(subscription_id)
     subscription = await store.get_subscription(context.pool, subscription_id)
     if subscription is None:
@@ -462,10 +488,13 @@ async def get_subscription(
     "/{subscription_id}",
     response_model=WebhookSubscription,
     summary="Change the URL, kinds, description, or enable/disable",
+    operation_id="update_webhook_subscription",
+    responses=problem_responses(*AUTHENTICATED, 404, 422),
 )
 async def update_subscription(
     subscription_id: str, body: WebhookUpdate, context: ContextDep, admin: Admin
 ) -> WebhookSubscription:
+    """Change the URL, kinds or description, or enable or disable the subscription."""
     _subscription_id(subscription_id)
     changes = body.model_dump(include=body.model_fields_set)
     if body.url is not None:
@@ -489,8 +518,11 @@ async def update_subscription(
     status_code=204,
     response_class=Response,
     summary="Delete a subscription with its deliveries and their log",
+    operation_id="delete_webhook_subscription",
+    responses=problem_responses(*AUTHENTICATED, 404),
 )
 async def delete_subscription(subscription_id: str, context: ContextDep, admin: Admin) -> Response:
+    """Delete a subscription with its deliveries and their log."""
     _subscription_id(subscription_id)
     if not await store.delete_subscription(context.pool, subscription_id):
         raise _not_found("webhook subscription", subscription_id)
@@ -502,10 +534,13 @@ async def delete_subscription(subscription_id: str, context: ContextDep, admin: 
     "/{subscription_id}/rotate-secret",
     response_model=WebhookSecretRotated,
     summary="A new secret, shown once; the old one keeps signing for 24 hours",
+    operation_id="rotate_webhook_secret",
+    responses=problem_responses(*AUTHENTICATED, 404),
 )
 async def rotate_secret(
     subscription_id: str, context: ContextDep, admin: Admin
 ) -> WebhookSecretRotated:
+    """A new signing secret, shown once; the old one keeps signing for 24 hours."""
     _subscription_id(subscription_id)
     now = context.clock()
     nonce = new_nonce()
@@ -527,6 +562,8 @@ async def rotate_secret(
     "/{subscription_id}/deliveries",
     response_model=WebhookDeliveryPage,
     summary="The delivery log, newest first",
+    operation_id="list_webhook_deliveries",
+    responses=problem_responses(*AUTHENTICATED, 400, 404, 422),
 )
 async def list_deliveries(
     subscription_id: str,
@@ -538,6 +575,7 @@ async def list_deliveries(
         DeliveryState | None, Query(description="only deliveries in this state")
     ] = None,
 ) -> WebhookDeliveryPage:
+    """The subscription's delivery log, newest first, a page at a time."""
     _subscription_id(subscription_id)
     size = _page_size(context, limit)
     before = _delivery_cursor(context, subscription_id, cursor)
