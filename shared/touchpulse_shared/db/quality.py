@@ -38,6 +38,10 @@ class Tally:
 
     counts: dict[_Key, int] = field(default_factory=dict)
     last_seen: dict[_Key, datetime] = field(default_factory=dict)
+    # The events of one ingest request share a receipt time: its hour is worked out once
+    # per run of equal times rather than once per event (scoring's hot path).
+    _at: datetime | None = field(default=None, repr=False, compare=False)
+    _hour: datetime | None = field(default=None, repr=False, compare=False)
 
     def add(
         self,
@@ -50,7 +54,9 @@ class Tally:
         count: int = 1,
         seen: datetime | None = None,
     ) -> None:
-        key = (source, hour_of(at), kind, reason, shard)
+        if at != self._at or self._hour is None:
+            self._at, self._hour = at, hour_of(at)
+        key = (source, self._hour, kind, reason, shard)
         self.counts[key] = self.counts.get(key, 0) + count
         if seen is not None:
             before = self.last_seen.get(key)
