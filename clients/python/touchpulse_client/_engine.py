@@ -156,6 +156,7 @@ class Engine:
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": config.user_agent},
         )
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
         self._deliveries: set[asyncio.Task[None]] = set()
 
     # --- life cycle (on the loop) ----------------------------------------------------------
@@ -197,6 +198,7 @@ class Engine:
             self._closed = True
             self._cond.notify_all()
         await self._drain(timeout)
+        self._stopping = True
         if self._runner is not None:
             self._runner.cancel()
         for task in list(self._deliveries):
@@ -224,7 +226,7 @@ class Engine:
     @property
     def pending_count(self) -> int:
         with self._cond:
-            return len(self._pending) + self._reserved
+            return len(self._pending)
 
     def report(self, undelivered: tuple[str, ...] = ()) -> DeliveryReport:
         with self._cond:
@@ -298,7 +300,8 @@ class Engine:
         self._signal()
 
     def _full(self) -> bool:
-        return len(self._pending) + self._reserved >= self.config.max_queue_events
+        # Reserved events are in _pending already (a duplicate of one must be caught too).
+        return len(self._pending) >= self.config.max_queue_events
 
     def _drop(self, event: Event) -> Outcome:
         outcome = Outcome(event.source, event.event_id, Status.DROPPED)
@@ -336,12 +339,21 @@ class Engine:
                 if batch is None:
                     if wait is not None:
                         # Linger: the oldest queued event may wait a little for company.
+                        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                        # cancellation that races its timeout, and close() cancels this task.
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), wait)
+                            async with asyncio.timeout(wait):
+                                await self._wake.wait()
                         self._wake.clear()
                         continue
                     break
                 await self._slots.acquire()
+                if self._stopping:  # close() gave up waiting: what is left stays pending
+                    self._slots.release()
+                    with self._cond:
+                        for item in batch:
+                            self._push(item)
+                    return
                 task = asyncio.create_task(self._deliver_slot(batch))
                 self._deliveries.add(task)
                 task.add_done_callback(self._deliveries.discard)
