@@ -131,7 +131,9 @@ async def ingest(
     kafka_bootstrap: str, client_db: str, topic: str, tmp_path: Path
 ) -> AsyncIterator[Ingest]:
     """Ingest on the suite's broker, with a key for :data:`SOURCE`."""
-    process = IngestProcess(ingest_settings(kafka_bootstrap, client_db, topic), tmp_path)
+    # A small body limit, so a client's too-large batch meets a 413 without megabytes.
+    settings = ingest_settings(kafka_bootstrap, client_db, topic, ingest_max_body_bytes=64 * 1024)
+    process = IngestProcess(settings, tmp_path)
     process.start()
     try:
         yield Ingest(process, await new_key(client_db), topic, kafka_bootstrap)

@@ -130,3 +130,31 @@ async def test_a_revoked_or_wrong_key_refuses_every_event_with_the_problem(
     assert outcome.http_status == 401
     assert outcome.problem is not None
     assert outcome.problem["status"] == 401
+
+
+async def test_a_batch_over_the_body_limit_is_split_and_one_event_over_it_refused(
+    ingest: Ingest,
+) -> None:
+    metrics = Sent()
+    builder = EventBuilder(SOURCE, touchpoint="delivery")
+    # About 4.5 kB each: 40 of them are far over ingest's 64 KiB here.
+    wordy = {f"note_{i}": "x" * 200 for i in range(20)}
+    events = [
+        builder.event(customer_id=f"D-{i}", type="delivery.completed", attributes=wordy)
+        for i in range(40)
+    ]
+    huge = builder.event(
+        customer_id="D-x", type="delivery.completed", attributes={"a": "y" * 70_000}
+    )
+    config = ClientConfig(max_batch_events=40, max_batch_bytes=5_000_000, linger_s=0.05)
+    with TouchpulseClient(ingest.url, ingest.key, config, metrics=metrics) as client:
+        futures = client.send_many(events)
+        refused = client.send(huge)
+        report = client.flush(timeout=30)
+    assert report.delivered == 40
+    assert {f.result().status for f in futures} == {Status.ACCEPTED}
+    assert 413 in metrics.requests
+    outcome = refused.result()
+    assert (outcome.status, outcome.http_status) == (Status.REJECTED, 413)
+    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 40)
+    assert set(on_topic) == {e.event_id for e in events}
