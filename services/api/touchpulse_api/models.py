@@ -143,10 +143,36 @@ class OutcomeOut(BaseModel):
     catalogue_version: str
 
 
+class JudgedTerms(BaseModel):
+    """The terms an outcome was judged by, from a catalogue version no longer in effect."""
+
+    catalogue_version: str = Field(examples=["2026.12.1"])
+    promise: dict[str, Any] = Field(
+        description="the promise as that version defined it: expect (or deadline), tolerance,"
+        " segment overrides, weight, severity",
+        examples=[
+            {
+                "id": "call-answer-time",
+                "expect": {"op": "<=", "target": 120.0},
+                "tolerance": 540.0,
+                "segments": {"premium": {"target": 30.0, "tolerance": 270.0}},
+            }
+        ],
+    )
+
+
 class Explanation(OutcomeOut):
     impact: float = Field(
         description="journey health points this outcome moves the score by (negative: down)",
         examples=[-12.5],
+    )
+    # Left out of the answer when the outcome's version is the one in effect (GET
+    # /v1/promises has those terms), so the answer stays what it was for most customers.
+    judged_by: JudgedTerms | None = Field(
+        None,
+        exclude_if=lambda terms: terms is None,
+        description="only when catalogue_version is not the catalogue in effect: that"
+        " version's terms for the promise (absent when that version is not stored)",
     )
 
 

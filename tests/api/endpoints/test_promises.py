@@ -11,14 +11,24 @@ judged under on request; bad input is a 4xx naming its field.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.endpoints.conftest import NOW, World, scored
+from tests.api.endpoints.conftest import NOW, World, _key, scored
+from tests.ingest.conftest import running
+from tests.scoring.pipeline.conftest import Pipeline, running_scoring
+from touchpulse_api.app import build_app
+from touchpulse_shared.auth import Scope
+from touchpulse_shared.settings import Settings
 
 SHIPPED = Path("deploy/promises.yaml")
 TEXT = SHIPPED.read_text()
@@ -313,3 +323,72 @@ async def test_the_api_reports_the_catalogue_it_runs(world: World) -> None:
         if sample.name == "touchpulse_api_catalogue_info"
     ]
     assert shown == [({"version": DOC["version"], "hash": digest}, 1.0)]
+
+
+@pytest.fixture
+async def edited_world(
+    pipeline_settings: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[World, Path]]:
+    """The whole pipeline on a catalogue file of the test's own, to edit."""
+    path = tmp_path / "promises.yaml"
+    path.write_text(TEXT)
+    settings = pipeline_settings.model_copy(
+        update={"auth_cache_s": 0, "promise_catalogue": path, "rate_limit_events_per_s": 10_000.0}
+    )
+    url = settings.database_url or ""
+    async with AsyncExitStack() as stack:
+        ingest = await stack.enter_async_context(running(settings))
+        await stack.enter_async_context(running_scoring(settings))
+        app = build_app(settings)
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        api = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                base_url="http://api",
+            )
+        )
+        keys = {"reader": await _key(url, "reader", [Scope.HEALTH_READ])}
+        yield World(ingest, api, app, Pipeline(settings, url), keys), path
+
+
+async def test_the_explanation_shows_the_terms_of_an_older_version(
+    edited_world: tuple[World, Path],
+) -> None:
+    world, path = edited_world
+    broken = _event("older", "call_centre", "call.answered", wait_seconds=420.0)
+    await world.post([broken])
+    await scored(world, 1)
+    # The catalogue edited: a new version with another target for the same promise.
+    edited = TEXT.replace(f'version: "{DOC["version"]}"', 'version: "2027.01.1"', 1).replace(
+        'expect: {op: "<=", target: 60}', 'expect: {op: "<=", target: 45}', 1
+    )
+    path.write_text(edited)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    await world.pipeline.wait_for("SELECT count(*) FROM catalogue_version", 2)
+
+    health = await world.api.get(
+        f"/v1/customers/{broken['customer_id']}/health", headers=world.as_("reader")
+    )
+    assert health.status_code == 200, health.text
+    call = next(e for e in health.json()["explanation"] if e["promise_id"] == "call-answer-time")
+    # Judged under the shipped version: its terms, not the live 45 s.
+    assert call["catalogue_version"] == DOC["version"]
+    assert call["expected"]["target"] == PROMISES["call-answer-time"]["expect"]["target"]
+    terms = call["judged_by"]
+    assert terms["catalogue_version"] == DOC["version"]
+    assert terms["promise"]["expect"] == PROMISES["call-answer-time"]["expect"]
+    assert terms["promise"]["tolerance"] == PROMISES["call-answer-time"]["tolerance"]
+    assert terms["promise"]["segments"] == PROMISES["call-answer-time"]["segments"]
+
+    # An outcome of the version in effect carries no judged_by.
+    fresh = _event("newer", "call_centre", "call.answered", wait_seconds=420.0)
+    await world.post([fresh])
+    await scored(world, 2)
+    health = await world.api.get(
+        f"/v1/customers/{fresh['customer_id']}/health", headers=world.as_("reader")
+    )
+    [call] = [e for e in health.json()["explanation"] if e["promise_id"] == "call-answer-time"]
+    assert call["catalogue_version"] == "2027.01.1"
+    assert call["expected"]["target"] == 45
+    assert "judged_by" not in call

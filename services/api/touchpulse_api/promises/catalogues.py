@@ -21,7 +21,7 @@ class Named:
 
 
 @lru_cache(maxsize=16)
-def _parse(content_hash: str, content: str) -> Catalogue:
+def parse_stored(content_hash: str, content: str) -> Catalogue:
     # Keyed by the hash too: a stored version is parsed once per process, not per request
     # (parsing and validating a catalogue costs milliseconds). Pure, so a kept result is
     # always the right one.
@@ -59,7 +59,7 @@ async def catalogue_named(
     if row is None:
         raise unknown_version(version, pointer, status)
     try:
-        catalogue = _parse(row["content_hash"], row["content"])
+        catalogue = parse_stored(row["content_hash"], row["content"])
     except CatalogueError as exc:
         # Stored by an earlier release whose rules were looser: it cannot be judged by now.
         raise Problem(

@@ -42,3 +42,17 @@ async def read_version(conn: Conn, version: str) -> asyncpg.Record | None:
         version,
     )
     return row
+
+
+async def read_versions(conn: Conn, versions: list[str]) -> list[asyncpg.Record]:
+    """:func:`read_version` for several versions at once (one round trip)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT DISTINCT ON (version) version, content_hash, content
+          FROM catalogue_version
+         WHERE version = ANY($1::text[])
+         ORDER BY version, came_into_effect DESC, id DESC
+        """,
+        versions,
+    )
+    return rows

@@ -25,6 +25,7 @@ from touchpulse_api.models import (
     ProfileOut,
     TouchpointHealthOut,
 )
+from touchpulse_api.promises.terms import judged_by, older_catalogues
 from touchpulse_scoring.domain import (
     Catalogue,
     Outcome,
@@ -95,7 +96,8 @@ async def customer_health(
     else:
         # Read where scoring read it: at the customer's newest event time applied.
         at = now if read.as_of is None else read.as_of
-        derived = _derived(read.states, read.breaches, catalogue, at)
+        older = await older_catalogues(context, read.breaches, catalogue)
+        derived = _derived(read.states, read.breaches, catalogue, at, older)
         cache.put(customer_id, read.revision, catalogue, derived)
     # One validation of the answer (the wire model's coercions, once) rather than a model
     # per piece; the derived parts are models already (validated when computed), which
@@ -123,9 +125,11 @@ def _derived(
     breaches: list[Outcome],
     catalogue: Catalogue,
     at: datetime,
+    older: Mapping[str, Catalogue],
 ) -> Derived:
     """What the answer computes from the touchpoint states and the window's breaches, read
-    at ``at``: the same for the same journey row revision and catalogue."""
+    at ``at``: the same for the same journey row revision and catalogue. ``older`` holds the
+    stored catalogues of breaches judged under another version (their terms are shown)."""
     policy = catalogue.policy
     values = touchpoint_values(states, catalogue, at)
     journey_now = assess(states, catalogue, at)
@@ -163,6 +167,7 @@ def _derived(
                     "event_ids": list(o.event_ids),
                     "catalogue_version": o.catalogue_version,
                     "impact": e.impact,
+                    "judged_by": judged_by(o, catalogue, older),
                 }
             )
             for e in explain(states, breaches, catalogue, at)
