@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -298,6 +299,25 @@ async def test_scopes_and_hostile_input(world: World) -> None:
             "/body/profile/segment",
         ),
         (raw('{"event":[1]}'), "/body/event"),
+        # Deadlines scoring could not keep: past the calendar, or a due_at that is no time.
+        (
+            orjson.dumps(
+                {
+                    "event": _event("late", "sales", "order.placed", journey="j-9999")
+                    | {"occurred_at": "9999-12-31T23:00:00Z"}
+                }
+            ),
+            "/body/event",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "event": _event("slot", "delivery", "delivery.promised", journey="j-slot")
+                    | {"attributes": {"due_at": "tomorrow"}}
+                }
+            ),
+            "/body/event",
+        ),
     ]
     for payload, pointer in cases:
         response = await world.api.post(
