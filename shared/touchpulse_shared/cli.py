@@ -37,13 +37,26 @@ from touchpulse_shared.people import (
     list_people,
     reset_password,
 )
-from touchpulse_shared.settings import ConfigError, Settings, env_name, load_settings
+from touchpulse_shared.settings import (
+    ConfigError,
+    Settings,
+    env_name,
+    load_settings,
+    redact_url,
+    shown,
+)
 from touchpulse_shared.sources_cli import sources_app
 from touchpulse_shared.stack import runner
 from touchpulse_shared.stack.kafka import kafka_libs
 from touchpulse_shared.stack.procs import StackError
+from touchpulse_shared.version import touchpulse_version
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and PostgreSQL.")
 schema_app = typer.Typer(
     no_args_is_help=True, help="JSON Schemas: the event contract's and the promise catalogue's."
@@ -84,6 +97,29 @@ def _add_plugins(parent: typer.Typer, entries: Iterable[EntryPoint] | None = Non
 _add_plugins(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"touchpulse {touchpulse_version()}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show a failure's traceback, not only its one line."),
+    ] = False,
+) -> None:
+    # --debug is read by main() before typer parses the line; declared here for --help.
+    del version, debug
+
+
 def _settings() -> Settings:
     try:
         settings = load_settings()
@@ -94,11 +130,30 @@ def _settings() -> Settings:
     return settings
 
 
+#: What the running command reaches (PostgreSQL at its URL, Kafka at its servers), so that
+#: failing to is said in one line naming it rather than the driver's traceback.
+_reaching: list[str] = []
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 def _required(value: str | None, field: str) -> str:
     if value is None:
         typer.echo(f"touchpulse: {env_name(field)} must be set for this command", err=True)
         raise typer.Exit(2)
+    if field == "database_url":
+        _reaching.append(f"PostgreSQL at {redact_url(value)}")
+    elif field == "kafka_bootstrap_servers":
+        _reaching.append(f"Kafka at {value}")
     return value
+
+
+def _failure(exc: BaseException) -> str:
+    """One line for a command that failed: what it could not reach, and why."""
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, _UNREACHABLE) and _reaching:
+        where = " / ".join(dict.fromkeys(_reaching))
+        return f"cannot reach {where}: {cause} ({type(exc).__name__})"
+    return f"failed: {cause} ({type(exc).__name__})"
 
 
 @app.command()
@@ -315,9 +370,10 @@ def topics() -> None:
 def config() -> None:
     """Validate the configuration and print it."""
     settings = _settings()
-    for name, value in settings.model_dump().items():
-        shown = "***" if name == "database_url" and value and "@" in str(value) else value
-        typer.echo(f"{env_name(name)}={'' if shown is None else shown}")
+    # Secrets as ***(fingerprint), passwords in URLs as ***: the output gets pasted.
+    for name in type(settings).model_fields:
+        value = shown(name, getattr(settings, name))
+        typer.echo(f"{env_name(name)}={'' if value is None else value}")
 
 
 #: Services add JSON Schemas of their own files (the promise catalogue's) through entry
@@ -577,10 +633,19 @@ def users_reset_password(
 
 
 def main() -> None:
+    # --debug anywhere on the line: a failure shows its traceback, not just its one line.
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"touchpulse: {_failure(exc)} (--debug shows the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

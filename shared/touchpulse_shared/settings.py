@@ -8,9 +8,13 @@ handed down; nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     AliasChoices,
@@ -37,6 +41,42 @@ DEDUPE_MARGIN_HOURS = 24
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names every offending setting."""
+
+
+#: Settings whose values are secrets: shown as ``***`` with a short fingerprint (so two
+#: deployments can be compared) in ``touchpulse config``, reprs and logs, never in clear.
+SECRET_FIELDS = frozenset({"webhook_signing_key", "simulator_api_key", "api_key"})
+# user:password@ in a URL's authority, and password=... in its query (libpq's form).
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:]*):([^/@]*)@")
+_QUERY_PASSWORD = re.compile(r"(?i)(?<=[?&]password=)[^&]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``postgresql://tp:***@db/tp``)."""
+    return _QUERY_PASSWORD.sub("***", _URL_PASSWORD.sub(r"\1:***@", url))
+
+
+def _url_passwords(url: str) -> list[str]:
+    return [m.group(2) for m in _URL_PASSWORD.finditer(url)] + _QUERY_PASSWORD.findall(url)
+
+
+def fingerprint(secret: str) -> str:
+    """``***`` and the first 8 hex digits of the secret's SHA-256: enough to tell two
+    values apart, nothing to recover one from (every secret here is long and random)."""
+    return f"***({hashlib.sha256(secret.encode()).hexdigest()[:8]})"
+
+
+def shown(name: str, value: Any) -> Any:
+    """A setting's value as it may be printed or logged."""
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if name in SECRET_FIELDS:
+        return fingerprint(str(value))
+    if name.endswith("_url") and isinstance(value, str):
+        return redact_url(value)
+    return value
 
 
 class Settings(BaseSettings):
@@ -302,6 +342,28 @@ class Settings(BaseSettings):
         default=None,
         description="events:write key the simulator posts with (touchpulse simulate)",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() (and so any log line or traceback showing the settings) masks secrets.
+        for name, value in super().__repr_args__():
+            yield name, value if name is None else shown(name, value)
+
+    def secret_values(self) -> list[str]:
+        """The secrets set in these settings, passwords in URLs included (as written and
+        percent-decoded): what a log line must never carry (see touchpulse_shared.logs)."""
+        found: set[str] = set()
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if not isinstance(value, str) or not value:
+                continue
+            if name in SECRET_FIELDS:
+                found.add(value)
+            elif name.endswith("_url"):
+                for password in _url_passwords(value):
+                    found |= {password, unquote(password)}
+        return sorted(found - {""})
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

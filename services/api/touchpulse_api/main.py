@@ -12,6 +12,8 @@ def main() -> None:
         "touchpulse-api",
         build_app,
         lambda settings: settings.api_port,
+        summary="Serve the api for CRM integrations and the action desk: customer health, "
+        "gaps, interventions, webhooks.",
         bad_config=(CatalogueError,),
     )
 

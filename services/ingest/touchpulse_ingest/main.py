@@ -12,6 +12,8 @@ def main() -> None:
         "touchpulse-ingest",
         build_app,
         lambda settings: settings.ingest_port,
+        summary="Serve the ingest API: customer-experience events from every touchpoint, "
+        "into Kafka.",
         bad_config=(CatalogueError,),
     )
 

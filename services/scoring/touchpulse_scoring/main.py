@@ -19,8 +19,11 @@ from touchpulse_scoring.replay import ReplayError, ReplayReport, replay
 from touchpulse_scoring.service import main_async
 from touchpulse_shared.logs import configure_logging
 from touchpulse_shared.settings import ConfigError, Settings, load_settings
+from touchpulse_shared.version import touchpulse_version
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(
+    add_completion=False, help=__doc__, context_settings={"help_option_names": ["-h", "--help"]}
+)
 
 
 def _settings() -> Settings:
@@ -40,9 +43,24 @@ def _settings() -> Settings:
     return settings
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"touchpulse-scoring {touchpulse_version()}")
+        raise typer.Exit
+
+
 @app.callback(invoke_without_command=True)
-def run(ctx: typer.Context) -> None:
+def run(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
     """Consume the events topic and keep journey health (the default command)."""
+    del version  # answered by its callback, before any setting is read
     if ctx.invoked_subcommand is not None:
         return
     settings = _settings()
