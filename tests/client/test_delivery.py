@@ -119,20 +119,7 @@ async def test_the_async_client_delivers_and_reports(ingest: Ingest) -> None:
     assert set(on_topic) == {o.event_id for o in outcomes}
 
 
-async def test_a_revoked_or_wrong_key_refuses_every_event_with_the_problem(
-    ingest: Ingest,
-) -> None:
-    builder = EventBuilder(SOURCE, touchpoint="survey")
-    with TouchpulseClient(ingest.url, "tpk_nope_nope", ClientConfig(linger_s=0)) as client:
-        future = client.send(builder.event(customer_id="S-1", type="survey.answered"))
-        outcome = future.result(timeout=30)
-    assert outcome.status is Status.REJECTED
-    assert outcome.http_status == 401
-    assert outcome.problem is not None
-    assert outcome.problem["status"] == 401
-
-
-async def test_a_batch_over_the_body_limit_is_split_and_one_event_over_it_refused(
+async def test_too_large_is_split_or_refused_and_an_unknown_key_refused(
     ingest: Ingest,
 ) -> None:
     metrics = Sent()
@@ -158,3 +145,11 @@ async def test_a_batch_over_the_body_limit_is_split_and_one_event_over_it_refuse
     assert (outcome.status, outcome.http_status) == (Status.REJECTED, 413)
     on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 40)
     assert set(on_topic) == {e.event_id for e in events}
+
+    # A key ingest does not know: every event refused with the answer's problem, at once.
+    with TouchpulseClient(ingest.url, "tpk_nope_nope", ClientConfig(linger_s=0)) as client:
+        unknown_key = client.send(builder.event(customer_id="D-1", type="delivery.completed"))
+        outcome = unknown_key.result(timeout=30)
+    assert (outcome.status, outcome.http_status) == (Status.REJECTED, 401)
+    assert outcome.problem is not None
+    assert outcome.problem["status"] == 401
