@@ -113,6 +113,20 @@ def test_a_report_is_the_same_bytes_whatever_the_order_of_the_events(
     assert forward.to_json() == backward.to_json()
 
 
+def test_batches_of_customers_give_the_report_of_one_run(
+    simulated: tuple[list[ExperienceEventV1], dict[str, CustomerProfile]],
+) -> None:
+    # As the command feeds it, a partition at a time: every customer's events in one batch.
+    events, profiles = simulated
+    now = START + timedelta(days=3)
+    whole = core.backtest(events, profiles, LIVE, TIGHT, now=now)
+    batched = core.Backtest(LIVE, TIGHT, now=now)
+    for part in range(3):
+        batched.add([e for e in events if hash(e.customer_id) % 3 == part], profiles)
+    assert batched.report().to_json() == whole.to_json()
+    assert len(whole.most_affected) == core.MOST_AFFECTED
+
+
 def test_a_tightened_promise_breaks_moves_and_opens() -> None:
     premium = CustomerProfile(segment="premium")
     events = [

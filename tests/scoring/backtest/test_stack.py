@@ -108,13 +108,24 @@ async def _dump(pipeline: Pipeline) -> dict[str, str]:
     return found
 
 
-async def _groups(pipeline: Pipeline) -> tuple[list[Any], dict[Any, Any]]:
+async def _groups(pipeline: Pipeline) -> dict[str, dict[Any, int]]:
+    """Every consumer group's committed offsets on this test's events topic (the broker is
+    shared with other tests, whose groups come and go)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=pipeline.settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        groups = sorted(g[0] for g in await admin.list_consumer_groups())
-        offsets = await admin.list_consumer_group_offsets(pipeline.settings.scoring_group_id)
-        return groups, {tp: meta.offset for tp, meta in offsets.items()}
+        names = {g[0] for g in await admin.list_consumer_groups()}
+        found = {}
+        for name in sorted(names):
+            offsets = await admin.list_consumer_group_offsets(name)
+            mine = {
+                tp: meta.offset
+                for tp, meta in offsets.items()
+                if tp.topic == pipeline.settings.events_topic
+            }
+            if mine:
+                found[name] = mine
+        return found
     finally:
         await admin.close()
 
@@ -272,4 +283,6 @@ async def test_backtest_agrees_with_the_stored_outcomes_and_changes_nothing(
 
     # --- nothing live moved ------------------------------------------------------------
     assert await _dump(pipeline) == before
-    assert await _groups(pipeline) == groups_before
+    committed = await _groups(pipeline)
+    assert committed == groups_before
+    assert list(committed) == [pipeline.settings.scoring_group_id]

@@ -2,7 +2,9 @@
 
 Reads, never writes: the events topic without a consumer group (:mod:`.topic`), the
 customers' profiles and erasures from PostgreSQL in a read-only transaction, the live
-catalogue from ``TOUCHPULSE_PROMISE_CATALOGUE``. Then the pure core re-judges in memory.
+catalogue from ``TOUCHPULSE_PROMISE_CATALOGUE``. Then the pure core re-judges in memory,
+one partition at a time (a partition holds all of its customers' events), so that only one
+partition's events are held at once.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from datetime import UTC, datetime
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from touchpulse_scoring.backtest.core import BacktestReport, backtest
-from touchpulse_scoring.backtest.topic import Retained, TopicReadError, read_events
+from touchpulse_scoring.backtest.core import Backtest, BacktestReport
+from touchpulse_scoring.backtest.topic import TopicReadError, read_by_partition
 from touchpulse_scoring.domain import Catalogue, CustomerProfile
 from touchpulse_scoring.store import load_erasures, load_profiles
 from touchpulse_shared.contract import ExperienceEventV1
@@ -111,31 +113,44 @@ async def _run(
 ) -> tuple[BacktestReport, Window]:
     assert settings.kafka_bootstrap_servers is not None  # noqa: S101 - checked by run
     assert settings.database_url is not None  # noqa: S101 - checked by run
-    began = time.monotonic()
     # Live scoring expires a deadline once the wall clock and its partition are past the
     # due time; everything on the topic up to now is applied, so now is that moment here.
     now = datetime.now(UTC)
     say(
         f"backtest: reading {settings.events_topic}"
         + (f" since {since.isoformat()}" if since else " from its beginning")
+        + f", re-judging under {live.version} and {candidate.version}, a partition at a time"
     )
-    retained: Retained = await read_events(
+    judging = Backtest(live, candidate, now=now)
+    records = erased = 0
+    undecodable: dict[str, int] = {}
+    read_s = judged_s = 0.0
+    partitions = read_by_partition(
         settings.kafka_bootstrap_servers,
         settings.events_topic,
         since=since,
         progress=_Throttled(say, "records read"),
     )
-    profiles, events, erased = await read_profiles(settings.database_url, retained.events)
-    read_s = time.monotonic() - began
-    began = time.monotonic()
-    say(f"backtest: re-judging {len(events):,} events under {live.version} and {candidate.version}")
-    report = await asyncio.to_thread(
-        backtest, events, profiles, live, candidate, now=now, progress=_Throttled(say, "customers")
-    )
+    async for index, count, retained in partitions:
+        began = time.monotonic()
+        profiles, events, left_out = await read_profiles(settings.database_url, retained.events)
+        retained.events.clear()  # only the kept ones are held from here
+        records += retained.records
+        erased += left_out
+        for reason, n in retained.undecodable.items():
+            undecodable[reason] = undecodable.get(reason, 0) + n
+        say(f"backtest: partition {index + 1} of {count}: {len(events):,} events")
+        read_s += time.monotonic() - began
+        began = time.monotonic()
+        await asyncio.to_thread(
+            judging.add, events, profiles, progress=_Throttled(say, "customers")
+        )
+        judged_s += time.monotonic() - began
+    report = judging.report()
     return report, Window(
-        records=retained.records,
-        undecodable=retained.undecodable,
+        records=records,
+        undecodable=dict(sorted(undecodable.items())),
         erased=erased,
         read_s=read_s,
-        judged_s=time.monotonic() - began,
+        judged_s=judged_s,
     )

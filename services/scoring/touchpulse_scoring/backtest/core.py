@@ -33,7 +33,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -493,15 +493,16 @@ class _Comparison:
         self.changed += 1
         rank = _affected(live, candidate)
         heap = self.affected
-        if len(heap) == MOST_AFFECTED and rank <= heap[0][0][:2]:
-            return  # ties go to the customer seen first: the smaller id
+        key = (*rank, _Reverse(customer))
+        if len(heap) == MOST_AFFECTED and key <= heap[0][0]:
+            return  # ties go to the smaller customer id
         row = CustomerRow(
             customer_id=customer,
             segment=segment,
             live=_customer_side(runs[LIVE], live),
             candidate=_customer_side(runs[CANDIDATE], candidate),
         )
-        entry = ((*rank, _Reverse(customer)), row)
+        entry = (key, row)
         if len(heap) < MOST_AFFECTED:
             heapq.heappush(heap, entry)
         else:
@@ -510,27 +511,111 @@ class _Comparison:
 
 def _by_customer(
     events: Iterable[ExperienceEventV1],
-) -> tuple[dict[str, list[ExperienceEventV1]], int, datetime | None, datetime | None]:
-    """Each customer's events, each ``(source, event_id)`` once; duplicates dropped; the
-    first and last event times."""
+) -> tuple[dict[str, list[ExperienceEventV1]], int]:
+    """Each customer's events, each ``(source, event_id)`` once; how many were duplicates."""
     by_customer: dict[str, list[ExperienceEventV1]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
     duplicates = 0
-    first: datetime | None = None
-    last: datetime | None = None
     for event in events:
         identity = event.identity
         if identity in seen:
             duplicates += 1
             continue
         seen.add(identity)
-        at = event.occurred_at
-        if first is None or at < first:
-            first = at
-        if last is None or at > last:
-            last = at
         by_customer[event.customer_id].append(event)
-    return by_customer, duplicates, first, last
+    return by_customer, duplicates
+
+
+class Backtest:
+    """A back-test fed in batches of customers, so that a long window need not be held in
+    memory at once: a partition of the events topic holds every event of its customers
+    (the key is the customer), so each partition can be one batch.
+
+    A customer's events must all come in one batch; duplicates are found within a batch
+    (a retry has the same key, so the same partition, as its first copy).
+    """
+
+    def __init__(self, live: Catalogue, candidate: Catalogue, *, now: datetime) -> None:
+        self.live = live
+        self.candidate = candidate
+        self.now = now
+        self._changes = _Changes(live, candidate)
+        self._found = _Comparison()
+        self._events = 0
+        self._duplicates = 0
+        self._customers = 0
+        self._first: datetime | None = None
+        self._last: datetime | None = None
+
+    def add(
+        self,
+        events: Iterable[ExperienceEventV1],
+        profiles: Mapping[str, CustomerProfile],
+        *,
+        progress: Progress | None = None,
+    ) -> None:
+        """Re-judge one batch of customers' events; ``progress(customers_done, customers)``
+        now and then."""
+        by_customer, duplicates = _by_customer(events)
+        self._duplicates += duplicates
+        customers = sorted(by_customer)
+        step = max(1, len(customers) // 100)
+        for index, customer in enumerate(customers):
+            pending = by_customer.pop(customer)
+            pending.sort(key=lambda e: (e.occurred_at, e.identity))
+            self._customer(customer, pending, profiles.get(customer, NO_PROFILE))
+            if progress is not None and (index + 1) % step == 0:
+                progress(index + 1, len(customers))
+        if progress is not None:
+            progress(len(customers), len(customers))
+
+    def _customer(
+        self, customer: str, pending: list[ExperienceEventV1], profile: CustomerProfile
+    ) -> None:
+        self._events += len(pending)
+        self._customers += 1
+        first, last = pending[0].occurred_at, pending[-1].occurred_at
+        if self._first is None or first < self._first:
+            self._first = first
+        if self._last is None or last > self._last:
+            self._last = last
+        segment = profile.segment or DEFAULT_SEGMENT
+        runs = {LIVE: _Run(self.live, profile)}
+        if self._changes.touches(pending):
+            runs[CANDIDATE] = _Run(self.candidate, profile)
+        for run in runs.values():
+            for event in pending:
+                run.event(event)
+            run.finish(self.now)
+        runs.setdefault(CANDIDATE, runs[LIVE])
+        found = self._found
+        summary = {side: found.count(side, run, segment) for side, run in runs.items()}
+        found.compare(customer, segment, runs, summary[LIVE], summary[CANDIDATE])
+
+    def report(self) -> BacktestReport:
+        found = self._found
+        first, last = self._first, self._last
+        return BacktestReport(
+            live_version=self.live.version,
+            candidate_version=self.candidate.version,
+            events=self._events,
+            duplicates=self._duplicates,
+            customers=self._customers,
+            first_event=None if first is None else first.isoformat(),
+            last_event=None if last is None else last.isoformat(),
+            unscorable={side: dict(sorted(n.items())) for side, n in found.unscorable.items()},
+            promises=_promise_rows(found.tallies[LIVE], found.tallies[CANDIDATE]),
+            bands=found.bands,
+            interventions=InterventionDiff(
+                opened_live=found.opened[LIVE],
+                opened_candidate=found.opened[CANDIDATE],
+                would_open=tuple(sorted(found.would_open)),
+                would_not_open=tuple(sorted(found.would_not_open)),
+                triggers={k: (v[0], v[1]) for k, v in sorted(found.triggers.items())},
+            ),
+            most_affected=tuple(row for _, row in sorted(found.affected, reverse=True)),
+            customers_changed=found.changed,
+        )
 
 
 def backtest(
@@ -543,57 +628,17 @@ def backtest(
     progress: Progress | None = None,
 ) -> BacktestReport:
     """Re-judge ``events`` (duplicates by ``(source, event_id)`` count once) under both
-    catalogues; ``now`` (default: the newest event's time) is when open deadlines are
-    expired for the last time. ``progress(customers_done, customers)`` is called now and
-    then."""
-    by_customer, duplicates, first, last = _by_customer(events)
-    total = sum(len(found) for found in by_customer.values())
-    end = now if now is not None else last
-    changes = _Changes(live, candidate)
-    found = _Comparison()
-    customers = sorted(by_customer)
-    step = max(1, len(customers) // 100)
-    for index, customer in enumerate(customers):
-        pending = by_customer.pop(customer)
-        pending.sort(key=lambda e: (e.occurred_at, e.identity))
-        profile = profiles.get(customer, NO_PROFILE)
-        segment = profile.segment or DEFAULT_SEGMENT
-        runs = {LIVE: _Run(live, profile)}
-        if changes.touches(pending):
-            runs[CANDIDATE] = _Run(candidate, profile)
-        for run in runs.values():
-            for event in pending:
-                run.event(event)
-            if end is not None:
-                run.finish(end)
-        runs.setdefault(CANDIDATE, runs[LIVE])
-        summary = {side: found.count(side, run, segment) for side, run in runs.items()}
-        found.compare(customer, segment, runs, summary[LIVE], summary[CANDIDATE])
-        if progress is not None and (index + 1) % step == 0:
-            progress(index + 1, len(customers))
-    if progress is not None:
-        progress(len(customers), len(customers))
-    return BacktestReport(
-        live_version=live.version,
-        candidate_version=candidate.version,
-        events=total,
-        duplicates=duplicates,
-        customers=len(customers),
-        first_event=None if first is None else first.isoformat(),
-        last_event=None if last is None else last.isoformat(),
-        unscorable={side: dict(sorted(n.items())) for side, n in found.unscorable.items()},
-        promises=_promise_rows(found.tallies[LIVE], found.tallies[CANDIDATE]),
-        bands=found.bands,
-        interventions=InterventionDiff(
-            opened_live=found.opened[LIVE],
-            opened_candidate=found.opened[CANDIDATE],
-            would_open=tuple(found.would_open),
-            would_not_open=tuple(found.would_not_open),
-            triggers={k: (v[0], v[1]) for k, v in sorted(found.triggers.items())},
-        ),
-        most_affected=tuple(row for _, row in sorted(found.affected, reverse=True)),
-        customers_changed=found.changed,
-    )
+    catalogues, all in one batch; ``now`` (default: the newest event's time) is when open
+    deadlines are expired for the last time. ``progress(customers_done, customers)`` is
+    called now and then."""
+    events = list(events)
+    if now is None:
+        now = max((e.occurred_at for e in events), default=None)
+    if now is None:
+        return Backtest(live, candidate, now=datetime.min.replace(tzinfo=UTC)).report()
+    run = Backtest(live, candidate, now=now)
+    run.add(events, profiles, progress=progress)
+    return run.report()
 
 
 def _affected(live: _Summary, candidate: _Summary) -> tuple[float, int]:
@@ -615,6 +660,12 @@ class _Reverse(str):
 
     def __gt__(self, other: object) -> bool:
         return str.__lt__(self, other) if isinstance(other, str) else NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return str.__ge__(self, other) if isinstance(other, str) else NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        return str.__le__(self, other) if isinstance(other, str) else NotImplemented
 
 
 def _customer_side(run: _Run, side: _Summary) -> CustomerSide:

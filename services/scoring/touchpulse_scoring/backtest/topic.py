@@ -12,7 +12,7 @@ end offsets at that moment, so events that arrive during a long read are not cha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,6 +52,18 @@ class Retained:
     truncated: int = 0
 
 
+def _consumer(bootstrap_servers: str, request_timeout_ms: int) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=_BATCH,
+        request_timeout_ms=request_timeout_ms,
+    )
+
+
 async def read_events(
     bootstrap_servers: str,
     topic: str,
@@ -64,15 +76,7 @@ async def read_events(
     """The records of ``topic`` from ``since`` (or its beginning) to its end offsets now,
     decoded; with ``max_records``, only the newest that many (spread over partitions in
     proportion to what each holds)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=_BATCH,
-        request_timeout_ms=request_timeout_ms,
-    )
+    consumer = _consumer(bootstrap_servers, request_timeout_ms)
     await consumer.start()
     try:
         partitions = await _partitions(consumer, topic)
@@ -86,6 +90,36 @@ async def read_events(
             consumer.seek(tp, starts[tp])
         await _read(consumer, starts, ends, found, progress)
         return found
+    finally:
+        await consumer.stop()
+
+
+async def read_by_partition(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    since: datetime | None = None,
+    progress: ReadProgress | None = None,
+    request_timeout_ms: int = 30_000,
+) -> AsyncIterator[tuple[int, int, Retained]]:
+    """The same window as :func:`read_events`, one partition at a time: ``(index,
+    partitions, its records)``. A partition holds every event of its customers (the key is
+    the customer), so the caller can judge it and let it go before the next: memory is one
+    partition's events, not the topic's. The end offsets are all taken before the first
+    partition is read, so the window is the same as one read of the whole topic."""
+    consumer = _consumer(bootstrap_servers, request_timeout_ms)
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic)
+        consumer.assign(partitions)
+        starts = await _starts(consumer, partitions, since)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        for index, tp in enumerate(partitions):
+            consumer.assign([tp])
+            consumer.seek(tp, starts[tp])
+            found = Retained(partitions=1)
+            await _read(consumer, {tp: starts[tp]}, {tp: ends[tp]}, found, progress)
+            yield index, len(partitions), found
     finally:
         await consumer.stop()
 
