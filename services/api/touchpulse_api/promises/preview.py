@@ -56,8 +56,7 @@ def _unencodable(node: Any, path: tuple[str | int, ...]) -> tuple[str | int, ...
         return None
     if isinstance(node, dict):
         for key, value in node.items():
-            found = _unencodable(key, (*path, str(key).encode("utf-8", "replace").decode()))
-            found = found or _unencodable(value, (*path, key))
+            found = _unencodable(key, (*path, key)) or _unencodable(value, (*path, key))
             if found:
                 return found
     if isinstance(node, list):
@@ -73,6 +72,7 @@ def parse_event(raw: dict[str, Any]) -> tuple[ExperienceEventV1, bool]:
     bad field (``/body/event/...``)."""
     bad = _unencodable(raw, EVENT)
     if bad is not None:
+        # The pointer itself must be encodable: the bad character shows as "?" in it.
         where = pointer(str(p).encode("utf-8", "replace").decode() for p in bad)
         raise _invalid(
             [
