@@ -25,7 +25,7 @@ from touchpulse_shared.auth import (
     revoke_key,
     validate_spec,
 )
-from touchpulse_shared.db.migrate import migrate_url
+from touchpulse_shared.db.migrate import migrate_url, migration_states_url
 from touchpulse_shared.kafka.topics import ensure_topics_at, topic_specs
 from touchpulse_shared.logs import configure_logging
 from touchpulse_shared.people import (
@@ -349,12 +349,47 @@ def simulate(
 
 
 @app.command()
-def migrate() -> None:
-    """Apply the schema migrations to the configured database."""
+def migrate(
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status", help="Show each migration: applied (when), pending or changed; apply none."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be applied, and apply none.")
+    ] = False,
+) -> None:
+    """Apply the schema migrations to the configured database. --status and --dry-run only
+    read it; both exit 1 when a migration was changed after it was applied."""
     settings = _settings()
     url = _required(settings.database_url, "database_url")
-    applied = asyncio.run(migrate_url(url))
-    typer.echo(f"applied: {[m.version for m in applied] or 'nothing, already current'}")
+    if not (status or dry_run):
+        applied = asyncio.run(migrate_url(url))
+        typer.echo(f"applied: {[m.version for m in applied] or 'nothing, already current'}")
+        return
+    states = asyncio.run(migration_states_url(url))
+    pending = [m for m in states if m.state == "pending"]
+    for m in states if status else pending:
+        when = "" if m.applied_at is None else f"  {m.applied_at.isoformat(timespec='seconds')}"
+        mode = "" if m.transactional else "  (outside a transaction)"
+        typer.echo(f"{m.version:04d}_{m.name}  {m.state}{when}{mode}")
+    if dry_run:
+        typer.echo(
+            f"would apply: {[m.version for m in pending]}"
+            if pending
+            else "would apply: nothing, already current"
+        )
+    else:
+        typer.echo(f"{len(pending)} pending")
+    changed = [m for m in states if m.state == "changed"]
+    if changed:
+        typer.echo(
+            "touchpulse: changed after they were applied (migrate refuses them): "
+            + ", ".join(f"{m.version:04d}_{m.name}" for m in changed),
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -30,7 +30,9 @@ import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import structlog
@@ -258,5 +260,63 @@ async def migrate_url(url: str) -> list[Migration]:
     conn = await asyncpg.connect(url)
     try:
         return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """One migration as the database records it: ``applied`` (with when), ``pending``,
+    ``changed`` (applied, but the file differs now) or ``unknown`` (applied by a newer
+    release: this one has no such file)."""
+
+    version: int
+    name: str
+    state: Literal["applied", "pending", "changed", "unknown"]
+    applied_at: datetime | None = None
+    transactional: bool = True
+
+
+async def migration_states(
+    conn: asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[MigrationState]:
+    """What :func:`migrate` would find, read only: no lock taken, nothing created."""
+    migrations = load_migrations() if migrations is None else migrations
+    rows = []
+    if await conn.fetchval("SELECT to_regclass('schema_migration') IS NOT NULL"):
+        rows = await conn.fetch(
+            "SELECT version, name, checksum, applied_at FROM schema_migration ORDER BY version"
+        )
+    applied = {r["version"]: r for r in rows}
+    states = []
+    for migration in migrations:
+        row = applied.pop(migration.version, None)
+        state: Literal["applied", "pending", "changed"] = (
+            "pending"
+            if row is None
+            else "applied"
+            if row["checksum"] == migration.checksum
+            else "changed"
+        )
+        states.append(
+            MigrationState(
+                migration.version,
+                migration.name,
+                state,
+                None if row is None else row["applied_at"],
+                migration.transactional,
+            )
+        )
+    states += [
+        MigrationState(r["version"], r["name"], "unknown", r["applied_at"])
+        for r in applied.values()
+    ]
+    return states
+
+
+async def migration_states_url(url: str) -> list[MigrationState]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migration_states(conn)
     finally:
         await conn.close()
