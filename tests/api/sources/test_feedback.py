@@ -232,6 +232,19 @@ async def _refusals(feeds: Feeds) -> None:
     )
     assert edges.status_code == 200, edges.text
     assert edges.json()["accepted"] == 6
+    # Hostile source names: refused by field, or read as the text they are.
+    long = await quality(feeds, "admin", "s" * 257)
+    assert long.status_code == 422, long.text
+    assert [e["pointer"] for e in long.json()["errors"]] == ["/path/source"]
+    tabbed = await quality(feeds, "admin", "a%09b")
+    assert tabbed.status_code == 422, tabbed.text
+    assert (await quality(feeds, "admin", "a%00b")).status_code == 400
+    slashed = await quality(feeds, "admin", "%2Fbilling%2Fprod")  # a URI-reference source
+    assert slashed.status_code == 200, slashed.text
+    assert (slashed.json()["source"], slashed.json()["accepted"]) == ("/billing/prod", 0)
+    scripted = await quality(feeds, "admin", "<script>alert(1)</script>")
+    assert scripted.status_code == 200, scripted.text
+    assert scripted.headers["content-type"] == "application/json"
     for cursor in ("forged", "eyJ4Ijox.AAAAAAAAAAAAAAAAAAAAAA", "x" * 2049):
         bad = await feeds.api.get(
             "/v1/dead-letters", params={"cursor": cursor}, headers=feeds.as_("admin")
