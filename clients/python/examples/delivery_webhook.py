@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,7 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--source", default="demo", help="the source the key is bound to")
-    parser.add_argument("--spool", type=Path, default=Path(".touchpulse/delivery-spool"))
+    parser.add_argument(
+        "--spool", type=Path, default=Path(tempfile.gettempdir()) / "touchpulse-delivery-spool"
+    )
     args = parser.parse_args()
     url = os.environ.get("INGEST_URL", "http://127.0.0.1:8081")
     key = os.environ["INGEST_KEY"]
