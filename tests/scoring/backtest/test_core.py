@@ -90,14 +90,16 @@ def test_an_identical_candidate_changes_nothing(
     assert "No difference" in render_text(report)
 
 
-def test_the_shortcut_for_untouched_customers_is_exact(
+def test_the_shortcuts_for_untouched_customers_and_events_are_exact(
     simulated: tuple[list[ExperienceEventV1], dict[str, CustomerProfile]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events, profiles = simulated
     now = START + timedelta(days=3)
     quick = core.backtest(events, profiles, LIVE, TIGHT, now=now)
+    # Every customer judged twice, every event under both catalogues.
     monkeypatch.setattr(core._Changes, "touches", lambda self, events: True)
+    monkeypatch.setattr(core._Changes, "touched", lambda self, event: True)
     full = core.backtest(events, profiles, LIVE, TIGHT, now=now)
     assert quick.to_json() == full.to_json()
     assert quick.customers_changed > 0

@@ -61,6 +61,7 @@ from touchpulse_scoring.domain import (
     is_new,
     judge_event,
 )
+from touchpulse_scoring.domain.judge import Judged
 from touchpulse_scoring.domain.profile import DEFAULT_SEGMENT
 from touchpulse_shared.contract.events import ExperienceEventV1
 
@@ -218,15 +219,24 @@ class _Run:
     unscorable: Counter[str] = field(default_factory=Counter)
 
     def event(self, event: ExperienceEventV1) -> None:
-        at = event.occurred_at
+        self.apply(event, self.judge(event))
+
+    def judge(self, event: ExperienceEventV1) -> Judged | UnscorableEvent:
+        """Scoring's per-event step on this run's state, once the deadlines due before the
+        event have expired; what it refuses is returned, not raised."""
         if self.deadlines:
-            self.expire_before(at)
+            self.expire_before(event.occurred_at)
         try:
-            judged = judge_event(event, self.catalogue, self.profile, self.deadlines, self.early)
+            return judge_event(event, self.catalogue, self.profile, self.deadlines, self.early)
         except UnscorableEvent as exc:
-            self.unscorable[exc.reason.value] += 1
+            return exc
+
+    def apply(self, event: ExperienceEventV1, judged: Judged | UnscorableEvent) -> None:
+        if isinstance(judged, UnscorableEvent):
+            self.unscorable[judged.reason.value] += 1
             return
         judged.fold_into(self.deadlines, self.early)
+        at = event.occurred_at
         if self.as_of is None or at > self.as_of:
             self.as_of = at
         self.settle(judged.outcomes)
@@ -419,17 +429,20 @@ class _Changes:
 
     def touches(self, events: Sequence[ExperienceEventV1]) -> bool:
         """Whether any of these events can be judged differently under the candidate."""
+        return any(self.touched(event) for event in events)
+
+    def touched(self, event: ExperienceEventV1) -> bool:
+        """Whether this event can be judged differently under the candidate. When not,
+        live's judgement of it stands for the candidate's, on the same customer: the
+        deadlines and early fulfilments it reads are those of unchanged promises, the same
+        in both runs (their copies differ only in the catalogue version they name)."""
         if self.promises is None:
             return True
-        kinds = self._kinds
-        for event in events:
-            kind = (event.touchpoint, event.type)
-            found = kinds.get(kind)
-            if found is None:
-                found = kinds[kind] = self._touches(*kind)
-            if found:
-                return True
-        return False
+        kind = (event.touchpoint, event.type)
+        found = self._kinds.get(kind)
+        if found is None:
+            found = self._kinds[kind] = self._touches(*kind)
+        return found
 
     def _touches(self, touchpoint: str, event_type: str) -> bool:
         changed = self.promises
@@ -580,14 +593,27 @@ class Backtest:
         if self._last is None or last > self._last:
             self._last = last
         segment = profile.segment or DEFAULT_SEGMENT
-        runs = {LIVE: _Run(self.live, profile)}
-        if self._changes.touches(pending):
-            runs[CANDIDATE] = _Run(self.candidate, profile)
-        for run in runs.values():
+        live = _Run(self.live, profile)
+        runs = {LIVE: live, CANDIDATE: live}
+        changes = self._changes
+        if not changes.touches(pending):
             for event in pending:
-                run.event(event)
-            run.finish(self.now)
-        runs.setdefault(CANDIDATE, runs[LIVE])
+                live.event(event)
+        else:
+            # Side by side, event by event: an event no changed promise concerns is
+            # judged once, and live's judgement applied to both.
+            candidate = runs[CANDIDATE] = _Run(self.candidate, profile)
+            for event in pending:
+                judged = live.judge(event)
+                live.apply(event, judged)
+                if changes.touched(event):
+                    candidate.event(event)
+                else:
+                    if candidate.deadlines:
+                        candidate.expire_before(event.occurred_at)
+                    candidate.apply(event, judged)
+            candidate.finish(self.now)
+        live.finish(self.now)
         found = self._found
         summary = {side: found.count(side, run, segment) for side, run in runs.items()}
         found.compare(customer, segment, runs, summary[LIVE], summary[CANDIDATE])
