@@ -140,8 +140,11 @@ async def test_the_preview_judges_as_scoring_does_and_writes_nothing(world: Worl
     csat = _by_promise(await _evaluate(world, {"event": normal}))["survey-csat"]
     assert (csat["met"], csat["critical"], csat["severity"]) == (False, False, "normal")
 
-    # A deadline opener starts its clocks; the fulfilling event names what it stops.
-    placed = _event("placed", "sales", "order.placed", journey="order-1")
+    # A deadline opener starts its clocks; the fulfilling event names what it stops, but no
+    # clock stands yet to judge it by.
+    placed = _event("placed", "sales", "order.placed", journey="order-1") | {
+        "occurred_at": (NOW - timedelta(days=4)).isoformat()
+    }
     opens = (await _evaluate(world, {"event": placed}))["opens"]
     openers = {
         p["id"] for p in DOC["promises"] if p.get("deadline", {}).get("opened_by") == "order.placed"
@@ -153,8 +156,9 @@ async def test_the_preview_judges_as_scoring_does_and_writes_nothing(world: Worl
         datetime.fromisoformat(placed["occurred_at"]) + timedelta(hours=hours)
     )
     completed = _event("done", "delivery", "delivery.completed", journey="order-1")
-    fulfils = (await _evaluate(world, {"event": completed}))["fulfils"]
-    assert {f["promise_id"] for f in fulfils} >= {"delivery-within-48h"}
+    early = await _evaluate(world, {"event": completed})
+    assert {f["promise_id"]: f["judged"] for f in early["fulfils"]}["delivery-within-48h"] is False
+    assert early["outcomes"] == []
 
     # An event no promise judges: accepted by the catalogue, judged by nothing, said so.
     unjudged = _event("none", "billing", "invoice.issued")
@@ -178,9 +182,38 @@ async def test_the_preview_judges_as_scoring_does_and_writes_nothing(world: Worl
     assert await _counts(world) == before, "the preview wrote something"
 
     # Now for real: scoring records what the preview said.
-    matrix = [broken, kept, critical, normal, placed, completed, unjudged]
+    matrix = [broken, kept, critical, normal, placed, unjudged]
     await world.post(matrix)
     await scored(world, len(matrix))
+    # The clock now stands (opened four days ago): the delivery is judged against it, late
+    # by the hours past within_hours, the score falling over the tolerance.
+    late = await _evaluate(world, {"event": completed})
+    assert {f["promise_id"]: f["judged"] for f in late["fulfils"]}["delivery-within-48h"] is True
+    judged_late = _by_promise(late)["delivery-within-48h"]
+    elapsed = (
+        datetime.fromisoformat(completed["occurred_at"])
+        - datetime.fromisoformat(placed["occurred_at"])
+    ) / timedelta(hours=1)
+    tolerance = PROMISES["delivery-within-48h"]["tolerance"]
+    assert (judged_late["met"], judged_late["gap"], judged_late["tolerance"]) == (
+        False,
+        elapsed - hours,
+        tolerance,
+    )
+    assert judged_late["score"] == max(0.0, 1 - (elapsed - hours) / tolerance)
+    await world.post([completed])
+    await scored(world, len(matrix) + 1)
+    [recorded_delivery] = await world.pipeline.fetch(
+        "SELECT met, gap, score, severity FROM outcome"
+        " WHERE promise_id = 'delivery-within-48h' AND customer_id = $1",
+        completed["customer_id"],
+    )
+    assert tuple(recorded_delivery) == (
+        judged_late["met"],
+        judged_late["gap"],
+        judged_late["score"],
+        judged_late["severity"],
+    )
     for event in (broken, kept, critical, normal):
         preview = await _evaluate(world, {"event": event})
         rows = await world.pipeline.fetch(

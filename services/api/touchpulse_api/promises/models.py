@@ -117,6 +117,11 @@ class PreviewDeadline(BaseModel):
     due_at: datetime
     tolerance_hours: float
     severity: Literal["normal", "critical"]
+    state: Literal["open", "expired", "fulfilled"] = Field(
+        description="open; or, when the journey's fulfilment came first, fulfilled (its"
+        " outcome is in outcomes); a clock already standing for the journey is shown as it"
+        " stands"
+    )
 
 
 class PreviewFulfilment(BaseModel):
@@ -125,6 +130,11 @@ class PreviewFulfilment(BaseModel):
     promise_id: str
     touchpoint: str
     journey_key: str
+    judged: bool = Field(
+        description="true: a clock stands for this journey and its outcome is in outcomes;"
+        " false: no opening has come yet (scoring keeps the event and judges the deadline"
+        " when it does), or an earlier fulfilment already stands"
+    )
 
 
 class PreviewOut(BaseModel):
@@ -135,7 +145,7 @@ class PreviewOut(BaseModel):
     outcomes: list[PreviewOutcome] = Field(description="the measure promises that judge it")
     opens: list[PreviewDeadline] = Field(description="deadline clocks it would start")
     fulfils: list[PreviewFulfilment] = Field(
-        description="deadlines it would stop; judged against the journey's opening when"
-        " scoring applies it (a preview keeps no deadline state)"
+        description="deadlines it would stop on its journey_id, judged against the clock"
+        " scoring holds for that journey"
     )
     note: str | None = Field(description="why nothing judges it, when nothing does")

@@ -1,13 +1,16 @@
 """One event judged as scoring would judge it, storing nothing.
 
 The judgement is the scoring domain's own :func:`judge_event` (the consumer's per-event
-step), given no standing deadlines: what the event itself settles. Ingest's rules come
-first, by the same function ingest answers with (:func:`event_problems`): an event ingest
-would refuse is refused here too, naming the same field.
+step), given the deadlines and early fulfilments scoring holds for the journeys the event
+opens or fulfils: a fulfilment is judged against the clock that stands, as scoring will.
+Ingest's rules come first, by the same function ingest answers with
+(:func:`event_problems`): an event ingest would refuse is refused here too, naming the same
+field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,11 +24,17 @@ from touchpulse_api.promises.models import (
 from touchpulse_scoring.domain import (
     Catalogue,
     CustomerProfile,
+    Deadline,
     DeadlinePromise,
+    DeadlineRef,
+    Fulfilment,
     MeasurePromise,
     Outcome,
     UnscorableEvent,
+    deadline_outcome_key,
+    fulfilment_refs,
     judge_event,
+    open_deadlines,
 )
 from touchpulse_scoring.domain.catalogue import event_problems
 from touchpulse_shared.contract.cloudevents import CloudEventV1
@@ -130,27 +139,75 @@ def _outcome(outcome: Outcome, promise: MeasurePromise, profile: CustomerProfile
     )
 
 
-def judge_one(
+def deadline_refs(
     event: ExperienceEventV1, catalogue: Catalogue, profile: CustomerProfile
-) -> tuple[list[PreviewOutcome], list[PreviewDeadline], list[PreviewFulfilment]]:
-    """What scoring's per-event step makes of ``event`` with no standing deadlines."""
+) -> list[DeadlineRef]:
+    """The deadlines the event opens or fulfils: what scoring reads before judging it."""
     try:
-        judged = judge_event(event, catalogue, profile, {}, {})
+        opened = open_deadlines(event, catalogue, profile)
     except UnscorableEvent as exc:
-        # A deadline's due_at attribute that is no time, or before the event: scoring would
-        # dead-letter it.
-        raise _invalid(
-            [{"pointer": pointer(EVENT), "detail": exc.detail, "code": exc.reason.value}],
-            "Scoring would not judge this event",
-        ) from None
+        raise _unscorable(exc) from None
+    return [d.ref for d in opened] + fulfilment_refs(event, catalogue)
+
+
+def _unscorable(exc: UnscorableEvent) -> Problem:
+    # A deadline's due_at attribute that is no time or before the event, or a due date past
+    # the calendar: scoring would dead-letter the event.
+    return _invalid(
+        [{"pointer": pointer(EVENT), "detail": exc.detail, "code": exc.reason.value}],
+        "Scoring would not judge this event",
+    )
+
+
+def _deadline_outcome(outcome: Outcome, deadline: Deadline, catalogue: Catalogue) -> PreviewOutcome:
+    promise = catalogue.promise(outcome.promise_id)
+    return PreviewOutcome(
+        promise_id=outcome.promise_id,
+        touchpoint=outcome.touchpoint,
+        # A clock started under an earlier catalogue keeps its terms, even for a promise
+        # the catalogue in effect no longer has.
+        description="" if promise is None else promise.description,
+        expected=Expected(
+            op=outcome.expected.op, target=outcome.expected.target, unit=outcome.expected.unit
+        ),
+        tolerance=deadline.tolerance_hours,
+        actual=outcome.actual,
+        gap=outcome.gap,
+        met=outcome.met,
+        score=outcome.score,
+        weight=outcome.weight,
+        severity=outcome.severity,
+        critical=outcome.severity == "critical",
+    )
+
+
+def judge_one(
+    event: ExperienceEventV1,
+    catalogue: Catalogue,
+    profile: CustomerProfile,
+    deadlines: Mapping[DeadlineRef, Deadline],
+    early: Mapping[DeadlineRef, Fulfilment],
+) -> tuple[list[PreviewOutcome], list[PreviewDeadline], list[PreviewFulfilment]]:
+    """What scoring's per-event step makes of ``event``, given the standing deadlines and
+    early fulfilments of the refs :func:`deadline_refs` names (as scoring holds them)."""
+    try:
+        judged = judge_event(event, catalogue, profile, deadlines, early)
+    except UnscorableEvent as exc:
+        raise _unscorable(exc) from None
+    by_key = {d.outcome_key: d for d in judged.deadlines.values()}
     outcomes = []
     for outcome in judged.outcomes:
+        deadline = by_key.get(outcome.outcome_key)
+        if deadline is not None:
+            outcomes.append(_deadline_outcome(outcome, deadline, catalogue))
+            continue
         promise = catalogue.promise(outcome.promise_id)
-        # No standing deadlines were given, so every outcome is a measure promise's.
+        # judge_event's other outcomes are its measure promises'.
         assert isinstance(promise, MeasurePromise)  # noqa: S101 - judge_event's contract
         outcomes.append(_outcome(outcome, promise, profile))
     opens = []
-    for deadline in judged.deadlines.values():
+    for candidate in open_deadlines(event, catalogue, profile):
+        deadline = judged.deadlines[candidate.ref]  # the opening that stands: maybe earlier
         promise = catalogue.promise(deadline.promise_id)
         assert isinstance(promise, DeadlinePromise)  # noqa: S101 - opened by the catalogue
         opens.append(
@@ -163,10 +220,12 @@ def judge_one(
                 due_at=deadline.due_at,
                 tolerance_hours=deadline.tolerance_hours,
                 severity=deadline.severity,
+                state=deadline.state,
             )
         )
+    judged_keys = {o.outcome_key for o in judged.outcomes}
     fulfils = []
-    for ref in judged.early:
+    for ref in fulfilment_refs(event, catalogue):
         promise = catalogue.promise(ref.promise_id)
         assert promise is not None  # noqa: S101 - named by the catalogue
         fulfils.append(
@@ -174,6 +233,7 @@ def judge_one(
                 promise_id=ref.promise_id,
                 touchpoint=promise.touchpoint,
                 journey_key=ref.journey_key,
+                judged=deadline_outcome_key(ref.promise_id, ref.journey_key) in judged_keys,
             )
         )
     return outcomes, opens, fulfils

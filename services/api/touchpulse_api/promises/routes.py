@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from touchpulse_api import cursors, queries
 from touchpulse_api.context import ReaderContext
+from touchpulse_api.models import ProfileIn
 from touchpulse_api.promises import store
 from touchpulse_api.promises.catalogues import catalogue_named
 from touchpulse_api.promises.models import (
@@ -17,8 +18,14 @@ from touchpulse_api.promises.models import (
     PreviewOut,
     ProfileUsed,
 )
-from touchpulse_api.promises.preview import judge_one, parse_event, refuse_what_ingest_would
+from touchpulse_api.promises.preview import (
+    deadline_refs,
+    judge_one,
+    parse_event,
+    refuse_what_ingest_would,
+)
 from touchpulse_scoring.domain import NO_PROFILE, CustomerProfile
+from touchpulse_shared.db import Conn
 from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 
 router = APIRouter(prefix="/v1/promises", tags=["promises"])
@@ -67,6 +74,29 @@ async def list_promise_versions(
     )
 
 
+async def _profile(
+    conn: Conn, given: ProfileIn | None, customer_id: str
+) -> tuple[CustomerProfile, Literal["given", "stored", "default"]]:
+    if given is not None:
+        profile = CustomerProfile(
+            segment=given.segment,
+            customer_since=given.customer_since,
+            value=given.value,
+            reach=given.reach,
+        )
+        return profile, "given"
+    row = await queries.read_profile(conn, customer_id)
+    if row is None:
+        return NO_PROFILE, "default"
+    stored = CustomerProfile(
+        segment=row["segment"],
+        customer_since=row["customer_since"],
+        value=row["value"],
+        reach=row["reach"],
+    )
+    return stored, "stored"
+
+
 @router.post(
     "/evaluate",
     response_model=PreviewOut,
@@ -88,36 +118,21 @@ async def list_promise_versions(
 async def evaluate_promises(body: EvaluateIn, context: ReaderContext) -> PreviewOut:
     """Which promises would judge this event, and how: expected versus actual, gap, score,
     weight, whether a breach would be critical; the deadline clocks it would start and the
-    deadlines it would stop. Under the catalogue in effect, or a stored ``version``; for the
-    given ``profile``, else the event's customer's stored one, else a standard customer.
-    Nothing is written: no outcome, health, deadline or intervention."""
+    deadlines it would stop (judged against the clock scoring holds for the journey). Under
+    the catalogue in effect, or a stored ``version``; for the given ``profile``, else the
+    event's customer's stored one, else a standard customer. Nothing is written: no
+    outcome, health, deadline or intervention."""
     event, cloud = parse_event(body.event)
     named = await catalogue_named(context, body.version, pointer="/body/version", status=422)
     catalogue = named.catalogue
     refuse_what_ingest_would(event, catalogue, cloud)
-    if body.profile is not None:
-        given = body.profile
-        profile = CustomerProfile(
-            segment=given.segment,
-            customer_since=given.customer_since,
-            value=given.value,
-            reach=given.reach,
+    async with context.read_pool.acquire() as conn:
+        profile, source = await _profile(conn, body.profile, event.customer_id)
+        # Read, not locked: what scoring would make of the event now, not a claim on it.
+        deadlines, early = await store.standing_deadlines(
+            conn, deadline_refs(event, catalogue, profile)
         )
-        source = "given"
-    else:
-        async with context.read_pool.acquire() as conn:
-            row = await queries.read_profile(conn, event.customer_id)
-        if row is None:
-            profile, source = NO_PROFILE, "default"
-        else:
-            profile = CustomerProfile(
-                segment=row["segment"],
-                customer_since=row["customer_since"],
-                value=row["value"],
-                reach=row["reach"],
-            )
-            source = "stored"
-    outcomes, opens, fulfils = judge_one(event, catalogue, profile)
+    outcomes, opens, fulfils = judge_one(event, catalogue, profile, deadlines, early)
     note = None
     if not (outcomes or opens or fulfils):
         note = (

@@ -1,11 +1,15 @@
-"""The api's reads of ``catalogue_version`` (scoring writes it; see scoring's store)."""
+"""The api's reads for the promise routes: ``catalogue_version`` (scoring writes it; see
+scoring's store) and, for a preview, the deadlines scoring holds for the refs an event opens
+or fulfils (decoded here: the api reads through its own queries, not scoring's store)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
 
+from touchpulse_scoring.domain import Deadline, DeadlineRef, Fulfilment
 from touchpulse_shared.db import Conn
 
 
@@ -56,3 +60,57 @@ async def read_versions(conn: Conn, versions: list[str]) -> list[asyncpg.Record]
         versions,
     )
     return rows
+
+
+async def standing_deadlines(
+    conn: Conn, refs: Sequence[DeadlineRef]
+) -> tuple[dict[DeadlineRef, Deadline], dict[DeadlineRef, Fulfilment]]:
+    """The deadlines and early fulfilments scoring holds for ``refs`` (what its per-event
+    step reads before judging an event that opens or fulfils them)."""
+    if not refs:
+        return {}, {}
+    # The refs as three arrays, one per key column.
+    keys = (
+        [r.customer_id for r in refs],
+        [r.promise_id for r in refs],
+        [r.journey_key for r in refs],
+    )
+    deadlines = {
+        DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]): Deadline(
+            customer_id=r["customer_id"],
+            promise_id=r["promise_id"],
+            journey_key=r["journey_key"],
+            touchpoint=r["touchpoint"],
+            opened_at=r["opened_at"],
+            due_at=r["due_at"],
+            opening_event_ids=tuple(r["opening_event_ids"]),
+            catalogue_version=r["catalogue_version"],
+            tolerance_hours=r["tolerance_hours"],
+            weight=r["weight"],
+            breach_weight=r["breach_weight"],
+            severity=r["severity"],
+            state=r["state"],
+            closed_at=r["closed_at"],
+            fulfilled_by=r["fulfilled_by"],
+        )
+        for r in await conn.fetch(
+            "SELECT customer_id, promise_id, journey_key, touchpoint, opened_at, due_at,"
+            " opening_event_ids, catalogue_version, tolerance_hours, weight, breach_weight,"
+            " severity, state, closed_at, fulfilled_by FROM deadline"
+            " WHERE (customer_id, promise_id, journey_key) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+            *keys,
+        )
+    }
+    early = {
+        DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]): Fulfilment(
+            r["occurred_at"], r["event_ref"]
+        )
+        for r in await conn.fetch(
+            "SELECT customer_id, promise_id, journey_key, occurred_at, event_ref"
+            " FROM early_fulfilment WHERE (customer_id, promise_id, journey_key) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+            *keys,
+        )
+    }
+    return deadlines, early
