@@ -85,15 +85,27 @@ def test_config_masks_every_secret() -> None:
     assert SIGNING_KEY not in repr(settings)
 
 
-def test_a_command_whose_database_is_down_says_so_in_one_line() -> None:
+def test_a_command_that_cannot_reach_its_database_or_broker_says_so_in_one_line() -> None:
     url = f"postgresql://touchpulse:{PASSWORD}@127.0.0.1:{free_port()}/touchpulse"
-    env = _env(TOUCHPULSE_DATABASE_URL=url)
+    broker = f"127.0.0.1:{free_port()}"
+    env = _env(
+        TOUCHPULSE_DATABASE_URL=url,
+        TOUCHPULSE_KAFKA_BOOTSTRAP_SERVERS=broker,
+        TOUCHPULSE_LOG_LEVEL="ERROR",
+    )
     commands = [
         [str(BIN / "touchpulse"), "migrate"],
         [str(BIN / "touchpulse"), "keys", "list"],
         [str(BIN / "touchpulse"), "migrate", "--debug"],
+        [str(BIN / "touchpulse"), "topics"],
     ]
-    (migrate, keys, debug) = _run_all(commands, env)
+    (migrate, keys, debug, topics) = _run_all(commands, env)
+    code, _, err = topics
+    assert code == 1, err
+    # aiokafka's own error lines (JSON) come first; the command's verdict is the last line.
+    verdict = err.strip().splitlines()[-1]
+    assert verdict.startswith(f"touchpulse: cannot reach Kafka at {broker}: "), err
+    assert "Traceback" not in err
     for code, out, err in (migrate, keys):
         assert code == 1, err
         lines = err.strip().splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Annotated
 import asyncpg
 import httpx
 import typer
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from touchpulse_shared.auth import (
     InvalidKeySpec,
@@ -132,8 +134,16 @@ def _settings() -> Settings:
 
 #: What the running command reaches (PostgreSQL at its URL, Kafka at its servers), so that
 #: failing to is said in one line naming it rather than the driver's traceback.
-_reaching: list[str] = []
-_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_reaching: dict[str, str] = {}
+_POSTGRES_UNREACHABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # a wrong user or password
+    asyncpg.InvalidCatalogNameError,  # no such database
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.TooManyConnectionsError,
+)
+_KAFKA_UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError)
 
 
 def _required(value: str | None, field: str) -> str:
@@ -141,19 +151,29 @@ def _required(value: str | None, field: str) -> str:
         typer.echo(f"touchpulse: {env_name(field)} must be set for this command", err=True)
         raise typer.Exit(2)
     if field == "database_url":
-        _reaching.append(f"PostgreSQL at {redact_url(value)}")
+        _reaching["postgres"] = f"PostgreSQL at {redact_url(value)}"
     elif field == "kafka_bootstrap_servers":
-        _reaching.append(f"Kafka at {value}")
+        _reaching["kafka"] = f"Kafka at {value}"
     return value
 
 
 def _failure(exc: BaseException) -> str:
     """One line for a command that failed: what it could not reach, and why."""
-    cause = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, _UNREACHABLE) and _reaching:
-        where = " / ".join(dict.fromkeys(_reaching))
-        return f"cannot reach {where}: {cause} ({type(exc).__name__})"
-    return f"failed: {cause} ({type(exc).__name__})"
+    kind = type(exc).__name__
+    cause = " ".join(str(exc).split()).removeprefix(f"{kind}: ") or kind
+    if isinstance(exc, _POSTGRES_UNREACHABLE):
+        targets = [_reaching.get("postgres", "PostgreSQL")]
+    elif isinstance(exc, _KAFKA_UNREACHABLE):
+        targets = [_reaching.get("kafka", "Kafka")]
+    elif isinstance(exc, ConnectionError | TimeoutError | socket.gaierror) or (
+        type(exc) is OSError and exc.filename is None  # asyncpg's "Multiple exceptions"
+    ):
+        targets = list(_reaching.values())
+    else:
+        targets = []
+    if targets:
+        return f"cannot reach {' / '.join(targets)}: {cause} ({kind})"
+    return f"failed: {cause} ({kind})"
 
 
 @app.command()
