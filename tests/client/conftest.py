@@ -7,15 +7,17 @@ free port; a test that kills the broker starts a broker of its own (:func:`own_b
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -23,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.conftest import unique
 from touchpulse_client import Outcome, Status
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.db.migrate import migrate_url
@@ -30,6 +33,8 @@ from touchpulse_shared.settings import Settings
 from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
 from touchpulse_shared.stack.local import new_run_dir
 from touchpulse_shared.stack.procs import free_port, spawn, stop, wait_until
+
+T = TypeVar("T")
 
 SOURCE = "client-tests"
 READY_S = 60.0
@@ -85,6 +90,9 @@ class Ingest:
     key: str
     topic: str
     bootstrap: str
+    #: The source the key may write: a test's own, so its reads of a shared topic see only
+    #: its own events.
+    source: str = SOURCE
 
     @property
     def url(self) -> str:
@@ -126,14 +134,82 @@ async def client_db(fresh_database: str) -> str:
     return fresh_database
 
 
+def _in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a loop of its own thread: a module-scoped fixture must not touch the
+    event loops pytest-asyncio gives each test."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _database(base_url: str, name: str, *, drop: bool = False) -> None:
+    admin = await asyncpg.connect(f"{base_url}/postgres")
+    try:
+        if drop:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        else:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+async def _delete_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class SharedIngest:
+    process: IngestProcess
+    database_url: str
+    topic: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def shared_ingest(
+    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedIngest]:
+    """One ingest (database, topic, process) for a module's tests that do not kill it:
+    starting one costs seconds. Each test still gets its own key and source (:func:`ingest`)."""
+    base, _, _ = database_url.rpartition("/")
+    name = unique("client").replace("-", "_")
+    topic = unique("client")
+    _in_thread(_database(base, name))
+    url = f"{base}/{name}"
+    try:
+        _in_thread(migrate_url(url))
+        _in_thread(create_topic(kafka_bootstrap, topic))
+        # A small body limit, so a client's too-large batch meets a 413 without megabytes.
+        settings = ingest_settings(kafka_bootstrap, url, topic, ingest_max_body_bytes=64 * 1024)
+        process = IngestProcess(settings, tmp_path_factory.mktemp("ingest"))
+        process.start()
+        try:
+            yield SharedIngest(process, url, topic, kafka_bootstrap)
+        finally:
+            process.kill()
+            _in_thread(_delete_topic(kafka_bootstrap, topic))
+    finally:
+        _in_thread(_database(base, name, drop=True))
+
+
 @pytest.fixture
-async def ingest(
+async def ingest(shared_ingest: SharedIngest) -> Ingest:
+    """The module's ingest with a key for a source of this test's own."""
+    source = unique("client")
+    key = await new_key(shared_ingest.database_url, source)
+    return Ingest(shared_ingest.process, key, shared_ingest.topic, shared_ingest.bootstrap, source)
+
+
+@pytest.fixture
+async def own_ingest(
     kafka_bootstrap: str, client_db: str, topic: str, tmp_path: Path
 ) -> AsyncIterator[Ingest]:
-    """Ingest on the suite's broker, with a key for :data:`SOURCE`."""
-    # A small body limit, so a client's too-large batch meets a 413 without megabytes.
-    settings = ingest_settings(kafka_bootstrap, client_db, topic, ingest_max_body_bytes=64 * 1024)
-    process = IngestProcess(settings, tmp_path)
+    """Ingest for this test alone, which may kill it."""
+    process = IngestProcess(ingest_settings(kafka_bootstrap, client_db, topic), tmp_path)
     process.start()
     try:
         yield Ingest(process, await new_key(client_db), topic, kafka_bootstrap)
@@ -162,31 +238,48 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
         await admin.close()
 
 
-async def topic_event_ids(bootstrap: str, topic: str, at_least: int) -> Counter[str]:
-    """How many records each event id has on ``topic``: read until ``at_least`` records
-    came, then a little longer for any stray beyond them."""
+@dataclass
+class OnTopic:
+    """A topic's records of one source: how many copies of each event id, and the distinct
+    values each id was written with."""
+
+    counts: Counter[str]
+    values: dict[str, set[bytes]]
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.counts)
+
+
+async def read_topic(bootstrap: str, topic: str, source: str) -> OnTopic:
+    """Everything on ``topic`` up to its end now, of ``source`` (the ``ce_source`` header).
+    A 202 means every record of it was acknowledged by Kafka, so the end offsets read after
+    the client's flush cover all of them."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        counts: Counter[str] = Counter()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for partition in partitions:
+            await consumer.seek_to_beginning(partition)
+        found = OnTopic(Counter(), defaultdict(set))
         async with asyncio.timeout(READ_S):
-            while counts.total() < at_least:
+            while [p for p in partitions if await consumer.position(p) < ends[p]]:
                 for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    counts.update(_event_id(record.headers) for record in batch)
-        for batch in (await consumer.getmany(timeout_ms=500)).values():
-            counts.update(_event_id(record.headers) for record in batch)
-        return counts
+                    for record in batch:
+                        headers = dict(record.headers)
+                        if headers["ce_source"].decode() != source:
+                            continue
+                        event_id = headers["ce_id"].decode()
+                        found.counts[event_id] += 1
+                        found.values[event_id].add(record.value)
+        return found
     finally:
         await consumer.stop()
-
-
-def _event_id(headers: list[tuple[str, bytes]]) -> str:
-    return next(value.decode() for name, value in headers if name == "ce_id")
 
 
 @dataclass

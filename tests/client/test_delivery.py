@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.client.conftest import SOURCE, Ingest, Results, topic_event_ids
+from tests.client.conftest import Ingest, Results, read_topic
 from touchpulse_client import (
     AsyncTouchpulseClient,
     ClientConfig,
@@ -31,7 +31,7 @@ class Sent(NoMetrics):
 
 async def test_each_event_gets_its_result_and_lands_once(ingest: Ingest) -> None:
     results, metrics = Results(), Sent()
-    builder = EventBuilder(SOURCE)
+    builder = EventBuilder(ingest.source)
     config = ClientConfig(max_batch_events=40, linger_s=0.02)
     good, bad = [], []
     with TouchpulseClient(
@@ -95,14 +95,14 @@ async def test_each_event_gets_its_result_and_lands_once(ingest: Ingest) -> None
     # Batched, and nothing was sent twice: one request per batch, every one a 202.
     assert set(metrics.requests) == {202}
     assert len(metrics.requests) < len(good) / 10
-    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, len(good))
-    assert set(on_topic) == set(good)
-    assert max(on_topic.values()) == 1
+    on_topic = await read_topic(ingest.bootstrap, ingest.topic, ingest.source)
+    assert on_topic.ids == set(good)
+    assert max(on_topic.counts.values()) == 1
 
 
 async def test_the_async_client_delivers_and_reports(ingest: Ingest) -> None:
     results = Results()
-    builder = EventBuilder(SOURCE, touchpoint="survey")
+    builder = EventBuilder(ingest.source, touchpoint="survey")
     async with AsyncTouchpulseClient(
         ingest.url, ingest.key, ClientConfig(linger_s=0.01), on_result=results
     ) as client:
@@ -115,15 +115,15 @@ async def test_the_async_client_delivers_and_reports(ingest: Ingest) -> None:
     assert {o.status for o in outcomes} == {Status.ACCEPTED}
     assert report.delivered == 120
     assert report.complete
-    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 120)
-    assert set(on_topic) == {o.event_id for o in outcomes}
+    on_topic = await read_topic(ingest.bootstrap, ingest.topic, ingest.source)
+    assert on_topic.ids == {o.event_id for o in outcomes}
 
 
 async def test_too_large_is_split_or_refused_and_an_unknown_key_refused(
     ingest: Ingest,
 ) -> None:
     metrics = Sent()
-    builder = EventBuilder(SOURCE, touchpoint="delivery")
+    builder = EventBuilder(ingest.source, touchpoint="delivery")
     # About 4.5 kB each: 40 of them are far over ingest's 64 KiB here.
     wordy = {f"note_{i}": "x" * 200 for i in range(20)}
     events = [
@@ -143,8 +143,8 @@ async def test_too_large_is_split_or_refused_and_an_unknown_key_refused(
     assert 413 in metrics.requests
     outcome = refused.result()
     assert (outcome.status, outcome.http_status) == (Status.REJECTED, 413)
-    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 40)
-    assert set(on_topic) == {e.event_id for e in events}
+    on_topic = await read_topic(ingest.bootstrap, ingest.topic, ingest.source)
+    assert on_topic.ids == {e.event_id for e in events}
 
     # A key ingest does not know: every event refused with the answer's problem, at once.
     with TouchpulseClient(ingest.url, "tpk_nope_nope", ClientConfig(linger_s=0)) as client:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.client.conftest import SOURCE, Ingest, topic_event_ids
+from tests.client.conftest import Ingest, read_topic
 from touchpulse_shared.stack.procs import free_port, port_open, spawn, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -45,7 +45,7 @@ async def test_call_records_in_batches_and_survey_answers_as_cloudevents(
 ) -> None:
     calls = tmp_path / "calls.csv"
     calls.write_text(_run(ingest, EXAMPLES / "call_records.py", "--sample").stdout)
-    run = _run(ingest, EXAMPLES / "call_records.py", calls, "--source", SOURCE)
+    run = _run(ingest, EXAMPLES / "call_records.py", calls, "--source", ingest.source)
     # The sample's last row has a customer id with a space: refused, named, exit status 1.
     assert run.returncode == 1, run.stderr
     summary = json.loads(run.stdout)
@@ -53,15 +53,15 @@ async def test_call_records_in_batches_and_survey_answers_as_cloudevents(
     assert "call-88004" in run.stderr
     assert "/customer_id" in run.stderr
     answers = _run(ingest, EXAMPLES / "survey_answers.py", "--sample").stdout
-    run = _run(ingest, EXAMPLES / "survey_answers.py", "--source", SOURCE, stdin=answers)
+    run = _run(ingest, EXAMPLES / "survey_answers.py", "--source", ingest.source, stdin=answers)
     assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(run.stdout.split("\n")[:-1]) == [
         "survey-r-1001 accepted",
         "survey-r-1002 accepted",
         "survey-r-1003 accepted",
     ]
-    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 6)
-    assert set(on_topic) == {
+    on_topic = await read_topic(ingest.bootstrap, ingest.topic, ingest.source)
+    assert on_topic.ids == {
         "call-88001",
         "call-88002",
         "call-88003",
@@ -81,7 +81,7 @@ async def test_delivery_webhooks_become_events(ingest: Ingest, tmp_path: Path) -
             "--port",
             str(port),
             "--source",
-            SOURCE,
+            ingest.source,
             "--spool",
             str(tmp_path / "spool"),
         ],
@@ -130,5 +130,5 @@ async def test_delivery_webhooks_become_events(ingest: Ingest, tmp_path: Path) -
     assert report["rejected"] == []
     assert report["spooled"] == 0
     assert report["delivered"] + report["duplicates"] == 3
-    on_topic = await topic_event_ids(ingest.bootstrap, ingest.topic, 2)
-    assert set(on_topic) == {"carrier-wh-1", "carrier-wh-2"}
+    on_topic = await read_topic(ingest.bootstrap, ingest.topic, ingest.source)
+    assert on_topic.ids == {"carrier-wh-1", "carrier-wh-2"}

@@ -17,11 +17,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.client.conftest import (
     SOURCE,
@@ -31,7 +29,7 @@ from tests.client.conftest import (
     create_topic,
     ingest_settings,
     new_key,
-    topic_event_ids,
+    read_topic,
 )
 from touchpulse_client import ClientConfig, EventBuilder, NoMetrics, Spool, Status, TouchpulseClient
 from touchpulse_shared.stack.kafka import LocalKafka
@@ -107,36 +105,12 @@ class Sender:
 async def assert_exactly_the_accepted(
     bootstrap: str, topic: str, accepted: set[str], resent: int
 ) -> None:
-    counts = await topic_event_ids(bootstrap, topic, len(accepted))
-    assert set(counts) == accepted
-    extra = counts.total() - len(accepted)
+    on_topic = await read_topic(bootstrap, topic, SOURCE)
+    assert on_topic.ids == accepted
+    extra = on_topic.counts.total() - len(accepted)
     assert extra <= resent, (extra, resent)
     # Every copy of an event is the same bytes: a retry is the same event, not a new one.
-    values = await _values(bootstrap, topic)
-    assert all(len(copies) == 1 for copies in values.values())
-
-
-async def _values(bootstrap: str, topic: str) -> dict[bytes, set[bytes]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        values: dict[bytes, set[bytes]] = defaultdict(set)
-        for partition in partitions:
-            await consumer.seek_to_beginning(partition)
-        while [p for p in partitions if await consumer.position(p) < ends[p]]:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                for record in batch:
-                    ce_id = dict(record.headers)["ce_id"]
-                    values[ce_id].add(record.value)
-        return values
-    finally:
-        await consumer.stop()
+    assert all(len(values) == 1 for values in on_topic.values.values())
 
 
 async def test_broker_killed_and_restarted_mid_stream(
@@ -177,7 +151,8 @@ async def test_broker_killed_and_restarted_mid_stream(
         process.kill()
 
 
-async def test_ingest_killed_and_restarted_mid_stream(ingest: Ingest) -> None:
+async def test_ingest_killed_and_restarted_mid_stream(own_ingest: Ingest) -> None:
+    ingest = own_ingest
     results, watch = Results(), Watch()
     builder = EventBuilder(SOURCE, touchpoint="call_centre")
     with TouchpulseClient(ingest.url, ingest.key, FAST, on_result=results, metrics=watch) as client:
