@@ -41,32 +41,31 @@ READY_S = 60.0
 READ_S = 30.0
 
 
-class IngestProcess:
-    """``touchpulse-ingest`` as a child process on a fixed port, restartable there."""
+class ServiceProcess:
+    """A Touchpulse service as a child process on a fixed port, restartable there."""
 
-    def __init__(self, settings: Settings, workdir: Path) -> None:
-        self.settings = settings.model_copy(update={"ingest_port": free_port()})
-        self.url = f"http://127.0.0.1:{self.settings.ingest_port}"
-        self.log_path = workdir / "ingest.log"
+    def __init__(self, module: str, settings: Settings, port_setting: str, workdir: Path) -> None:
+        self.module = module
+        self.settings = settings.model_copy(update={port_setting: free_port()})
+        self.url = f"http://127.0.0.1:{getattr(self.settings, port_setting)}"
+        self.log_path = workdir / f"{module}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
-            # Only this ingest's own settings: never a broker named for the whole suite.
+            # Only this process's own settings: never a broker named for the whole suite.
             if not k.startswith("TOUCHPULSE_") and k != "KAFKA_BOOTSTRAP_SERVERS"
         }
         for name, value in self.settings.model_dump().items():
             if value is not None:
                 env[f"TOUCHPULSE_{name.upper()}"] = str(value)
-        self.proc = spawn(
-            [sys.executable, "-m", "touchpulse_ingest.main"], log_path=self.log_path, env=env
-        )
+        self.proc = spawn([sys.executable, "-m", self.module], log_path=self.log_path, env=env)
         wait_until(
             self._ready,
             timeout=READY_S,
-            what="ingest",
+            what=self.module,
             proc=self.proc,
             log_path=self.log_path,
             interval=0.1,
@@ -82,6 +81,20 @@ class IngestProcess:
         if self.proc is not None:
             stop(self.proc, sig=signal.SIGKILL, timeout=10)
             self.proc = None
+
+
+class IngestProcess(ServiceProcess):
+    """``touchpulse-ingest``."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        super().__init__("touchpulse_ingest.main", settings, "ingest_port", workdir)
+
+
+class ScoringProcess(ServiceProcess):
+    """``touchpulse-scoring`` (ready once its consumer runs)."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        super().__init__("touchpulse_scoring.main", settings, "scoring_metrics_port", workdir)
 
 
 @dataclass

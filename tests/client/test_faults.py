@@ -1,15 +1,16 @@
-"""The client through faults, against the real ingest and a real broker: the broker killed
+"""The client through faults, against the real ingest and a real broker: the broker stopped
 and restarted, ingest SIGKILLed and restarted, a rate limit hit, the client's own process
 killed with events spooled while ingest was down.
 
-Each proves the same thing: every event the client accepted is acknowledged by ingest and
-is on the topic — and only those. Copies beyond the first can exist only where ingest
-answered 503 or the connection broke after Kafka had the record (ingest's contract: "may
-or may not be stored"); they carry the same ``(source, event_id)`` and the same bytes, which
-is what makes scoring count them once (its dedupe on ``(source, event_id)``, proven by
-the fault harness's ledger in tests/faults). So the checks are: the set of ids on the topic
-equals the set accepted; every copy of an id is byte-identical; and there are no more
-extra copies than events the client sent again.
+Each proves the same thing: every event the client accepted is acknowledged by ingest and is
+on the topic, and only those. Copies beyond the first can exist only where ingest answered
+503 or the connection broke after Kafka had the record (ingest's contract: "may or may not
+be stored"); they carry the same ``(source, event_id)`` and the same bytes, which is what
+makes scoring count them once. So the checks are: the set of ids on the topic equals the
+set accepted; every copy of an id is byte-identical; there are no more extra copies than
+events the client sent again. The broker fault, where copies are likeliest, also runs
+scoring over the result and checks Touchpulse's state with the fault harness's ledger
+(tests/faults): nothing lost, nothing applied twice, health as recomputed.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from tests.client.conftest import (
     Ingest,
     IngestProcess,
     Results,
-    create_topic,
+    ScoringProcess,
     ingest_settings,
     new_key,
     read_topic,
 )
+from tests.faults.check import check, drain
+from tests.faults.ledger import Ledger
 from touchpulse_client import ClientConfig, EventBuilder, NoMetrics, Spool, Status, TouchpulseClient
+from touchpulse_shared.provision import provision
 from touchpulse_shared.stack.kafka import LocalKafka
 from touchpulse_shared.stack.procs import spawn, stop, wait_until
 
@@ -113,13 +117,12 @@ async def assert_exactly_the_accepted(
     assert all(len(values) == 1 for values in on_topic.values.values())
 
 
-async def test_broker_killed_and_restarted_mid_stream(
+async def test_broker_stopped_and_restarted_mid_stream(
     own_broker: LocalKafka, client_db: str, tmp_path: Path
 ) -> None:
-    await create_topic(own_broker.bootstrap_servers, "events")
-    process = IngestProcess(
-        ingest_settings(own_broker.bootstrap_servers, client_db, "events"), tmp_path
-    )
+    settings = ingest_settings(own_broker.bootstrap_servers, client_db, "events")
+    await provision(settings)  # every topic scoring needs, on this broker
+    process = IngestProcess(settings, tmp_path)
     process.start()
     results, watch = Results(), Watch()
     try:
@@ -147,6 +150,19 @@ async def test_broker_killed_and_restarted_mid_stream(
         await assert_exactly_the_accepted(
             own_broker.bootstrap_servers, "events", accepted, watch.retried_events
         )
+        # And in Touchpulse's state, by the fault harness's own ledger: scoring applies
+        # every accepted event once, copies or not (nothing lost, nothing twice, health as
+        # recomputed from the stored outcomes).
+        scoring = ScoringProcess(settings, tmp_path)
+        scoring.start()
+        try:
+            missing, _ = await drain(client_db, SOURCE, accepted, within_s=FAULT_S)
+            ledger = Ledger(acked=accepted)
+            verdict = await check(client_db, SOURCE, ledger, None)
+        finally:
+            scoring.kill()
+        assert missing == 0
+        assert verdict == {"lost": 0, "rejected_present": 0, "twice": 0, "drift": 0}
     finally:
         process.kill()
 
