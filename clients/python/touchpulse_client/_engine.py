@@ -137,7 +137,6 @@ class Engine:
         self._queues: dict[EventFormat, deque[_Item]] = {f: deque() for f in EventFormat}
         self._queued_bytes: dict[EventFormat, int] = dict.fromkeys(EventFormat, 0)
         self._pending: dict[tuple[str, str], _Item] = {}
-        self._reserved = 0
         self._closed = False
         self._tally = _Tally()
         # Loop-side state.
@@ -197,6 +196,7 @@ class Engine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._space.set()  # async senders waiting for room learn that the client closed
         await self._drain(timeout)
         self._stopping = True
         if self._runner is not None:
@@ -277,7 +277,6 @@ class Engine:
                     return Outcome(event.source, event.event_id, Status.DUPLICATE)
             item = _Item(event, concurrent.futures.Future())
             self._pending[event.identity] = item
-            self._reserved += 1
         return item
 
     def commit(self, items: list[_Item]) -> None:
@@ -290,11 +289,10 @@ class Engine:
             with self._cond:
                 for item in items:
                     self._pending.pop(item.event.identity, None)
-                self._reserved -= len(items)
                 self._cond.notify_all()
+            self._signal_space()
             raise
         with self._cond:
-            self._reserved -= len(items)
             for item in items:
                 self._push(item)
         self._signal()
@@ -320,6 +318,11 @@ class Engine:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
+
+    def _signal_space(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._space.set)
 
     async def wait_for_space(self) -> None:
         self._space.clear()
