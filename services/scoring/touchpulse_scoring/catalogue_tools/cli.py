@@ -5,8 +5,8 @@ the ``touchpulse.cli`` entry point declared in pyproject.toml
 (``catalogue = "touchpulse_scoring.catalogue_tools.cli:app"``). The command bodies import
 their work lazily: every ``touchpulse`` invocation loads this module to list its commands.
 
-Adding a command (the back-test, issue 16): define it below with ``@app.command("…")`` and
-keep its heavy imports inside the function, as ``check`` and ``diff`` do.
+Adding a command: define it below with ``@app.command("…")`` and keep its heavy imports
+inside the function, as ``check``, ``diff`` and ``backtest`` do.
 """
 
 from __future__ import annotations
