@@ -10,6 +10,7 @@ outcomes depend on the set of events, never on their arrival order").
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -304,3 +305,29 @@ def test_one_breach_on_thin_evidence_reads_near_neutral_not_zero() -> None:
     grown = health_at(many, T0 + 200 * HOUR, prior, half_life_days=HALF_LIFE)
     assert grown is not None
     assert grown < 0.05
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(CAT.touchpoints)),
+        st.tuples(st.floats(0.01, 1.0), st.floats(0.1, 50.0)),
+        min_size=2,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_the_same_touchpoint_states_score_the_same_bits_in_any_load_order(
+    states: dict[str, tuple[float, float]], rng: random.Random
+) -> None:
+    """Scoring loads a customer's touchpoint rows in whatever order the database returns
+    them and appends new touchpoints as they come: the journey score (and so the stored
+    trend and every answer built on it) must not differ even in its last bit."""
+    health = {
+        t: TouchpointHealth(s=value * weight, w=weight, t_ref=T0, outcomes=3)
+        for t, (value, weight) in states.items()
+    }
+    shuffled = list(health.items())
+    rng.shuffle(shuffled)
+    at = T0 + HOUR
+    assert assess(health, CAT, at) == assess(dict(shuffled), CAT, at)
+    assert assess(health, CAT, at) == assess(dict(reversed(list(health.items()))), CAT, at)

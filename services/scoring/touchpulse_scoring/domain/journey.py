@@ -116,8 +116,11 @@ def counted(
 def _with_data(
     health: Mapping[str, float | None], importance: Mapping[str, float]
 ) -> dict[str, float]:
+    # In name order: the score's sums run over this dict, and a float sum depends on its
+    # order in the last bit; the states come in load order (whatever the database returned,
+    # new touchpoints appended), which must not show in the score, the trend or an answer.
     return {
         t: min(max(h, 0.0), 1.0)
-        for t, h in health.items()
+        for t, h in sorted(health.items())
         if h is not None and not math.isnan(h) and t in importance
     }
