@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from tests.abuse.conftest import started
 from touchpulse_shared.settings import Settings, redact_url
@@ -80,7 +81,13 @@ def test_config_masks_every_secret() -> None:
     assert lines["TOUCHPULSE_WEBHOOK_SIGNING_KEY"].startswith("***(")
     assert lines["TOUCHPULSE_WEBHOOK_SIGNING_KEY"] != lines["TOUCHPULSE_SIMULATOR_API_KEY"]
     assert lines["TOUCHPULSE_EVENTS_PARTITIONS"] == "6"
-    settings = Settings(database_url=url, webhook_signing_key=SIGNING_KEY)
+    settings = Settings(
+        database_url=url, webhook_signing_key=SIGNING_KEY, simulator_api_key=SIMULATOR_KEY
+    )
+    # Secret types: printing, formatting or dumping one shows its mask.
+    assert isinstance(settings.webhook_signing_key, SecretStr)
+    assert isinstance(settings.simulator_api_key, SecretStr)
+    assert SIMULATOR_KEY not in str(settings.model_dump())
     assert PASSWORD not in repr(settings)
     assert SIGNING_KEY not in repr(settings)
 

@@ -45,6 +45,7 @@ from touchpulse_shared.settings import (
     env_name,
     load_settings,
     redact_url,
+    reveal,
     shown,
 )
 from touchpulse_shared.sources_cli import sources_app
@@ -301,7 +302,7 @@ def simulate(
     from touchpulse_shared import simulator  # noqa: PLC0415
 
     settings = _settings()
-    key = api_key or settings.simulator_api_key
+    key = api_key or reveal(settings.simulator_api_key)
     if not key:
         typer.echo("touchpulse: give --api-key or set TOUCHPULSE_SIMULATOR_API_KEY", err=True)
         raise typer.Exit(2)

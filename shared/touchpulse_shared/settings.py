@@ -60,6 +60,12 @@ def _url_passwords(url: str) -> list[str]:
     return [m.group(2) for m in _URL_PASSWORD.finditer(url)] + _QUERY_PASSWORD.findall(url)
 
 
+def reveal(secret: SecretStr | str | None) -> str | None:
+    """A secret setting's value, for the one place that uses it (settings built without
+    validation, as ``model_copy(update=...)`` does, may hold it as a plain string)."""
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+
+
 def fingerprint(secret: str) -> str:
     """``***`` and the first 8 hex digits of the secret's SHA-256: enough to tell two
     values apart, nothing to recover one from (every secret here is long and random)."""
@@ -312,7 +318,7 @@ class Settings(BaseSettings):
         description="take X-Forwarded-Proto (set by a TLS-terminating proxy) as the scheme "
         "that decides the cookie's Secure flag; only behind a proxy that sets it",
     )
-    webhook_signing_key: str | None = Field(
+    webhook_signing_key: SecretStr | None = Field(
         default=None,
         min_length=32,
         description="master key webhook secrets are derived from (never stored); "
@@ -338,7 +344,7 @@ class Settings(BaseSettings):
     )
 
     # --- simulator ---------------------------------------------------------------------
-    simulator_api_key: str | None = Field(
+    simulator_api_key: SecretStr | None = Field(
         default=None,
         description="events:write key the simulator posts with (touchpulse simulate)",
     )

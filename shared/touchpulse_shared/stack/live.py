@@ -8,12 +8,15 @@ two snapshots in, text out.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 BANDS = ("red", "amber", "green")
 # A read of the live figures must never hold up the runner's loop for long.
@@ -177,3 +180,34 @@ def render(
             )
         )
     return "\n".join(lines)
+
+
+class LiveDisplay:
+    """Shows each rendered view: on a terminal, redrawn in place (rich's Live, which prints
+    anything else written meanwhile above it); elsewhere (a pipe, a log file), block after
+    block through ``echo``, so the record keeps every view."""
+
+    def __init__(self, echo: Callable[[str], None], console: Console | None = None) -> None:
+        self.echo = echo
+        self.console = console or Console()
+        self._live: Live | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return self.console.is_terminal
+
+    def show(self, text: str) -> None:
+        if not self.in_place:
+            self.echo(text)
+            return
+        # markup off: a promise or touchpoint name with [brackets] is shown as written.
+        view = Text(text)
+        if self._live is None:
+            self._live = Live(view, console=self.console, auto_refresh=False)
+            self._live.start()
+        self._live.update(view, refresh=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()  # the last view stays on screen
+            self._live = None

@@ -14,6 +14,7 @@ restarts) is printed every ``TOUCHPULSE_RUN_LIVE_INTERVAL_S``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -34,7 +35,13 @@ from touchpulse_shared.kafka.topics import topic_specs
 from touchpulse_shared.people import Role, create_person, find_person, reset_password
 from touchpulse_shared.provision import provision
 from touchpulse_shared.settings import Settings, env_name
-from touchpulse_shared.stack.live import ServiceState, Snapshot, read_snapshot, render
+from touchpulse_shared.stack.live import (
+    LiveDisplay,
+    ServiceState,
+    Snapshot,
+    read_snapshot,
+    render,
+)
 from touchpulse_shared.stack.local import Endpoint, LocalStack
 from touchpulse_shared.stack.procs import StackError, spawn, stop
 from touchpulse_shared.stack.services import SERVICES, RunningService, settings_env
@@ -182,7 +189,8 @@ def _watch(
     """Until told to stop: check every process, and print the live view now and then."""
     previous: Snapshot | None = None
     next_view = time.monotonic() + settings.run_live_interval_s
-    with httpx.Client(timeout=2.0) as client:
+    display = LiveDisplay(echo)
+    with httpx.Client(timeout=2.0) as client, contextlib.closing(display):
         while not stopping.wait(0.5):
             check_alive()
             if settings.run_live_interval_s <= 0 or time.monotonic() < next_view:
@@ -200,7 +208,7 @@ def _watch(
             except (httpx.HTTPError, KeyError, ValueError):
                 # A busy or restarting service skips one view; the liveness check decides.
                 continue
-            echo(render(previous, current, states()))
+            display.show(render(previous, current, states()))
             previous = current
 
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
-from touchpulse_shared.settings import Settings, env_name
+from touchpulse_shared.settings import Settings, env_name, reveal
 from touchpulse_shared.stack.procs import StackError, spawn, stop, wait_until
 
 # Services connect to Kafka and PostgreSQL at start; both are already up by then.
@@ -214,5 +215,6 @@ def settings_env(settings: Settings) -> Mapping[str, str]:
     env = {}
     for name, value in settings.model_dump().items():
         if value is not None:
-            env[env_name(name)] = str(value)
+            # A secret's own value: str() of a SecretStr is its mask.
+            env[env_name(name)] = str(reveal(value) if isinstance(value, SecretStr) else value)
     return env

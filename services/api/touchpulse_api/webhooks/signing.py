@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from touchpulse_shared.settings import Settings
+from touchpulse_shared.settings import Settings, reveal
 
 log = structlog.get_logger(__name__)
 
@@ -39,12 +39,13 @@ _keys_lock = threading.Lock()
 
 def master_key(settings: Settings) -> bytes:
     """The key every subscription's secret is derived from (read once per process)."""
-    cache_key = (settings.webhook_signing_key, settings.state_dir.resolve())
+    configured = reveal(settings.webhook_signing_key)
+    cache_key = (configured, settings.state_dir.resolve())
     with _keys_lock:
         key = _keys.get(cache_key)
         if key is None:
-            if settings.webhook_signing_key is not None:
-                key = settings.webhook_signing_key.encode()
+            if configured is not None:
+                key = configured.encode()
             else:
                 path = settings.state_dir / KEY_FILE_NAME
                 key = _local_key(path)
