@@ -33,6 +33,7 @@ from touchpulse_shared.settings import Settings
 from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
 from touchpulse_shared.stack.local import new_run_dir
 from touchpulse_shared.stack.procs import free_port, spawn, stop, wait_until
+from touchpulse_shared.stack.services import settings_env
 
 T = TypeVar("T")
 
@@ -58,9 +59,7 @@ class ServiceProcess:
             # Only this process's own settings: never a broker named for the whole suite.
             if not k.startswith("TOUCHPULSE_") and k != "KAFKA_BOOTSTRAP_SERVERS"
         }
-        for name, value in self.settings.model_dump().items():
-            if value is not None:
-                env[f"TOUCHPULSE_{name.upper()}"] = str(value)
+        env.update(settings_env(self.settings))
         self.proc = spawn([sys.executable, "-m", self.module], log_path=self.log_path, env=env)
         wait_until(
             self._ready,
