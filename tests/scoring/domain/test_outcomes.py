@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pytest
@@ -185,3 +186,22 @@ def test_scores_stay_in_the_unit_interval(
     assert judgement.met == (judgement.gap == 0.0)
     # A broken promise scores below 1, unless its gap is lost in rounding against tolerance.
     assert judgement.met == (judgement.score == 1.0) or judgement.gap < tolerance * 1e-15
+
+
+_NAMES = st.one_of(
+    st.text(max_size=12),
+    st.text(alphabet=st.sampled_from('ab/"\\\x00\x1f\x7f é😀\ud800'), max_size=8),
+    st.from_regex(r"[A-Za-z0-9._:/-]{1,20}", fullmatch=True),
+)
+
+
+@given(_NAMES, _NAMES, _NAMES)
+def test_an_event_outcome_key_is_the_json_it_always_was(
+    promise_id: str, source: str, event_id: str
+) -> None:
+    """Stored keys supersede and deduplicate outcomes: the key of an event's outcome must be
+    exactly the text json.dumps gave, whatever the names hold (quotes, backslashes, control
+    characters, non-ASCII, lone surrogates)."""
+    assert event_outcome_key(promise_id, source, event_id) == json.dumps(
+        ["event", promise_id, source, event_id], separators=(",", ":")
+    )

@@ -143,10 +143,16 @@ class Deadline:
 
 
 def open_deadlines(
-    event: ExperienceEventV1, catalogue: Catalogue, profile: CustomerProfile
+    event: ExperienceEventV1,
+    catalogue: Catalogue,
+    profile: CustomerProfile,
+    *,
+    checked: bool = False,
 ) -> list[Deadline]:
-    """The deadlines an event starts; raises :class:`UnscorableEvent` for a bad ``due_at``."""
-    check_event(event, catalogue)
+    """The deadlines an event starts; raises :class:`UnscorableEvent` for a bad ``due_at``.
+    ``checked``: the caller has run :func:`check_event` on this event and catalogue."""
+    if not checked:
+        check_event(event, catalogue)
     promises = catalogue.deadlines_opened_by(event.type)
     if not promises:
         return []

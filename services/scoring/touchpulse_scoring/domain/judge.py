@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
-from touchpulse_scoring.domain.catalogue import Catalogue
+from touchpulse_scoring.domain.catalogue import Catalogue, check_event
 from touchpulse_scoring.domain.deadlines import (
     Deadline,
     DeadlineRef,
@@ -62,8 +62,9 @@ def judge_event(
     ``deadlines`` and ``early`` must hold the customer's standing deadline and early
     fulfilment for every ref the event opens or fulfils (absent: there is none).
     """
-    outcomes = evaluate(event, catalogue, profile)
-    candidates = open_deadlines(event, catalogue, profile)
+    check_event(event, catalogue)  # once: both steps below would otherwise run it again
+    outcomes = evaluate(event, catalogue, profile, checked=True)
+    candidates = open_deadlines(event, catalogue, profile, checked=True)
     changed: dict[DeadlineRef, Deadline] = {}
     settled: dict[DeadlineRef, Fulfilment | None] = {}
     for candidate in candidates:
