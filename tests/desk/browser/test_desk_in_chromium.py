@@ -14,11 +14,13 @@ from playwright.async_api import Page, expect
 
 from tests.api.endpoints.conftest import event
 from tests.desk.browser.conftest import DESKTOP, PASSWORD, PEOPLE, PHONE, Desk
+from tests.desk.test_backtest import _tightened
 from touchpulse_api.webhooks import store as webhook_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 #: Scripts that would run if the desk rendered customer data as markup: each sets a flag.
+TIGHTENED = _tightened("call-answer-tightened")
 HOSTILE_ID = "<script>window.__tp_xss=1</script>"
 HOSTILE_EVENT = '"><img/src=x/onerror=window.__tp_xss=2>'
 HOSTILE_NOTE = '<script>window.__tp_xss=3</script>"><img src=x onerror="window.__tp_xss=4">'
@@ -268,6 +270,7 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
             "people": "/desk/people",
             "keys": "/desk/keys",
             "webhooks": "/desk/webhooks",
+            "backtest": "/desk/backtest",
         }
         for name, path in pages.items():
             response = await admin.page.goto(path)
@@ -275,6 +278,14 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
             assert response.status == 200, (path, response.status)
             await desk.check_accessibility(admin.page)
             await desk.screenshot(admin.page, f"{name}-{size}")
+        # The back-test's report, as a lead sees it after pasting a candidate that tightens
+        # the call-answer promise (the events are the case opened above).
+        await admin.page.goto("/desk/backtest")
+        await admin.page.get_by_label("Candidate catalogue (YAML)").fill(TIGHTENED)
+        await admin.page.get_by_role("button", name="Run the back-test").click()
+        await expect(admin.page.locator("#report")).to_be_visible()
+        await desk.check_accessibility(admin.page)
+        await desk.screenshot(admin.page, f"backtest-report-{size}")
 
         agent = await desk.sign_in("agent", viewport=viewport)
         response = await agent.page.goto("/desk/people")
@@ -285,8 +296,8 @@ async def test_every_page_passes_axe_and_is_photographed_at_desktop_and_phone_wi
         for watched in (visitor, admin, agent):
             assert not watched.errors, watched.errors
     taken = sorted(p.name for p in desk.screenshots.glob("*.png"))
-    assert len([n for n in taken if n.endswith("-desktop.png")]) >= 9, taken
-    assert len([n for n in taken if n.endswith("-phone.png")]) >= 9, taken
+    assert len([n for n in taken if n.endswith("-desktop.png")]) >= 11, taken
+    assert len([n for n in taken if n.endswith("-phone.png")]) >= 11, taken
 
 
 async def test_without_a_session_a_page_leads_to_sign_in_and_back_and_sign_out_ends_it(
