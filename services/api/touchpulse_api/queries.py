@@ -449,6 +449,8 @@ _ERASED_TABLES = (
     ("processed_event", "processed_events"),
     ("webhook_outbox", "pending_webhooks"),
     ("webhook_delivery", "webhook_deliveries"),
+    # Scoring stores the customer a dead letter is about, and never quotes it in the detail.
+    ("dead_letter", "dead_letters"),
 )
 
 
@@ -481,14 +483,15 @@ async def erase(
         )
     ]
     removed["interventions"] = len(interventions)
-    # Unpublished records about the customer must not go out after the tombstones.
+    # Unpublished records about the customer must not go out after the tombstones (nor a
+    # dead-letter copy of one of their records, keyed by the customer as ingest wrote it).
     await conn.execute(
         """
         DELETE FROM kafka_outbox
         WHERE (topic = ANY($1::text[]) AND key = $2)
            OR (topic = $3 AND key = ANY($4::bytea[]))
         """,
-        [settings.health_topic, settings.profiles_topic],
+        [settings.health_topic, settings.profiles_topic, settings.dead_letter_topic],
         customer_id.encode(),
         settings.interventions_topic,
         [i.encode() for i in interventions],

@@ -19,6 +19,7 @@ import orjson
 from touchpulse_shared.contract import ExperienceEventV1, format_rfc3339
 from touchpulse_shared.contract.events import (
     IDENTIFIER_PATTERN,
+    MAX_CUSTOMER_ID_LENGTH,
     MAX_EVENT_ID_LENGTH,
     MAX_SOURCE_LENGTH,
     MAX_TYPE_LENGTH,
@@ -51,6 +52,9 @@ class DeadLetter:
     event_type: str | None = None
     #: When the record reached Touchpulse (the hour its dead letter is counted in).
     seen_at: datetime | None = None
+    #: The customer the record is about (:func:`customer_named`): what erasure deletes the
+    #: stored dead letter by, and what its detail never quotes (:func:`without_customer`).
+    customer_id: str | None = None
 
     def record_headers(self, failed_at: datetime) -> list[tuple[str, bytes]]:
         added = [
@@ -101,12 +105,63 @@ def origin(
     )
 
 
-def _named(header: bytes | None, field: object, limit: int) -> str | None:
+def customer_named(
+    key: bytes | None, value: bytes | None, event: ExperienceEventV1 | None
+) -> str | None:
+    """The customer a dead-lettered record is about, ``None`` where it names none usable.
+
+    The decoded event's; else the value's ``customer_id`` when it is a JSON object; else
+    the key, which ingest sets to the customer id. Only an id the contract would accept is
+    taken: erasure matches on it exactly, and anything else names no customer it could erase.
+    """
+    if event is not None:
+        return event.customer_id
+    field: object = None
+    if value is not None and value[:1] == b"{":
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            field = parsed.get("customer_id")
+    return _named(key, field, MAX_CUSTOMER_ID_LENGTH, field_first=True)
+
+
+#: What a detail says in place of a customer id it would have quoted.
+CUSTOMER_PLACEHOLDER = "<customer_id>"
+
+
+def without_customer(detail: str, customer_id: str | None, key: bytes | None) -> str:
+    """``detail`` with every quotation (``repr``) of the customer id and of the record's key
+    replaced: a stored dead letter must not keep an id that erasure cannot find it by.
+
+    Details quote values as Python reprs (``'C-1'``, ``b'C-1'``); replacing the repr rather
+    than the bare text leaves a short id inside ordinary words alone.
+    """
+    quoted: set[str] = set()
+    if customer_id:
+        quoted.add(repr(customer_id))
+    if key:
+        quoted.add(repr(key))
+        with contextlib.suppress(UnicodeDecodeError):
+            quoted.add(repr(key.decode()))
+    # Longest first: b'C-1' is replaced whole before 'C-1' could be found inside it.
+    for text in sorted(quoted, key=len, reverse=True):
+        detail = detail.replace(text, CUSTOMER_PLACEHOLDER)
+    return detail
+
+
+def _named(
+    header: bytes | None, field: object, limit: int, *, field_first: bool = False
+) -> str | None:
     candidates: list[object] = []
     if header is not None:
         with contextlib.suppress(UnicodeDecodeError):
             candidates.append(header.decode())
-    candidates.append(field)
+    if field_first:
+        candidates.insert(0, field)
+    else:
+        candidates.append(field)
     for candidate in candidates:
         if (
             isinstance(candidate, str)

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import structlog
 
-from touchpulse_scoring.dlq import DeadLetter, origin
+from touchpulse_scoring.dlq import DeadLetter, customer_named, origin, without_customer
 from touchpulse_scoring.domain import (
     Applied,
     Catalogue,
@@ -230,10 +230,12 @@ class Engine:
                 continue
             decoded.append((record, result.event, result.received_at))
 
-        if decoded:
+        named = [d.customer_id for d in report.dead_letters if d.customer_id is not None]
+        if decoded or named:
             # Locks first: erasure and the deadline sweep take the same locks, so what is
-            # read below cannot change before this transaction commits.
-            await lock_customers(conn, (e.customer_id for _, e, _ in decoded))
+            # read below cannot change before this transaction commits. A dead letter's
+            # customer too: its row must not be stored after an erasure that deleted them.
+            await lock_customers(conn, [*(e.customer_id for _, e, _ in decoded), *named])
             decoded = await self._drop_erased(conn, decoded, report)
         fresh = await self._dedupe(conn, decoded)
         report.duplicates = len(decoded) - len(fresh)
@@ -285,16 +287,30 @@ class Engine:
         decoded: list[tuple[Any, ExperienceEventV1, datetime]],
         report: Report,
     ) -> list[tuple[Any, ExperienceEventV1, datetime]]:
-        """Events of an erased customer received before the erasure are never applied."""
-        erased = await load_erasures(conn, {e.customer_id for _, e, _ in decoded})
+        """Events of an erased customer received before the erasure are never applied, and
+        such records that are dead letters are neither stored nor sent on: a replay must not
+        bring back what the erasure deleted (one query for both)."""
+        letters = report.dead_letters
+        erased = await load_erasures(
+            conn,
+            {e.customer_id for _, e, _ in decoded}
+            | {d.customer_id for d in letters if d.customer_id is not None},
+        )
         if not erased:
             return decoded
+        report.dead_letters = [
+            d
+            for d in letters
+            if d.customer_id not in erased
+            or (d.seen_at is not None and d.seen_at > erased[d.customer_id])
+        ]
+        dropped = len(letters) - len(report.dead_letters)
         kept = [
             item
             for item in decoded
             if item[1].customer_id not in erased or item[2] > erased[item[1].customer_id]
         ]
-        report.erased = len(decoded) - len(kept)
+        report.erased = len(decoded) - len(kept) + dropped
         return kept
 
     async def _dedupe(
@@ -711,6 +727,7 @@ def _dead(
 ) -> DeadLetter:
     headers = [(name, value or b"") for name, value in (record.headers or ())]
     source, event_id, event_type = origin(headers, record.value, event)
+    customer = customer_named(record.key, record.value, event)
     return DeadLetter(
         topic=record.topic,
         partition=record.partition,
@@ -719,11 +736,12 @@ def _dead(
         value=record.value,
         headers=headers,
         reason=reason,
-        detail=detail,
+        detail=without_customer(detail, customer, record.key),
         source=source,
         event_id=event_id,
         event_type=event_type,
         seen_at=_seen_at(record, received, now),
+        customer_id=customer,
     )
 
 

@@ -144,8 +144,9 @@ async def record_feedback(
         f"""
         WITH letters AS (
             INSERT INTO dead_letter (topic, partition, "offset", source, reason, detail,
-                                     event_id, event_type, dead_lettered_at)
-            SELECT r->>0, (r->>1)::int, (r->>2)::bigint, r->>3, r->>4, r->>5, r->>6, r->>7, $3
+                                     event_id, event_type, customer_id, dead_lettered_at)
+            SELECT r->>0, (r->>1)::int, (r->>2)::bigint, r->>3, r->>4, r->>5, r->>6, r->>7,
+                   r->>8, $3
             FROM jsonb_array_elements($1::jsonb) AS r
             ON CONFLICT DO NOTHING
         )
@@ -161,6 +162,7 @@ async def record_feedback(
                 clean_text(d.detail, MAX_DETAIL),
                 d.event_id,
                 d.event_type,
+                d.customer_id,
             ]
             for d in letters
         ),
