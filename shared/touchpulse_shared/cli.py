@@ -59,6 +59,9 @@ app = typer.Typer(
     add_completion=False,
     help=__doc__,
     context_settings={"help_option_names": ["-h", "--help"]},
+    # Docstrings are wrapped at 100 columns in the source: markdown joins a paragraph's lines
+    # again (the default keeps each line break, so help came out in ragged half-lines).
+    rich_markup_mode="markdown",
 )
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka and PostgreSQL.")
 schema_app = typer.Typer(
