@@ -32,6 +32,7 @@ from touchpulse_shared.db.migrate import migrate_url
 from touchpulse_shared.db.pool import create_pool, keep_session
 from touchpulse_shared.http.app import (
     RejectNulMiddleware,
+    RequestIdMiddleware,
     RequestMetricsMiddleware,
     install_problem_docs,
     install_problem_handlers,
@@ -82,6 +83,7 @@ def create_app(
     app.add_middleware(
         RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
     )
+    app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
         app.include_router(router)
     desk.install(app)  # the people's pages under /desk (docs/desk.md)

@@ -65,7 +65,9 @@ from touchpulse_shared.db.pool import create_pool
 from touchpulse_shared.http.access import authenticate
 from touchpulse_shared.http.app import (
     RejectNulMiddleware,
+    RequestIdMiddleware,
     RequestMetricsMiddleware,
+    current_request_id,
     install_problem_handlers,
     readable_operation_id,
 )
@@ -295,7 +297,13 @@ async def _produce(
             "events per second",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    records = encode_records(events, producer=PRODUCER_NAME, received_at=received_at)
+    records = encode_records(
+        events,
+        producer=PRODUCER_NAME,
+        received_at=received_at,
+        # Followed into scoring's logs (dead letters name it).
+        request_id=current_request_id.get(),
+    )
     started = time.perf_counter()
     try:
         await ingest.producer.produce(
@@ -458,6 +466,8 @@ def create_app(
     app.add_middleware(
         RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
     )
+    # Outermost: every answer (a 400 of RejectNul's, a 404) carries the request's id.
+    app.add_middleware(RequestIdMiddleware)
     install_openapi(app)
     max_items = settings.ingest_max_batch_items
 

@@ -40,6 +40,11 @@ HEADER_RECEIVED_AT: Final = "touchpulse-received-at"
 HEADER_CE_ID: Final = "ce_id"
 HEADER_CE_SOURCE: Final = "ce_source"
 HEADER_CE_TYPE: Final = "ce_type"
+#: The id of the ingest request that carried the event (its X-Request-ID), so one request
+#: can be followed from ingest's logs into scoring's.
+HEADER_REQUEST_ID: Final = "touchpulse-request-id"
+MAX_REQUEST_ID_LENGTH: Final = 128
+_REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
 #: The producer name ingest writes; its receipt time is the instant ingest judged the event at.
 INGEST_PRODUCER: Final = "ingest"
@@ -133,8 +138,32 @@ def encode_record(event: ExperienceEventV1, *, producer: str, received_at: datet
     return encode_records([event], producer=producer, received_at=received_at)[0]
 
 
+def valid_request_id(value: str | None) -> str | None:
+    """``value`` when it can serve as a request id (1 to 128 printable ASCII characters, no
+    spaces: safe in a header and a log line), else None."""
+    return value if value is not None and _REQUEST_ID.fullmatch(value) else None
+
+
+def request_id_of(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
+    """The request id a record carries (the last such header), if it is a valid one."""
+    found = None
+    for name, value in headers:
+        if name == HEADER_REQUEST_ID and value is not None:
+            found = value
+    if found is None:
+        return None
+    try:
+        return valid_request_id(found.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+
+
 def encode_records(
-    events: Sequence[ExperienceEventV1], *, producer: str, received_at: datetime
+    events: Sequence[ExperienceEventV1],
+    *,
+    producer: str,
+    received_at: datetime,
+    request_id: str | None = None,
 ) -> list[KafkaRecord]:
     """The records for events received together: the shared headers are encoded once.
 
@@ -145,12 +174,16 @@ def encode_records(
         raise ValueError(
             f"producer must be 1 to {MAX_PRODUCER_LENGTH} printable ASCII characters without spaces"
         )
-    shared = (
+    shared: tuple[tuple[str, bytes], ...] = (
         (HEADER_CONTENT_TYPE, RECORD_CONTENT_TYPE.encode()),
         (HEADER_SCHEMA, SCHEMA_ID.encode()),
         (HEADER_PRODUCER, producer.encode()),
         (HEADER_RECEIVED_AT, format_received_at(received_at).encode()),
     )
+    if request_id is not None:
+        if valid_request_id(request_id) is None:
+            raise ValueError("request_id must be 1 to 128 printable ASCII characters")
+        shared = (*shared, (HEADER_REQUEST_ID, request_id.encode()))
     return [
         KafkaRecord(
             key=event.customer_id.encode(),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -16,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from touchpulse_shared.contract.record import valid_request_id
 from touchpulse_shared.http.problems import PROBLEM_JSON, Problem, field_errors
 
 
@@ -292,3 +296,42 @@ class RejectNulMiddleware:
                 await problem.response(scope.get("path", "")).__call__(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+REQUEST_ID_HEADER = "x-request-id"
+#: The id of the request being served (RequestIdMiddleware), for code far from the request
+#: (ingest's producer path puts it on each event's Kafka record).
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+class RequestIdMiddleware:
+    """Every request gets an id: the caller's ``X-Request-ID`` when it is 1 to 128
+    printable ASCII characters, else a new one. It is in the answer's ``X-Request-ID``, in
+    every log line written while serving it (structlog's context) and in
+    :data:`current_request_id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next(
+            (v for k, v in scope.get("headers", ()) if k == REQUEST_ID_HEADER.encode()), None
+        )
+        request_id = valid_request_id(given.decode("latin-1") if given else None)
+        request_id = request_id or uuid.uuid4().hex
+        echoed = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), echoed]
+            await send(message)
+
+        token = current_request_id.set(request_id)
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)
