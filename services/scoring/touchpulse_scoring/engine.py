@@ -86,6 +86,7 @@ from touchpulse_shared.contract import (
     decode_record,
     format_rfc3339,
 )
+from touchpulse_shared.contract.record import request_id_of
 from touchpulse_shared.db import Conn
 from touchpulse_shared.db.locks import lock_customers
 from touchpulse_shared.db.outbox import insert_outbox, outbox_row
@@ -102,6 +103,8 @@ kafka_records.install()
 
 #: The dead-letter reason of an event outside ingest's time window (ingest's problem code).
 TIME_WINDOW = "time_window"
+#: Dead letters logged one by one per batch; the flood line and metric count the rest.
+LOGGED_DEAD_LETTERS = 20
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ class Engine:
                 )
         # The counters and the dead letters the api lists, with the batch: exactly once.
         await record_feedback(conn, report.quality, report.dead_letters, now)
+        _log_dead_letters(report.dead_letters)
         if len(report.dead_letters) * 2 > len(records) >= 20:
             # Most of a batch unusable is an incident (a broken producer, a bad deploy), not
             # noise: say so loudly; the flood metric drives an alert.
@@ -714,6 +718,21 @@ def _journey_row(customer: str, journey: Journey, as_of: datetime, *, changed: b
         as_of=as_of,
         changed=changed,
     )
+
+
+def _log_dead_letters(dead_letters: list[DeadLetter]) -> None:
+    """Each named with the ingest request that carried it, so a team can follow one of
+    their requests from ingest's log to here; past a few, the flood line sums them up."""
+    for d in dead_letters[:LOGGED_DEAD_LETTERS]:
+        log.info(
+            "scoring.dead_lettered",
+            reason=d.reason,
+            source=d.source,
+            event_id=d.event_id,
+            partition=d.partition,
+            offset=d.offset,
+            request_id=request_id_of(d.headers),
+        )
 
 
 def _dead(
