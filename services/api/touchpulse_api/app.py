@@ -105,7 +105,11 @@ def create_app(
 
     install_problem_docs(app)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        responses={503: {"description": "A background loop is stuck (named in `stuck`)"}},
+    )
     async def healthz(request: Request) -> Response:
         """The process is alive, and its background loop (the webhook dispatcher) finishes
         rounds: 503 naming the loop when it stopped (stuck, not just idle)."""
@@ -116,7 +120,11 @@ def create_app(
             body |= {"stuck": stuck, "loops": loops.report()}
         return JSONResponse(body, status_code=503 if stuck else 200)
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"description": "Not ready: PostgreSQL does not answer"}},
+    )
     async def readyz(context: ContextDep) -> Response:
         """Ready when PostgreSQL answers; names the promise catalogue in effect."""
         catalogue = {

@@ -507,7 +507,11 @@ def create_app(
         """The process is alive."""
         return {"status": "alive"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"description": "Not ready: no Kafka producer connected"}},
+    )
     async def readyz(ingest: IngestDep) -> Response:
         """Ready when a Kafka producer is connected: a load balancer may send traffic."""
         ready = ingest.producer.ready
