@@ -209,8 +209,10 @@ def decode_record(
     Checks run in this order, so the reason is the most basic thing wrong: header names,
     producer, schema, headers, value present, value JSON, event valid, key, routing
     headers. When a header occurs more than once the last one counts (as Kafka's
-    ``lastHeader``).
-    """
+    ``lastHeader``). A detail names the header or field and the problem, never a value the
+    record carries (a header's name is quoted, its value is not): details are listed to
+    touchpoint teams, and must not keep a customer's id past their erasure (docs/api.md,
+    "Erasure")."""
     for name, _ in headers:
         if not _is_utf8(name):
             # The consumer's fetcher keeps such a name's bytes as lone surrogates.
@@ -231,8 +233,8 @@ def decode_record(
     if schema != SCHEMA_ID or content_type != RECORD_CONTENT_TYPE:
         raise RecordRejected(
             RejectReason.UNKNOWN_SCHEMA,
-            f"{HEADER_SCHEMA}={schema!r}, {HEADER_CONTENT_TYPE}={content_type!r};"
-            f" this consumer reads {SCHEMA_ID} ({RECORD_CONTENT_TYPE})",
+            f"{_names_of_wrong(schema != SCHEMA_ID, content_type != RECORD_CONTENT_TYPE)}"
+            f" missing or not what this consumer reads: {SCHEMA_ID} ({RECORD_CONTENT_TYPE})",
         )
     received_at = _parse_received_at(_header_text(found, HEADER_RECEIVED_AT))
 
@@ -252,7 +254,7 @@ def decode_record(
     if key != expected_key:
         raise RecordRejected(
             RejectReason.KEY_MISMATCH,
-            f"key {key!r} is not the event's customer_id {event.customer_id!r}",
+            "the record has no key" if key is None else "the key is not the event's customer_id",
         )
     for header, expected in (
         (HEADER_CE_ID, event.event_id),
@@ -262,9 +264,15 @@ def decode_record(
         if header in found and found[header] != expected.encode():
             raise RecordRejected(
                 RejectReason.BAD_HEADER,
-                f"{header}={found[header]!r} disagrees with the value ({expected!r})",
+                f"{header} disagrees with the value",
             )
     return DecodedRecord(event=event, producer=producer, received_at=received_at)
+
+
+def _names_of_wrong(schema: bool, content_type: bool) -> str:
+    if schema and content_type:
+        return f"{HEADER_SCHEMA} and {HEADER_CONTENT_TYPE} are"
+    return f"{HEADER_SCHEMA if schema else HEADER_CONTENT_TYPE} is"
 
 
 def _is_utf8(name: str) -> bool:
@@ -290,7 +298,7 @@ def _parse_received_at(text: str | None) -> datetime:
     if parsed is None:
         raise RecordRejected(
             RejectReason.BAD_HEADER,
-            f"{HEADER_RECEIVED_AT}={text!r} is not an RFC 3339 timestamp with an offset",
+            f"{HEADER_RECEIVED_AT} is missing or not an RFC 3339 timestamp with an offset",
         )
     return parsed
 

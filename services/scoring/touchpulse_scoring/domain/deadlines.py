@@ -343,12 +343,13 @@ def _parse_due_at(event: ExperienceEventV1, promise: DeadlinePromise) -> datetim
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise _bad_due_at(
             promise,
-            f"attribute {name!r} should be an RFC 3339 timestamp with a UTC offset, got {value!r}",
+            # Never the value: a dead letter's detail must not keep what erasure cannot find.
+            f"attribute {name!r} should be an RFC 3339 timestamp with a UTC offset",
         )
     try:
         return datetime.fromisoformat(value.upper()).astimezone(UTC)
     except ValueError:
-        raise _bad_due_at(promise, f"attribute {name!r} is not a valid time: {value!r}") from None
+        raise _bad_due_at(promise, f"attribute {name!r} is not a valid time") from None
 
 
 def _bad_due_at(promise: DeadlinePromise, detail: str) -> UnscorableEvent:
