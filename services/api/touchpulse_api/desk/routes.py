@@ -39,7 +39,7 @@ from touchpulse_api.desk.sessions import (
     revoke_session,
     throttled,
 )
-from touchpulse_api.routes.customers import customer_health
+from touchpulse_api.routes.customers import read_customer_health
 from touchpulse_scoring.domain import Actor
 from touchpulse_shared.http.problems import Problem
 from touchpulse_shared.people import (
@@ -442,7 +442,7 @@ async def _customer(
 ) -> Response:
     try:
         # The REST read itself: the same health, band, evidence and explanation.
-        health = await customer_health(customer_id, context, trend_days=30)
+        health = await read_customer_health(customer_id, context, trend_days=30)
     except Problem as exc:
         if exc.status != 404:
             raise

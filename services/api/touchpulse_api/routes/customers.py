@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from touchpulse_api import cursors, queries
 from touchpulse_api.catalogue import current_catalogue
-from touchpulse_api.context import Admin, ContextDep, HealthReader, ReaderContext
+from touchpulse_api.context import Admin, ApiContext, ContextDep, HealthReader, ReaderContext
 from touchpulse_api.explanations import Derived
 from touchpulse_api.models import (
     AtRiskCustomer,
@@ -73,6 +73,18 @@ async def customer_health(
     trend_days: Annotated[int, Query(ge=1, le=365, description="days of history")] = 30,
 ) -> Response:
     """Journey health, band, per-touchpoint health, trend, freshness and what moves it most."""
+    answer = await read_customer_health(customer_id, context, trend_days=trend_days)
+    # Written by pydantic's own serializer, bytes for bytes what FastAPI's response_model
+    # path wrote (validate again, dump to Python, json.dumps) at a quarter of its cost: 44
+    # against 169 µs for a rich customer, a tenth of a read.
+    return Response(answer.model_dump_json(by_alias=True), media_type="application/json")
+
+
+async def read_customer_health(
+    customer_id: str, context: ApiContext, *, trend_days: int
+) -> CustomerHealth:
+    """The health answer of :func:`customer_health` (the desk's customer page shows it too);
+    raises the 404 problem for a customer nobody knows."""
     catalogue = current_catalogue(context)
     now = context.clock()
     cache = context.explanations
@@ -101,10 +113,8 @@ async def customer_health(
         cache.put(customer_id, read.revision, catalogue, derived)
     # One validation of the answer (the wire model's coercions, once) rather than a model
     # per piece; the derived parts are models already (validated when computed), which
-    # pydantic takes as they are. Written by pydantic's own serializer, bytes for bytes what
-    # FastAPI's response_model path wrote (validate again, dump to Python, json.dumps) at a
-    # quarter of its cost: 44 against 169 µs for a rich customer, a tenth of a read.
-    answer = CustomerHealth.model_validate(
+    # pydantic takes as they are.
+    return CustomerHealth.model_validate(
         {
             "customer_id": customer_id,
             "score": read.score,
@@ -120,7 +130,6 @@ async def customer_health(
             "open_intervention_id": read.open_intervention_id,
         }
     )
-    return Response(answer.model_dump_json(by_alias=True), media_type="application/json")
 
 
 def _derived(
