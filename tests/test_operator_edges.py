@@ -127,12 +127,19 @@ def test_a_command_that_cannot_reach_its_database_or_broker_says_so_in_one_line(
 
 
 @pytest.mark.postgres
+@pytest.mark.kafka
 async def test_every_line_of_a_service_log_is_json_without_secrets(
-    base_settings: Settings, fresh_database: str
+    base_settings: Settings, fresh_database: str, kafka_bootstrap: str, topic: str
 ) -> None:
+    """Every service of a run — ingest, scoring and the api — started with the secrets set:
+    no log line is plain text, and no secret is in any log line or any /metrics."""
     settings = base_settings.model_copy(
         update={
             "database_url": fresh_database,
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "events_topic": topic,
+            "ingest_port": free_port(),
+            "scoring_metrics_port": free_port(),
             "api_port": free_port(),
             "log_format": "json",
             "log_level": "INFO",
@@ -140,20 +147,34 @@ async def test_every_line_of_a_service_log_is_json_without_secrets(
             "simulator_api_key": SIMULATOR_KEY,
         }
     )
-    async with started("api", settings) as api:
-        metrics = (await api.http.get("/metrics")).text
+    logs: dict[str, Path] = {}
+    metrics: dict[str, str] = {}
+    async with (
+        started("api", settings) as api,
+        started("ingest", settings) as ingest,
+        started("scoring", settings) as scoring,
+    ):
+        for name, service in (("api", api), ("ingest", ingest), ("scoring", scoring)):
+            metrics[name] = (await service.http.get("/metrics")).text
+            logs[name] = service.process.log_path
         refused = await api.http.get("/v1/promises", headers={"Authorization": "Bearer tpk_x"})
         assert refused.status_code == 401
-        log_path = api.process.log_path
-    assert "touchpulse_api" in metrics
-    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]  # raises on a plain-text line
-    loggers = {r.get("logger") for r in records}
+        posted = await ingest.http.post(
+            "/v1/events", json={}, headers={"Authorization": "Bearer tpk_x"}
+        )
+        assert posted.status_code == 401
+    for name, text in metrics.items():
+        assert f"touchpulse_{name}" in text, name
+    for name, log_path in logs.items():
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+        assert lines, name
+        records = [json.loads(line) for line in lines]  # raises on a plain-text line
+        assert all({"event", "level", "timestamp"} <= r.keys() for r in records), (name, lines)
+        for secret in (SIGNING_KEY, SIMULATOR_KEY):
+            assert secret not in log_path.read_text(), name
+            assert secret not in metrics[name], name
+    api_records = [json.loads(line) for line in logs["api"].read_text().splitlines() if line]
     # uvicorn's own lines (started, shutting down) are among them, as JSON.
-    assert "uvicorn.error" in loggers, lines
-    assert any("Application startup complete" in r["event"] for r in records), lines
-    assert all({"event", "level", "timestamp"} <= r.keys() for r in records), lines
-    for secret in (SIGNING_KEY, SIMULATOR_KEY):
-        assert secret not in log_path.read_text()
-        assert secret not in metrics
+    assert "uvicorn.error" in {r.get("logger") for r in api_records}
+    assert any("Application startup complete" in r["event"] for r in api_records)
     assert httpx.URL(api.url).port == settings.api_port
