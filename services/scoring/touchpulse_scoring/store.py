@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from touchpulse_scoring.deadline_table import deadline_from_row
 from touchpulse_scoring.dlq import MAX_DETAIL, DeadLetter
 from touchpulse_scoring.domain import (
     EXPLAIN_WINDOW,
@@ -477,26 +478,6 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         "severity": outcome.severity,
         "event_ids": list(outcome.event_ids),
     }
-
-
-def deadline_from_row(row: Any) -> Deadline:
-    return Deadline(
-        customer_id=row["customer_id"],
-        promise_id=row["promise_id"],
-        journey_key=row["journey_key"],
-        touchpoint=row["touchpoint"],
-        opened_at=row["opened_at"],
-        due_at=row["due_at"],
-        opening_event_ids=tuple(row["opening_event_ids"]),
-        catalogue_version=row["catalogue_version"],
-        tolerance_hours=row["tolerance_hours"],
-        weight=row["weight"],
-        breach_weight=row["breach_weight"],
-        severity=row["severity"],
-        state=row["state"],
-        closed_at=row["closed_at"],
-        fulfilled_by=row["fulfilled_by"],
-    )
 
 
 # --- writes -----------------------------------------------------------------------------

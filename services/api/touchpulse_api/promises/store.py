@@ -9,6 +9,7 @@ from datetime import datetime
 
 import asyncpg
 
+from touchpulse_scoring.deadline_table import DEADLINE_COLUMNS, deadline_from_row
 from touchpulse_scoring.domain import Deadline, DeadlineRef, Fulfilment
 from touchpulse_shared.db import Conn
 
@@ -76,27 +77,9 @@ async def standing_deadlines(
         [r.journey_key for r in refs],
     )
     deadlines = {
-        DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]): Deadline(
-            customer_id=r["customer_id"],
-            promise_id=r["promise_id"],
-            journey_key=r["journey_key"],
-            touchpoint=r["touchpoint"],
-            opened_at=r["opened_at"],
-            due_at=r["due_at"],
-            opening_event_ids=tuple(r["opening_event_ids"]),
-            catalogue_version=r["catalogue_version"],
-            tolerance_hours=r["tolerance_hours"],
-            weight=r["weight"],
-            breach_weight=r["breach_weight"],
-            severity=r["severity"],
-            state=r["state"],
-            closed_at=r["closed_at"],
-            fulfilled_by=r["fulfilled_by"],
-        )
+        DeadlineRef(r["customer_id"], r["promise_id"], r["journey_key"]): deadline_from_row(r)
         for r in await conn.fetch(
-            "SELECT customer_id, promise_id, journey_key, touchpoint, opened_at, due_at,"
-            " opening_event_ids, catalogue_version, tolerance_hours, weight, breach_weight,"
-            " severity, state, closed_at, fulfilled_by FROM deadline"
+            f"SELECT {DEADLINE_COLUMNS} FROM deadline"  # noqa: S608 - fixed column names
             " WHERE (customer_id, promise_id, journey_key) IN"
             " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
             *keys,
