@@ -121,14 +121,18 @@ def refuse_what_ingest_would(event: ExperienceEventV1, catalogue: Catalogue, clo
 
 
 def _outcome(outcome: Outcome, promise: MeasurePromise, profile: CustomerProfile) -> PreviewOutcome:
+    return _preview(outcome, promise.description, promise.terms_for(profile.segment).tolerance)
+
+
+def _preview(outcome: Outcome, description: str, tolerance: float | None) -> PreviewOutcome:
     return PreviewOutcome(
         promise_id=outcome.promise_id,
         touchpoint=outcome.touchpoint,
-        description=promise.description,
+        description=description,
         expected=Expected(
             op=outcome.expected.op, target=outcome.expected.target, unit=outcome.expected.unit
         ),
-        tolerance=promise.terms_for(profile.segment).tolerance,
+        tolerance=tolerance,
         actual=outcome.actual,
         gap=outcome.gap,
         met=outcome.met,
@@ -161,24 +165,10 @@ def _unscorable(exc: UnscorableEvent) -> Problem:
 
 def _deadline_outcome(outcome: Outcome, deadline: Deadline, catalogue: Catalogue) -> PreviewOutcome:
     promise = catalogue.promise(outcome.promise_id)
-    return PreviewOutcome(
-        promise_id=outcome.promise_id,
-        touchpoint=outcome.touchpoint,
-        # A clock started under an earlier catalogue keeps its terms, even for a promise
-        # the catalogue in effect no longer has.
-        description="" if promise is None else promise.description,
-        expected=Expected(
-            op=outcome.expected.op, target=outcome.expected.target, unit=outcome.expected.unit
-        ),
-        tolerance=deadline.tolerance_hours,
-        actual=outcome.actual,
-        gap=outcome.gap,
-        met=outcome.met,
-        score=outcome.score,
-        weight=outcome.weight,
-        severity=outcome.severity,
-        critical=outcome.severity == "critical",
-    )
+    # A clock started under an earlier catalogue keeps its terms, even for a promise the
+    # catalogue in effect no longer has.
+    description = "" if promise is None else promise.description
+    return _preview(outcome, description, deadline.tolerance_hours)
 
 
 def judge_one(
