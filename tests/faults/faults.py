@@ -760,6 +760,7 @@ def run_suite(
     scoring_members: int = 1,
     echo: Callable[[str], None] = print,
     seed: int = 1,
+    harness: Callable[..., Harness] = Harness,
 ) -> Suite:
     """Every fault of every round under load, each checked; stops starting new faults once
     ``deadline_s`` (stack start included) is near, and names the ones it skipped."""
@@ -767,7 +768,9 @@ def run_suite(
     results: list[Result] = []
     skipped: list[str] = []
     ledger = Ledger()
-    with Harness(scoring_members=scoring_members) as h:
+    # ``harness`` names the topology (one broker and one database by default; a subclass
+    # starts a three-broker cluster or a primary with its standby).
+    with harness(scoring_members=scoring_members) as h:
         echo(f"stack up in {time.monotonic() - started:.0f} s; logs in {h.workdir}")
         driver = LoadDriver(
             ingest_url=f"http://127.0.0.1:{h.settings.ingest_port}",

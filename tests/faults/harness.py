@@ -205,29 +205,20 @@ class Harness:
         self.loop.call(self.kafka_proxy.start())
         self.loop.call(self.pg_proxy.start())
         self.loop.call(self.receiver.start())
-        self.postgres = LocalPostgres(workdir=self.workdir / "postgres")
-        self.postgres.start()
-        self.pg_proxy.target_port = self.postgres.port
-        self.kafka = ProxiedKafka(
-            libs=kafka_libs(self.base.cache_dir, self.base.kafka_version),
-            workdir=self.workdir / "kafka",
-            proxy=self.kafka_proxy,
-        )
-        self.kafka.start()
+        direct_db, proxied_db = self.start_postgres()
+        direct_kafka, proxied_kafka = self.start_kafka()
         direct = self.base.model_copy(
             update={
-                "kafka_bootstrap_servers": self.kafka.bootstrap_servers,
-                "database_url": self.postgres.url,
+                "kafka_bootstrap_servers": direct_kafka,
+                "database_url": direct_db,
                 "events_partitions": PARTITIONS,
             }
         )
         self.loop.call(provision(direct))
         self.settings = direct.model_copy(
             update={
-                "kafka_bootstrap_servers": f"127.0.0.1:{self.kafka_proxy.port}",
-                "database_url": self.postgres.url.replace(
-                    f":{self.postgres.port}/", f":{self.pg_proxy.port}/"
-                ),
+                "kafka_bootstrap_servers": proxied_kafka,
+                "database_url": proxied_db,
                 "ingest_port": free_port(),
                 "api_port": free_port(),
                 "ingest_retry_after_s": 1,
@@ -257,6 +248,26 @@ class Harness:
         self.subscribe_webhooks()
         for _ in range(self.scoring_members):
             self.add_member()
+
+    def start_postgres(self) -> tuple[str, str]:
+        """Start the database; its URL for the harness (direct) and for the services
+        (through the proxy). A subclass may start a different topology here."""
+        self.postgres = LocalPostgres(workdir=self.workdir / "postgres")
+        self.postgres.start()
+        self.pg_proxy.target_port = self.postgres.port
+        proxied = self.postgres.url.replace(f":{self.postgres.port}/", f":{self.pg_proxy.port}/")
+        return self.postgres.url, proxied
+
+    def start_kafka(self) -> tuple[str, str]:
+        """Start the broker(s); bootstrap servers for the harness (direct) and for the
+        services (through the proxy). A subclass may start a different topology here."""
+        self.kafka = ProxiedKafka(
+            libs=kafka_libs(self.base.cache_dir, self.base.kafka_version),
+            workdir=self.workdir / "kafka",
+            proxy=self.kafka_proxy,
+        )
+        self.kafka.start()
+        return self.kafka.bootstrap_servers, f"127.0.0.1:{self.kafka_proxy.port}"
 
     def subscribe_webhooks(self) -> None:
         """A subscription to every intervention kind, to the local receiver: the

@@ -14,7 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from touchpulse_shared.stack.procs import (
@@ -50,9 +50,17 @@ def postgres_bin() -> Path:
 class LocalPostgres:
     """One throw-away PostgreSQL cluster under ``workdir`` with a ``touchpulse`` database."""
 
-    def __init__(self, *, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        server_settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.host = host
+        # Extra ``-c name=value`` for the postmaster (replication, WAL archiving, ...).
+        self.server_settings = dict(server_settings or {})
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._user = _UNPRIVILEGED if os.geteuid() == 0 else None
@@ -135,6 +143,7 @@ class LocalPostgres:
                 "unix_socket_directories=",
                 "-c",
                 "max_connections=200",
+                *(arg for k, v in self.server_settings.items() for arg in ("-c", f"{k}={v}")),
             ],
             log_path=self.log_path,
             user=self._user,
