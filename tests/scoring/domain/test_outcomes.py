@@ -6,8 +6,9 @@ import json
 from datetime import date, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tests.scoring.domain.support import T0, catalogue, event
 from touchpulse_scoring.domain import (
@@ -20,7 +21,7 @@ from touchpulse_scoring.domain import (
     event_outcome_key,
     judge,
 )
-from touchpulse_scoring.domain.promises import Op
+from touchpulse_scoring.domain.promises import MeasurePromise, Op
 
 CAT = catalogue()
 
@@ -205,3 +206,46 @@ def test_an_event_outcome_key_is_the_json_it_always_was(
     assert event_outcome_key(promise_id, source, event_id) == json.dumps(
         ["event", promise_id, source, event_id], separators=(",", ":")
     )
+
+
+_IDS = st.one_of(
+    st.text(alphabet=st.sampled_from('ab/"\\é😀\ud800:.-'), min_size=1, max_size=8),
+    st.from_regex(r"[A-Za-z0-9._:/-]{1,20}", fullmatch=True),
+)
+
+
+@given(source=_IDS, event_id=_IDS)
+def test_evaluate_names_each_outcome_as_the_key_function_does(source: str, event_id: str) -> None:
+    """evaluate builds keys and event refs once per event (not through event_outcome_key per
+    promise): they must still be the stored text for any id the contract accepts — quotes,
+    backslashes, non-ASCII and lone surrogates included."""
+    try:
+        survey = event("survey.answered", "survey", {"csat": 2}, source=source, event_id=event_id)
+    except ValidationError:
+        assume(False)  # an id the contract refuses never reaches scoring
+    (outcome,) = evaluate(survey, CAT, NO_PROFILE)
+    assert outcome.outcome_key == json.dumps(
+        ["event", outcome.promise_id, source, event_id], separators=(",", ":")
+    )
+    assert outcome.event_ids == (f"{source}/{event_id}",)
+
+
+def test_evaluate_gives_each_segment_its_terms_and_others_the_promises_own() -> None:
+    """The terms are resolved once per catalogue (its rules); a segment some promise
+    overrides, one none does, and the default all judge by the definition (terms_for)."""
+    for segment in ("premium", "gold", "standard", ""):
+        profile = CustomerProfile(segment=segment)
+        for wait in (30, 45, 61, 200, 700):
+            (outcome,) = evaluate(
+                event("call.answered", "call_centre", {"wait_seconds": wait}), CAT, profile
+            )
+            promise = CAT.promise(outcome.promise_id)
+            assert isinstance(promise, MeasurePromise)
+            terms = promise.terms_for(segment)
+            expected = judge(terms.op, float(terms.target), terms.tolerance or 1.0, wait)
+            assert (outcome.expected.target, outcome.gap, outcome.met, outcome.score) == (
+                terms.target,
+                expected.gap,
+                expected.met,
+                expected.score,
+            )

@@ -100,7 +100,6 @@ from touchpulse_scoring.domain.journey import (
 from touchpulse_scoring.domain.judge import Judged, judge_event
 from touchpulse_scoring.domain.ledger import Applied, apply_outcomes, supersedes
 from touchpulse_scoring.domain.outcomes import (
-    Expected,
     Outcome,
     OutcomeKey,
     deadline_outcome_key,
@@ -112,6 +111,7 @@ from touchpulse_scoring.domain.policy import Band, Bands, InterventionPolicy, Po
 from touchpulse_scoring.domain.profile import NO_PROFILE, CustomerProfile, is_new
 from touchpulse_scoring.domain.promises import (
     DeadlinePromise,
+    Expected,
     MeasurePromise,
     Promise,
     Severity,

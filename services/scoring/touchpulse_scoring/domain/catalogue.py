@@ -35,6 +35,7 @@ from touchpulse_scoring.domain.promises import (
     MODEL_CONFIG,
     DeadlinePromise,
     MeasurePromise,
+    MeasureRule,
     Promise,
     Slug,
     Text,
@@ -144,6 +145,11 @@ class Catalogue:
     #: The policy's prior per catalogue touchpoint: asked for on every health read, and the
     #: policy is a pydantic model whose lookups cost far more than this dict's.
     _priors: dict[str, Prior] = field(init=False, repr=False)
+    #: (touchpoint, type) -> (the rules for any segment without overrides, segment -> its
+    #: rules): every event's judging reads these instead of resolving terms per promise.
+    _rules: Mapping[
+        tuple[str, str], tuple[tuple[MeasureRule, ...], Mapping[str, tuple[MeasureRule, ...]]]
+    ] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_event: dict[tuple[str, str], tuple[MeasurePromise, ...]] = {}
@@ -177,6 +183,7 @@ class Catalogue:
         set_(self, "_fulfilled_by", MappingProxyType(fulfilled_by))
         set_(self, "_by_id", MappingProxyType({p.id: p for p in self.promises}))
         set_(self, "_priors", {t: self.policy.prior.for_touchpoint(t) for t in self.touchpoints})
+        set_(self, "_rules", MappingProxyType({k: _rules(m) for k, m in by_event.items()}))
 
     def prior(self, touchpoint: str) -> Prior:
         """The policy's prior for ``touchpoint`` (``policy.prior.for_touchpoint``)."""
@@ -189,6 +196,16 @@ class Catalogue:
     def measure_promises(self, touchpoint: str, event_type: str) -> tuple[MeasurePromise, ...]:
         """The measure promises an event of this touchpoint and type is judged against."""
         return self._by_event.get((touchpoint, event_type), ())
+
+    def measure_rules(
+        self, touchpoint: str, event_type: str, segment: str
+    ) -> tuple[MeasureRule, ...]:
+        """:meth:`measure_promises` as they judge a customer of ``segment``, in order."""
+        found = self._rules.get((touchpoint, event_type))
+        if found is None:
+            return ()
+        default, by_segment = found
+        return by_segment.get(segment, default) if by_segment else default
 
     def deadlines_opened_by(self, event_type: str) -> tuple[DeadlinePromise, ...]:
         return self._opened_by.get(event_type, ())
@@ -217,6 +234,20 @@ class Catalogue:
             or event_type in self._opened_by
             or event_type in self._fulfilled_by
         )
+
+
+def _rules(
+    promises: tuple[MeasurePromise, ...],
+) -> tuple[tuple[MeasureRule, ...], Mapping[str, tuple[MeasureRule, ...]]]:
+    """The rules of one (touchpoint, type): for segments without overrides (the promises'
+    own terms; ``DEFAULT_SEGMENT`` has no special terms unless one names it), and for each
+    segment some promise overrides. Bounded by the catalogue, whatever segments profiles
+    carry."""
+    default = tuple(p.rule_for("") for p in promises)
+    named = {name for p in promises for name in p.segments}
+    return default, MappingProxyType(
+        {name: tuple(p.rule_for(name) for p in promises) for name in sorted(named)}
+    )
 
 
 def _kind(promise: MeasurePromise) -> MeasureKind:

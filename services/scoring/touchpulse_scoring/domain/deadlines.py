@@ -41,7 +41,6 @@ from typing import Literal
 from touchpulse_scoring.domain.catalogue import Catalogue, check_event
 from touchpulse_scoring.domain.errors import UnscorableEvent, UnscorableReason
 from touchpulse_scoring.domain.outcomes import (
-    Expected,
     Outcome,
     OutcomeKey,
     clamp01,
@@ -49,7 +48,7 @@ from touchpulse_scoring.domain.outcomes import (
     event_ref,
 )
 from touchpulse_scoring.domain.profile import CustomerProfile, is_new
-from touchpulse_scoring.domain.promises import DeadlinePromise, Severity
+from touchpulse_scoring.domain.promises import DeadlinePromise, Expected, Severity
 from touchpulse_shared.contract.events import ExperienceEventV1
 
 DeadlineState = Literal["open", "expired", "fulfilled"]

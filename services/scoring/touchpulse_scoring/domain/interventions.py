@@ -35,9 +35,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from touchpulse_scoring.domain.errors import IllegalTransition, InvalidCommand, StaleVersion
-from touchpulse_scoring.domain.outcomes import Expected, Outcome, OutcomeKey
+from touchpulse_scoring.domain.outcomes import Outcome, OutcomeKey
 from touchpulse_scoring.domain.policy import InterventionPolicy
-from touchpulse_scoring.domain.promises import Severity
+from touchpulse_scoring.domain.promises import Expected, Severity
 
 #: A fixed namespace, so that the same case opened again in a replay gets the same id.
 _ID_NAMESPACE = uuid.UUID("5f0c6a3e-7d1b-4f57-9c2e-1a8e4b3d9c70")

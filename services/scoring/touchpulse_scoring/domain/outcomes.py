@@ -16,7 +16,13 @@ from datetime import datetime
 from touchpulse_scoring.domain.catalogue import Catalogue, check_event
 from touchpulse_scoring.domain.errors import UnscorableEvent, UnscorableReason
 from touchpulse_scoring.domain.profile import CustomerProfile, is_new
-from touchpulse_scoring.domain.promises import MeasurePromise, Op, Severity, Terms
+from touchpulse_scoring.domain.promises import (
+    Expected,
+    MeasurePromise,
+    MeasureRule,
+    Op,
+    Severity,
+)
 from touchpulse_shared.contract.events import ExperienceEventV1
 
 #: Identifies an outcome within one customer; a later outcome with the same key supersedes
@@ -45,16 +51,6 @@ def deadline_outcome_key(promise_id: str, journey_key: str) -> OutcomeKey:
 def event_ref(event: ExperienceEventV1) -> str:
     """How an outcome names an event behind it: ``source/event_id``, for people to read."""
     return f"{event.source}/{event.event_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """What the promise expected: actual ``op`` target, in ``unit``."""
-
-    op: Op
-    target: float | bool
-    #: The measure's name, or ``hours`` for deadline promises (hours since the opening event).
-    unit: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +100,19 @@ class Outcome:
         return not self.met
 
 
+#: (gap, met, score): a judgement before it is wrapped, for the per-event loop.
+_Judged = tuple[float, bool, float]
+_KEPT: _Judged = (0.0, True, 1.0)
+_BROKEN_BOOLEAN: _Judged = (1.0, False, 0.0)
+
+
 def judge(op: Op, target: float, tolerance: float, actual: float) -> Judgement:
     """Compare a number with a numeric promise; tolerance must be > 0."""
+    gap, met, score = _judge_number(op, target, tolerance, actual)
+    return Judgement(gap=gap, met=met, score=score)
+
+
+def _judge_number(op: Op, target: float, tolerance: float, actual: float) -> _Judged:
     if op == "<=":
         gap = actual - target
     elif op == ">=":
@@ -113,10 +120,10 @@ def judge(op: Op, target: float, tolerance: float, actual: float) -> Judgement:
     else:
         gap = abs(actual - target)
     if not gap > 0:  # kept (also catches -0.0)
-        return Judgement(gap=0.0, met=True, score=1.0)
+        return _KEPT
     # Two extreme finite floats can differ by more than the largest float.
     gap = min(gap, sys.float_info.max)
-    return Judgement(gap=gap, met=False, score=clamp01(1.0 - gap / tolerance))
+    return (gap, False, clamp01(1.0 - gap / tolerance))
 
 
 def judge_boolean(target: bool, actual: bool) -> Judgement:
@@ -149,49 +156,66 @@ def evaluate(
     """
     if not checked:
         check_event(event, catalogue)
-    promises = catalogue.measure_promises(event.touchpoint, event.type)
-    if not promises:
+    rules = catalogue.measure_rules(event.touchpoint, event.type, profile.segment)
+    if not rules:
         return []
-    new = is_new(profile, event.occurred_at, catalogue.policy)
-    multiplier = catalogue.policy.new_customer_breach_weight if new else 1.0
+    measures = event.measures
+    # The per-event loop of every judgement (scoring, replay, back-test, preview): what
+    # does not depend on the promise is computed once per event, what does not depend on
+    # the event once per catalogue (the rules).
+    source, event_id, at = event.source, event.event_id, event.occurred_at
+    names = source + event_id
+    plain_key = names.isascii() and names.isprintable() and '"' not in names and "\\" not in names
+    key_tail = f'{source}","{event_id}"]'
+    refs = (f"{source}/{event_id}",)
+    multiplier = (
+        catalogue.policy.new_customer_breach_weight
+        if is_new(profile, at, catalogue.policy)
+        else 1.0
+    )
+    customer, version = event.customer_id, catalogue.version
     outcomes: list[Outcome] = []
-    for promise in promises:
-        actual = event.measures.get(promise.measure)
+    for rule in rules:
+        promise = rule.promise
+        actual = measures.get(promise.measure)
         if actual is None:
             continue
-        terms = promise.terms_for(profile.segment)
-        judgement = _judge_measure(promise, terms, actual)
+        gap, met, score = _judge_rule(rule, actual)
         outcomes.append(
             Outcome(
-                outcome_key=event_outcome_key(promise.id, event.source, event.event_id),
-                customer_id=event.customer_id,
+                outcome_key=rule.key_prefix + key_tail
+                if plain_key
+                else event_outcome_key(promise.id, source, event_id),
+                customer_id=customer,
                 promise_id=promise.id,
-                catalogue_version=catalogue.version,
+                catalogue_version=version,
                 touchpoint=promise.touchpoint,
-                occurred_at=event.occurred_at,
-                expected=Expected(op=terms.op, target=terms.target, unit=promise.measure),
+                occurred_at=at,
+                expected=rule.expected,
                 actual=actual,
-                gap=judgement.gap,
-                met=judgement.met,
-                score=judgement.score,
-                weight=promise.weight * (1.0 if judgement.met else multiplier),
-                severity=_severity(promise, judgement, actual),
-                event_ids=(event_ref(event),),
+                gap=gap,
+                met=met,
+                score=score,
+                weight=promise.weight if met else promise.weight * multiplier,
+                severity="normal" if met else _breach_severity(promise, actual),
+                event_ids=refs,
             )
         )
     return outcomes
 
 
-def _judge_measure(promise: MeasurePromise, terms: Terms, actual: float | bool) -> Judgement:
-    if isinstance(terms.target, bool):
+def _judge_rule(rule: MeasureRule, actual: float | bool) -> _Judged:
+    terms = rule.terms
+    target = terms.target
+    if isinstance(target, bool):
         if not isinstance(actual, bool):
-            raise _wrong_kind(promise, "a boolean", actual)
-        return judge_boolean(terms.target, actual)
+            raise _wrong_kind(rule.promise, "a boolean", actual)
+        return _KEPT if actual == target else _BROKEN_BOOLEAN
     if isinstance(actual, bool) or not math.isfinite(actual):
-        raise _wrong_kind(promise, "a finite number", actual)
+        raise _wrong_kind(rule.promise, "a finite number", actual)
     # The catalogue guarantees a tolerance > 0 for numeric promises.
     assert terms.tolerance is not None  # noqa: S101 - an invariant, not input checking
-    return judge(terms.op, terms.target, terms.tolerance, actual)
+    return _judge_number(terms.op, target, terms.tolerance, actual)
 
 
 def _wrong_kind(promise: MeasurePromise, wanted: str, actual: float | bool) -> UnscorableEvent:
@@ -202,8 +226,8 @@ def _wrong_kind(promise: MeasurePromise, wanted: str, actual: float | bool) -> U
     )
 
 
-def _severity(promise: MeasurePromise, judgement: Judgement, actual: float | bool) -> Severity:
-    if judgement.met or promise.severity == "normal":
+def _breach_severity(promise: MeasurePromise, actual: float | bool) -> Severity:
+    if promise.severity == "normal":
         return "normal"
     if promise.critical_at is None or isinstance(actual, bool):
         return "critical"

@@ -121,6 +121,16 @@ class Terms:
     tolerance: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the promise expected: actual ``op`` target, in ``unit``."""
+
+    op: Op
+    target: float | bool
+    #: The measure's name, or ``hours`` for deadline promises (hours since the opening event).
+    unit: str
+
+
 class MeasurePromise(BaseModel):
     """A promise judged on one measure of one event type at one touchpoint."""
 
@@ -154,6 +164,17 @@ class MeasurePromise(BaseModel):
             target = override.target if override.target is not None else target
             tolerance = override.tolerance if override.tolerance is not None else tolerance
         return Terms(op=self.expect.op, target=target, tolerance=tolerance)
+
+    def rule_for(self, segment: str) -> MeasureRule:
+        """This promise as it judges a customer of ``segment``."""
+        terms = self.terms_for(segment)
+        return MeasureRule(
+            promise=self,
+            terms=terms,
+            expected=Expected(op=terms.op, target=terms.target, unit=self.measure),
+            # A promise id is a slug (PROMISE_ID_PATTERN), which JSON writes as it is.
+            key_prefix=f'["event","{self.id}","',
+        )
 
     def problems(self) -> list[tuple[str, str]]:
         """Rules across this promise's fields, as ``(field path, message)``."""
@@ -209,6 +230,20 @@ class MeasurePromise(BaseModel):
             for where, target in targets.items()
             if (critical_at <= target if op == "<=" else critical_at >= target)
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureRule:
+    """A measure promise with its terms for one segment resolved, and the parts of every
+    outcome it gives that do not depend on the event: built once per catalogue
+    (:meth:`~.catalogue.Catalogue.measure_rules`), read for every event judged."""
+
+    promise: MeasurePromise
+    terms: Terms
+    #: Shared by every outcome of this rule (immutable).
+    expected: Expected
+    #: ``["event","<promise id>","``: how each of its outcome keys begins.
+    key_prefix: str
 
 
 class DeadlineSpec(BaseModel):
