@@ -389,7 +389,10 @@ class Engine:
     def _judge_event(
         self, event: ExperienceEventV1, catalogue: Catalogue, state: CustomerState, pending: _Work
     ) -> None:
-        judged = judge_event(event, catalogue, state.profile, state.deadlines, state.early)
+        # handle() ran check_event on every event it kept, under this same catalogue.
+        judged = judge_event(
+            event, catalogue, state.profile, state.deadlines, state.early, checked=True
+        )
         judged.fold_into(state.deadlines, state.early)
         pending.deadlines.update(judged.deadlines)
         pending.early.update(judged.early)

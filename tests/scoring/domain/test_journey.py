@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from random import Random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.scoring.domain.support import HALF_LIFE_DAYS, T0, catalogue, outcome
 from touchpulse_scoring.domain import (
+    TouchpointHealth,
     apply_outcomes,
     assess,
+    evidence,
     journey_health,
+    touchpoint_values,
     weakest_touchpoint,
 )
+from touchpulse_scoring.domain.journey import counted, score_of
 
 IMPORTANCE = {"web": 1.0, "billing": 3.0, "delivery": 0.0}
 
@@ -98,3 +105,43 @@ def test_journey_health_stays_between_0_and_100(
         assert score is not None
         assert 0.0 <= score <= 100.0
         assert 100 * min(counted) - 1e-9 <= score <= 100 * max(counted) + 1e-9
+
+
+_STATE = st.builds(
+    TouchpointHealth,
+    s=st.floats(min_value=0.0, max_value=50.0),
+    w=st.floats(min_value=0.0, max_value=50.0),
+    t_ref=st.one_of(
+        st.none(), st.integers(-400, 0).map(lambda days: T0 + timedelta(days=days, seconds=7))
+    ),
+    outcomes=st.integers(0, 5),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["call_centre", "billing", "delivery", "survey", "sales", "gone"]), _STATE
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_assess_is_its_definition_in_any_load_order(
+    states: dict[str, TouchpointHealth], rng: Random
+) -> None:
+    """assess folds the per-touchpoint reads into one pass: it must stay exactly (==, every
+    bit) the composition of the public definitions, whatever order the states were loaded in
+    ("gone" is a touchpoint the catalogue no longer has)."""
+    cat = catalogue()
+    policy = cat.policy
+    values = counted(touchpoint_values(states, cat, T0), cat.touchpoints)
+    score = score_of(values, cat.touchpoints, policy.weakest_link_lambda)
+    items = list(states.items())
+    rng.shuffle(items)
+    journey = assess(dict(items), cat, T0)
+    assert journey.touchpoints == values
+    assert list(journey.touchpoints) == sorted(values)
+    assert journey.score == score
+    assert journey.band == (None if score is None else policy.bands.of(score))
+    assert journey.weakest_touchpoint == weakest_touchpoint(values, cat.touchpoints)
+    assert journey.evidence == sum(
+        evidence(states[t], T0, half_life_days=policy.half_life_days) for t in sorted(values)
+    )

@@ -92,17 +92,26 @@ def assess(states: Mapping[str, TouchpointHealth], catalogue: Catalogue, at: dat
     """Journey health, band, weakest touchpoint and evidence under the catalogue's policy,
     read at ``at``: the customer's newest event time applied, so the same events give the
     same journey whatever order and batches they came in."""
-    health = touchpoint_values(states, catalogue, at)
+    # Once per customer per batch (and per event in a back-test): touchpoint_values and
+    # _with_data folded into one pass in name order, the same values in the same order.
+    policy = catalogue.policy
+    half_life = policy.half_life_days
     importance = catalogue.touchpoints
-    counted = _with_data(health, importance)
-    score = score_of(counted, importance, catalogue.policy.weakest_link_lambda)
-    half_life = catalogue.policy.half_life_days
+    counted: dict[str, float] = {}
+    for t in sorted(states):
+        if t not in importance:
+            continue
+        h = health_at(states[t], at, catalogue.prior(t), half_life_days=half_life)
+        if h is not None and not math.isnan(h):
+            counted[t] = min(max(h, 0.0), 1.0)
+    score = score_of(counted, importance, policy.weakest_link_lambda)
     return Journey(
         score=score,
-        band=None if score is None else catalogue.policy.bands.of(score),
+        band=None if score is None else policy.bands.of(score),
         weakest_touchpoint=_weakest(counted, importance),
         touchpoints=counted,
-        evidence=sum(evidence(states[t], at, half_life_days=half_life) for t in sorted(counted)),
+        # counted is in name order already.
+        evidence=sum(evidence(states[t], at, half_life_days=half_life) for t in counted),
     )
 
 

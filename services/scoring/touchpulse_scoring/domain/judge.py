@@ -56,13 +56,18 @@ def judge_event(
     profile: CustomerProfile,
     deadlines: Mapping[DeadlineRef, Deadline],
     early: Mapping[DeadlineRef, Fulfilment],
+    *,
+    checked: bool = False,
 ) -> Judged:
     """Judge ``event``; raises :class:`~.errors.UnscorableEvent` before changing anything.
 
     ``deadlines`` and ``early`` must hold the customer's standing deadline and early
     fulfilment for every ref the event opens or fulfils (absent: there is none).
+    ``checked``: the caller has run :func:`check_event` on this event and catalogue (the
+    consumer does, to dead-letter refused records before it loads any state).
     """
-    check_event(event, catalogue)  # once: both steps below would otherwise run it again
+    if not checked:
+        check_event(event, catalogue)  # once: both steps below would otherwise run it again
     outcomes = evaluate(event, catalogue, profile, checked=True)
     candidates = open_deadlines(event, catalogue, profile, checked=True)
     changed: dict[DeadlineRef, Deadline] = {}
