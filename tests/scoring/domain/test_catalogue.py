@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.scoring.domain.support import document, event, promise_doc
 from touchpulse_scoring.domain import (
@@ -22,6 +24,7 @@ from touchpulse_scoring.domain import (
     parse_catalogue,
 )
 from touchpulse_scoring.domain.catalogue import EventProblem, event_problems
+from touchpulse_scoring.domain.catalogue import _problems as full_problems
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -596,3 +599,27 @@ def test_the_prior_is_policy_with_per_touchpoint_overrides() -> None:
         with pytest.raises(CatalogueError) as caught:
             catalogue_from_mapping(doc)
         assert any(p.startswith(named) for p in caught.value.problems), caught.value.problems
+
+
+_MEASURE_VALUES = st.one_of(st.booleans(), st.floats(-5, 5), st.integers(-3, 3))
+
+
+@given(
+    touchpoint=st.sampled_from(["call_centre", "billing", "survey", "delivery", "teleporter"]),
+    event_type=st.sampled_from(
+        ["call.answered", "call.missed", "call.dropped", "invoice.issued", "survey.answered"]
+    ),
+    measures=st.dictionaries(
+        st.sampled_from(["wait_seconds", "invoice_correct", "csat", "queue_size", "other"]),
+        _MEASURE_VALUES,
+        max_size=4,
+    ),
+)
+def test_the_quick_acceptance_agrees_with_the_full_check(
+    touchpoint: str, event_type: str, measures: dict[str, float | bool]
+) -> None:
+    """event_problems first asks a per-kind plan whether the event passes; it must answer
+    exactly what the full check answers, problems and messages included."""
+    cat = catalogue_from_mapping(_planned())
+    ev = event(event_type, touchpoint, measures)
+    assert event_problems(ev, cat) == full_problems(ev, cat)

@@ -145,6 +145,11 @@ class Catalogue:
     #: The policy's prior per catalogue touchpoint: asked for on every health read, and the
     #: policy is a pydantic model whose lookups cost far more than this dict's.
     _priors: dict[str, Prior] = field(init=False, repr=False)
+    #: (touchpoint, type) of an acceptable kind -> (measure kinds promised, measures
+    #: required): what :func:`event_problems` checks when it finds nothing (nearly always).
+    _checks: Mapping[
+        tuple[str, str], tuple[Mapping[str, tuple[MeasureKind, str]], tuple[str, ...]]
+    ] = field(init=False, repr=False)
     #: (touchpoint, type) -> (the rules for any segment without overrides, segment -> its
     #: rules): every event's judging reads these instead of resolving terms per promise.
     _rules: Mapping[
@@ -184,6 +189,23 @@ class Catalogue:
         set_(self, "_by_id", MappingProxyType({p.id: p for p in self.promises}))
         set_(self, "_priors", {t: self.policy.prior.for_touchpoint(t) for t in self.touchpoints})
         set_(self, "_rules", MappingProxyType({k: _rules(m) for k, m in by_event.items()}))
+        checks: dict[tuple[str, str], tuple[Mapping[str, tuple[MeasureKind, str]], tuple[str, ...]]]
+        checks = {}
+        for touchpoint, event_type in {
+            *by_event,
+            *((t, e) for t, d in self.events.items() for e in d),
+        }:
+            declared = self.events.get(touchpoint)
+            if touchpoint not in self.touchpoints or (
+                declared is not None and event_type not in declared
+            ):
+                continue  # refused: the full check names why
+            required = tuple(declared[event_type].required) if declared is not None else ()
+            checks[(touchpoint, event_type)] = (
+                self._kinds.get((touchpoint, event_type), MappingProxyType({})),
+                required,
+            )
+        set_(self, "_checks", MappingProxyType(checks))
 
     def prior(self, touchpoint: str) -> Prior:
         """The policy's prior for ``touchpoint`` (``policy.prior.for_touchpoint``)."""
@@ -271,6 +293,13 @@ def event_problems(event: ExperienceEventV1, catalogue: Catalogue) -> list[Event
     promised. Values beyond kinds (a negative wait) are not refused either: a promise judges
     them.
     """
+    if _passes(event, catalogue._checks.get((event.touchpoint, event.type))):
+        return []
+    return _problems(event, catalogue)
+
+
+def _problems(event: ExperienceEventV1, catalogue: Catalogue) -> list[EventProblem]:
+    """:func:`event_problems` in full, each problem with its message."""
     touchpoint, event_type = event.touchpoint, event.type
     if not catalogue.knows_touchpoint(touchpoint):
         return [
@@ -320,6 +349,28 @@ def event_problems(event: ExperienceEventV1, catalogue: Catalogue) -> list[Event
             if name not in event.measures
         )
     return problems
+
+
+def _passes(
+    event: ExperienceEventV1,
+    check: tuple[Mapping[str, tuple[MeasureKind, str]], tuple[str, ...]] | None,
+) -> bool:
+    """Whether an event of a kind the catalogue accepts has every measure it must and each
+    promised one of the right kind: the answer of the full check below when it finds no
+    problem, without building anything (any doubt goes to the full check)."""
+    if check is None:
+        return False
+    kinds, required = check
+    measures = event.measures
+    for name in required:
+        if name not in measures:
+            return False
+    if kinds:
+        for name, value in measures.items():
+            wanted = kinds.get(name)
+            if wanted is not None and (wanted[0] == "boolean") != isinstance(value, bool):
+                return False
+    return True
 
 
 def check_event(event: ExperienceEventV1, catalogue: Catalogue) -> None:

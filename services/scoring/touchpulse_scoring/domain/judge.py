@@ -81,8 +81,11 @@ def judge_event(
             settled[ref] = None  # the deadline itself remembers its fulfilment from here on
         if outcome is not None:
             outcomes.append(outcome)
+    refs = fulfilment_refs(event, catalogue)
+    if not refs:  # most events fulfil nothing
+        return Judged(outcomes=tuple(outcomes), deadlines=changed, early=settled)
     fulfilment = Fulfilment.of(event)
-    for ref in fulfilment_refs(event, catalogue):
+    for ref in refs:
         standing = changed.get(ref, deadlines.get(ref))
         if standing is None:
             # The opening has not arrived (yet): remember the earliest fulfilment, so the
