@@ -1316,6 +1316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve_profiled is not None:
         # The api process of --profile: touchpulse-api itself, profiled on the bench's signal.
+        # Its entry point parses sys.argv, which holds this bench's own flag: hide it.
+        sys.argv = sys.argv[:1]
         serve_profiled(serve_api, args.serve_profiled)
         return 0
 

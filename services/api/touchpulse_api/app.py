@@ -24,6 +24,7 @@ from touchpulse_api.catalogue import current_catalogue
 from touchpulse_api.context import ApiContext, ContextDep
 from touchpulse_api.desk import sessions as desk_sessions
 from touchpulse_api.explanations import ExplanationCache
+from touchpulse_api.fastpath import HealthFastPath
 from touchpulse_api.metrics import ApiMetrics
 from touchpulse_api.routes import customers, erasure, interventions, keys, organisation
 from touchpulse_scoring.catalogue_source import CatalogueSource
@@ -79,6 +80,9 @@ def create_app(
         lifespan=lifespan,
         generate_unique_id_function=readable_operation_id,
     )
+    # Added first, so innermost: the request id, metrics and NUL check wrap it as they wrap
+    # the router (fastpath.py says what it answers and what it leaves to FastAPI).
+    app.add_middleware(HealthFastPath, api=app)
     app.add_middleware(RejectNulMiddleware)
     app.add_middleware(
         RequestMetricsMiddleware, requests=metrics.requests, duration=metrics.request_duration
