@@ -53,6 +53,10 @@ PHASES = ("pitr-base", "pitr-archived", "pitr-after-t", "pitr-restored")
 # from "not there" without waiting long.
 APPLIED_BEFORE_MOVING_ON = 30
 APPLIED_WAIT_S = 60.0
+# Scoring catches up in seconds here; a drill that does not finish within these is failed
+# with its report (a test timeout would show nothing).
+CATCH_UP_S = 90.0
+FINAL_DRAIN_S = 60.0
 
 
 class ArchivingHarness(Harness):
@@ -299,7 +303,9 @@ def run_drill(h: ArchivingHarness, *, rate: float, seed: int = 1, warm_s: float 
         h.ensure_members()
         load.switch("pitr-restored")
         caught_up = _acked(h, ledger)
-        missing, _ = h.loop.call(drain(h.direct_db, SOURCE, caught_up), timeout=None)
+        missing, _ = h.loop.call(
+            drain(h.direct_db, SOURCE, caught_up, within_s=CATCH_UP_S), timeout=None
+        )
         drill.catch_up_s = time.monotonic() - t0
         if missing:
             drill.result.notes.append(f"FAIL: {missing} events not caught up after the restore")
@@ -309,7 +315,9 @@ def run_drill(h: ArchivingHarness, *, rate: float, seed: int = 1, warm_s: float 
 
     # 7. Everything acknowledged, in every phase, once; the state as recomputed.
     acked = _acked(h, ledger)
-    _missing, drill.result.drain_s = h.loop.call(drain(h.direct_db, SOURCE, acked), timeout=None)
+    _missing, drill.result.drain_s = h.loop.call(
+        drain(h.direct_db, SOURCE, acked, within_s=FINAL_DRAIN_S), timeout=None
+    )
     counts = h.loop.call(check(h.direct_db, SOURCE, ledger, None))
     r = drill.result
     r.acked = len(acked)
