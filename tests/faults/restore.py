@@ -309,6 +309,7 @@ def run_drill(h: ArchivingHarness, *, rate: float, seed: int = 1, warm_s: float 
         drill.catch_up_s = time.monotonic() - t0
         if missing:
             drill.result.notes.append(f"FAIL: {missing} events not caught up after the restore")
+        # Events keep coming into the restored system for a while after it caught up.
         pace(2.0)
     finally:
         load.switch(None)
