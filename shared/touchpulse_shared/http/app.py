@@ -91,6 +91,11 @@ class RequestMetricsMiddleware:
         self.app = app
         self.requests = requests
         self.duration = duration
+        # The labelled children by (template, status), so that a request costs no labels()
+        # call (each validates its values and takes a lock; 3 % of the api's health read in
+        # a profile). A metric hands out the same child for the same labels until they are
+        # removed, and nothing removes these. Route templates and statuses are few.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,8 +115,15 @@ class RequestMetricsMiddleware:
         finally:
             # The router stored the matched route in this same scope dict.
             template = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(template, str(status)).inc()
-            self.duration.labels(template).observe(time.perf_counter() - started)
+            children = self._children.get((template, status))
+            if children is None:
+                children = (
+                    self.requests.labels(template, str(status)),
+                    self.duration.labels(template),
+                )
+                self._children[(template, status)] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {
