@@ -88,8 +88,11 @@ def base_backup(server: LocalPostgres, target: Path, *, timeout: float = BACKUP_
     the server works: the data files as plain files plus the WAL streamed during the copy
     (``-X stream``), so that the backup is consistent by itself; a fast checkpoint so that
     it starts at once."""
+    # Made here, empty, for the server's account: pg_basebackup fills an empty directory,
+    # and its parent stays as it was.
     target.parent.mkdir(parents=True, exist_ok=True)
-    own(target.parent)
+    target.mkdir(mode=0o700)
+    own(target)
     done = subprocess.run(  # noqa: S603 - fixed argv
         [
             str(postgres_bin() / "pg_basebackup"),
@@ -104,7 +107,7 @@ def base_backup(server: LocalPostgres, target: Path, *, timeout: float = BACKUP_
             "-X",
             "stream",
             "--checkpoint=fast",
-            "--label=touchpulse-drill",
+            "--label=touchpulse-base-backup",
         ],
         capture_output=True,
         text=True,
