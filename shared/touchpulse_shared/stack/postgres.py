@@ -101,6 +101,7 @@ class LocalPostgres:
         directory's owner; its output is in the error when it fails."""
         done = subprocess.run(  # noqa: S603 - fixed argv
             [str(postgres_bin() / name), *args],
+            stdin=subprocess.DEVNULL,  # the single-user server reads commands from it
             capture_output=True,
             text=True,
             check=False,
@@ -223,6 +224,13 @@ class LocalPostgres:
         if self.running:
             raise StackError("stop the server before it follows another one")
         run_async(lambda: _fresh_slot(primary.admin_url, slot))
+        # pg_rewind wants a server shut down cleanly. Left to itself it runs the crash
+        # recovery in single-user mode with the config files alone — without this server's
+        # settings, so with no wal_keep_size its end-of-recovery checkpoint recycles the WAL
+        # pg_rewind then needs. Done here with them; single-user mode takes no connections,
+        # so the fenced server still answers no one.
+        settings = (arg for k, v in self.server_settings.items() for arg in ("-c", f"{k}={v}"))
+        self._tool("postgres", "--single", "-D", str(self.data), *settings, "template1")
         self._tool(
             "pg_rewind",
             "-D",
@@ -262,8 +270,10 @@ class LocalPostgres:
 
 
 #: What every server of a pair runs with (a promoted standby is a primary, a rewound primary
-#: a standby): WAL for streaming replication, senders and slots, reads on a standby, and hint
-#: bits WAL-logged (pg_rewind needs them). Commits wait for the WAL to be flushed on the
+#: a standby): WAL for streaming replication, senders and slots, reads on a standby, hint
+#: bits WAL-logged, and WAL kept: pg_rewind reads the rewound server's WAL back to the last
+#: checkpoint the two histories share, which later checkpoints would otherwise recycle (seen
+#: after a second failover under load). Commits wait for the WAL to be flushed on the
 #: synchronous standby: ``synchronous_commit`` is ``on`` by default, and
 #: ``synchronous_standby_names`` is set on the primary once its standby streams (see
 #: :class:`LocalPostgresPair`). Neither is a ``-c`` option: those outrank ALTER SYSTEM, and a
@@ -274,6 +284,7 @@ REPLICATION_SETTINGS = {
     "max_replication_slots": "5",
     "hot_standby": "on",
     "wal_log_hints": "on",
+    "wal_keep_size": "1GB",
 }
 
 
