@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         pattern=r"^4\.\d+\.\d+$",
         description="Apache Kafka 4.x version for the local broker",
     )
+    local_kafka_brokers: int = Field(
+        1,
+        description="brokers of the local Kafka (when kafka_bootstrap_servers is unset): 1, or 3 "
+        "for a KRaft cluster whose topics have replication factor 3 and min.insync.replicas 2",
+    )
     cache_dir: Path = Field(Path(".cache"), description="downloaded jars (git-ignored)")
     state_dir: Path = Field(
         Path(".touchpulse"), description="per-run data and logs of the local stack (git-ignored)"
@@ -380,6 +385,15 @@ class Settings(BaseSettings):
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"'{server}' is not host:port")
+        return value
+
+    @field_validator("local_kafka_brokers")
+    @classmethod
+    def _one_or_three_brokers(cls, value: int) -> int:
+        # Two brokers cannot keep min.insync.replicas 2 through the loss of one; more than
+        # three do not fit beside the services on a laptop.
+        if value not in (1, 3):
+            raise ValueError("must be 1 or 3")
         return value
 
     @field_validator("scoring_dedupe_window_hours")

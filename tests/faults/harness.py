@@ -84,8 +84,9 @@ class ProxiedKafka(LocalKafka):
     """A broker that advertises the fault proxy's port, so that every client connection —
     bootstrap and the ones learnt from metadata — goes through the proxy."""
 
-    def __init__(self, *, libs: Path, workdir: Path, proxy: FaultProxy) -> None:
-        super().__init__(libs=libs, workdir=workdir)
+    def __init__(self, *, libs: Path, workdir: Path, proxy: FaultProxy, **node: Any) -> None:
+        # ``node``: a cluster node's id and heap (see LocalKafka).
+        super().__init__(libs=libs, workdir=workdir, **node)
         self.proxy = proxy
 
     def _write_config(self) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from touchpulse_shared.settings import Settings
-from touchpulse_shared.stack.kafka import LocalKafka, kafka_libs
+from touchpulse_shared.stack.kafka import LocalKafka, LocalKafkaCluster, kafka_libs
 from touchpulse_shared.stack.postgres import LocalPostgres
 
 
@@ -31,7 +31,7 @@ class LocalStack:
     def __init__(self, settings: Settings, *, workdir: Path | None = None) -> None:
         self.settings = settings
         self.workdir = workdir or new_run_dir(settings.state_dir)
-        self._kafka: LocalKafka | None = None
+        self._kafka: LocalKafka | LocalKafkaCluster | None = None
         self._postgres: LocalPostgres | None = None
         self._exit = contextlib.ExitStack()
 
@@ -39,14 +39,18 @@ class LocalStack:
         if self.settings.kafka_bootstrap_servers is not None:
             return Endpoint(self.settings.kafka_bootstrap_servers, local=False)
         if self._kafka is None:
-            broker = LocalKafka(
-                libs=kafka_libs(self.settings.cache_dir, self.settings.kafka_version),
-                workdir=self.workdir / "kafka",
-            )
+            libs = kafka_libs(self.settings.cache_dir, self.settings.kafka_version)
+            broker: LocalKafka | LocalKafkaCluster
+            if self.settings.local_kafka_brokers == 3:
+                broker = LocalKafkaCluster(libs=libs, workdir=self.workdir / "kafka")
+            else:
+                broker = LocalKafka(libs=libs, workdir=self.workdir / "kafka")
             broker.start()
             self._exit.callback(broker.stop)
             self._kafka = broker
-        return Endpoint(self._kafka.bootstrap_servers, local=True, pid=self._kafka.pid)
+        # A cluster's health is watched through its first node's process.
+        pid = self._kafka.pid if isinstance(self._kafka, LocalKafka) else self._kafka.nodes[0].pid
+        return Endpoint(self._kafka.bootstrap_servers, local=True, pid=pid)
 
     def postgres(self) -> Endpoint:
         if self.settings.database_url is not None:
@@ -59,13 +63,15 @@ class LocalStack:
         return Endpoint(self._postgres.url, local=True, pid=self._postgres.pid)
 
     def resolved(self) -> Settings:
-        """The settings with the addresses of the servers this stack runs filled in."""
-        return self.settings.model_copy(
-            update={
-                "kafka_bootstrap_servers": self.kafka().address,
-                "database_url": self.postgres().address,
-            }
-        )
+        """The settings with the addresses of the servers this stack runs filled in (and,
+        for a local cluster, topics replicated on its three brokers)."""
+        update: dict[str, object] = {
+            "kafka_bootstrap_servers": self.kafka().address,
+            "database_url": self.postgres().address,
+        }
+        if isinstance(self._kafka, LocalKafkaCluster):
+            update["topic_replication_factor"] = len(self._kafka.nodes)
+        return self.settings.model_copy(update=update)
 
     def close(self) -> None:
         self._exit.close()

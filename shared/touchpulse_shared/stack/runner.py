@@ -262,6 +262,15 @@ async def _demo_people(database_url: str) -> list[tuple[str, Role, str]]:
     return made
 
 
+def _kafka_kind(settings: Settings) -> str:
+    if settings.local_kafka_brokers == 1:
+        return "broker"
+    return (
+        f"{settings.local_kafka_brokers}-broker cluster, topics at replication factor "
+        f"{settings.topic_replication_factor}; first node's"
+    )
+
+
 def _banner(
     *,
     settings: Settings,
@@ -278,7 +287,7 @@ def _banner(
 
     lines = [
         "Touchpulse is up.",
-        f"  kafka      {kafka.address}{origin(kafka, 'broker')}",
+        f"  kafka      {kafka.address}{origin(kafka, _kafka_kind(settings))}",
         f"  postgres   {postgres.address}{origin(postgres, 'server')}",
         "  topics     " + ", ".join(f"{s.name} ({s.partitions})" for s in topic_specs(settings)),
         f"  schema     migrations applied now: {migrations or 'none needed'}",
