@@ -112,6 +112,8 @@ class HealthFastPath:
             await self.app(scope, receive, send)
             return
         route = self._health_route()
+        # The route's own pattern on the path as Starlette's router computes it (root path
+        # removed): whatever FastAPI would match here, the fast path matches too.
         match = route.path_regex.match(get_route_path(scope))
         days = None if match is None else trend_days(scope.get("query_string", b""))
         if match is None or days is None:
