@@ -1,5 +1,6 @@
 """``python -m tests.faults --quick | --soak``: run faults under load and print the ledger
-check per fault; exit 1 unless every count is 0."""
+check per fault; exit 1 unless every count is 0. The soak ends with the primary failover
+phase on its own stack (``--failover-only`` runs that phase alone)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 import sys
 
 from tests.faults.check import table
-from tests.faults.faults import all_faults, quick_faults, run_suite
+from tests.faults.failover import run_failover
+from tests.faults.faults import Suite, all_faults, quick_faults, run_suite
 
 
 def main() -> int:
@@ -20,25 +22,48 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=150.0, help="events per second offered")
     parser.add_argument("--members", type=int, default=2, help="scoring members (soak)")
     parser.add_argument("--only", default="", help="comma-separated fault names (soak)")
+    # The primary's failover runs on its own stack (a primary with a synchronous standby),
+    # after the other rounds of the soak.
+    parser.add_argument(
+        "--failover-only", action="store_true", help="only the primary failover phase"
+    )
+    parser.add_argument(
+        "--failover-minutes", type=float, default=6.0, help="deadline of the failover phase"
+    )
     args = parser.parse_args()
-    if args.soak:
+    suites: list[Suite] = []
+    if args.soak and not args.failover_only:
         only = {n for n in args.only.split(",") if n}
         rounds = [
             [f for f in all_faults(n) if not only or f.name in only]
             for n in range(1, args.rounds + 1)
         ]
-        suite = run_suite(
-            rounds, rate=args.rate, deadline_s=args.minutes * 60, scoring_members=args.members
+        suites.append(
+            run_suite(
+                rounds, rate=args.rate, deadline_s=args.minutes * 60, scoring_members=args.members
+            )
         )
-    else:
-        suite = run_suite([quick_faults()], rate=args.rate, deadline_s=240, scoring_members=1)
-    print()
-    print(table(suite.results))
-    print(f"overall (every phase together): {suite.overall}")
-    if suite.skipped:
-        print(f"skipped for the deadline: {', '.join(suite.skipped)}")
-    print(f"wall time {suite.seconds:.0f} s; {'ALL ZERO' if suite.ok else 'FAILED'}")
-    return 0 if suite.ok else 1
+    elif not args.failover_only:
+        suites.append(
+            run_suite([quick_faults()], rate=args.rate, deadline_s=240, scoring_members=1)
+        )
+    if args.soak or args.failover_only:
+        suites.append(
+            run_failover(
+                rounds=args.rounds,
+                rate=args.rate,
+                deadline_s=args.failover_minutes * 60,
+                scoring_members=args.members,
+            )
+        )
+    for suite in suites:
+        print()
+        print(table(suite.results))
+        print(f"overall (every phase together): {suite.overall}")
+        if suite.skipped:
+            print(f"skipped for the deadline: {', '.join(suite.skipped)}")
+        print(f"wall time {suite.seconds:.0f} s; {'ALL ZERO' if suite.ok else 'FAILED'}")
+    return 0 if all(suite.ok for suite in suites) else 1
 
 
 if __name__ == "__main__":
