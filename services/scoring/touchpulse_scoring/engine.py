@@ -16,8 +16,8 @@ for deadlines that passed with no event.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,7 @@ from touchpulse_scoring.domain import (
     is_new,
     judge_event,
     record_follow_up,
+    with_breaches,
 )
 from touchpulse_scoring.intervention_table import (
     intervention_record,
@@ -167,6 +168,17 @@ class _Work:
     #: Early fulfilments to remember (a value) or forget (None, the opening came).
     early: dict[DeadlineRef, Fulfilment | None] = field(default_factory=dict)
     as_of: datetime | None = None
+    #: Per event applied, in order: its time and where its outcomes end in ``outcomes``.
+    steps: list[tuple[datetime, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One customer's state after one of its events in the batch, as a decision sees it."""
+
+    as_of: datetime
+    applied: Applied
+    journey: Journey
 
 
 class Engine:
@@ -381,6 +393,7 @@ class Engine:
                     )
                 # The newest event time applied: what health is read at (see _settle).
                 pending.as_of = max(pending.as_of or event.occurred_at, event.occurred_at)
+                pending.steps.append((event.occurred_at, len(pending.outcomes)))
         await self._release(conn, refused)
         await self._settle(
             conn, catalogue=catalogue, states=states, work=work, now=now, report=report
@@ -443,7 +456,7 @@ class Engine:
         deadlines: list[Deadline] = []
         early: list[tuple[DeadlineRef, Fulfilment | None]] = []
         outbox = []
-        judged: list[tuple[str, Journey, datetime, Applied]] = []
+        judged: list[tuple[str, list[_Step]]] = []
         work_applied: dict[str, Applied] = {}
         for customer, pending in work.items():
             state = states[customer]
@@ -478,7 +491,9 @@ class Engine:
                 continue
             if state.current is not None or any(not o.met for o in applied.recorded):
                 # Triggers need a fresh breach; an open case follows every change.
-                judged.append((customer, journey, as_of, applied))
+                judged.append(
+                    (customer, _steps(state, pending, catalogue, _Step(as_of, applied, journey)))
+                )
         moves, windows = await self._decide(conn, catalogue, states, judged)
         report.opened.extend(iv for kind, iv in moves if kind == "intervention.opened")
         outbox.extend(intervention_record(self.topics.interventions, k, iv) for k, iv in moves)
@@ -498,66 +513,96 @@ class Engine:
         conn: Conn,
         catalogue: Catalogue,
         states: dict[str, CustomerState],
-        judged: Sequence[tuple[str, Journey, datetime, Applied]],
+        judged: Sequence[tuple[str, list[_Step]]],
     ) -> tuple[list[tuple[str, Intervention]], dict[str, list[Outcome]]]:
         """Open or attach interventions; each case carries the health explanation's breaches
         at this moment (the same set and ranking the api explains health with).
 
+        A customer's decisions are taken after each of its events in the batch, in the
+        order they were applied, as if every event had been a batch of its own: whether a
+        case opens, when, and with what, must not depend on how records were batched (a
+        dip below the line that the batch's later events lift again still opens the case;
+        a case opens at the time of the event that tipped it).
+
         Also returns, per customer explained, its standing outcomes after this batch (a
         superset of its newest), for the windows kept in memory."""
         policy = catalogue.policy
+        # A customer of one step whose explanation cannot matter decides "none": neither
+        # read nor scored. One of several steps may need it at any step (a case opened at
+        # one is followed at the next): read for all of those.
         needed = [
-            (customer, journey, as_of, applied)
-            for customer, journey, as_of, applied in judged
-            if explanation_needed(
-                catalogue=catalogue,
-                health=journey.score,
-                previous_health=states[customer].journey_score,
-                is_new=is_new(states[customer].profile, as_of, policy),
-                outcomes=applied.recorded,
-                breaches=states[customer].breaches,
-                current=states[customer].current,
-                guard=states[customer].guard,
-                evidence=journey.evidence,
-            )
+            (customer, steps)
+            for customer, steps in judged
+            if len(steps) > 1
+            or explanation_needed(**self._arguments(catalogue, states[customer], steps[0]))
         ]
-        # The rest decide "none" whatever their explanation says: neither read nor scored.
         recent: dict[str, Sequence[Outcome]] = {}
-        for customer, _, _, _ in needed:
+        for customer, _ in needed:
             kept = self.windows.get(customer, states[customer].revision)
             if kept is not None:
                 recent[customer] = kept
-        recent.update(
-            await load_recent_outcomes(conn, [c for c, _, _, _ in needed if c not in recent])
-        )
+        recent.update(await load_recent_outcomes(conn, [c for c, _ in needed if c not in recent]))
         moves: list[tuple[str, Intervention]] = []
         windows: dict[str, list[Outcome]] = {}
-        for customer, journey, as_of, applied in needed:
+        for customer, steps in needed:
             state = states[customer]
             # The customer's standing outcomes: the stored ones, with this batch's in place.
             standing = {o.outcome_key: o for o in recent.get(customer, ())}
-            standing.update(applied.current)
+            # What the next step reads as stored: the state a batch of the previous event
+            # alone would have left.
+            before = state
+            for step in steps:
+                standing.update(step.applied.current)
+                arguments = self._arguments(catalogue, before, step)
+                if len(steps) == 1 or explanation_needed(**arguments):
+                    explained = explain(
+                        step.applied.health, standing.values(), catalogue, step.as_of
+                    )
+                    decision = decide(
+                        **arguments,
+                        customer_id=customer,
+                        # The event's time, not the wall clock: a replay decides alike.
+                        now=step.as_of,
+                        profile=state.profile,
+                        explained=[e.outcome for e in explained],
+                    )
+                    guard = decision.guard
+                    current = before.current
+                    if decision.kind != "none" and decision.intervention is not None:
+                        moves.append((f"intervention.{decision.kind}", decision.intervention))
+                        current = decision.intervention
+                else:
+                    # decide would answer "none"; the guard still sees the health.
+                    guard = arguments["guard"].observe(
+                        step.journey.score, policy.interventions, is_new=arguments["is_new"]
+                    )
+                    current = before.current
+                before = replace(
+                    before,
+                    journey_score=step.journey.score,
+                    breaches=with_breaches(
+                        before.breaches, step.applied.recorded, step.applied.superseded
+                    ),
+                    current=current,
+                    guard=guard,
+                )
             windows[customer] = list(standing.values())
-            explained = explain(applied.health, standing.values(), catalogue, as_of)
-            decision = decide(
-                catalogue=catalogue,
-                customer_id=customer,
-                # The newest event's time, not the wall clock: a replay decides alike.
-                now=as_of,
-                health=journey.score,
-                previous_health=state.journey_score,
-                is_new=is_new(state.profile, as_of, policy),
-                profile=state.profile,
-                outcomes=applied.recorded,
-                breaches=state.breaches,
-                current=state.current,
-                guard=state.guard,
-                explained=[e.outcome for e in explained],
-                evidence=journey.evidence,
-            )
-            if decision.kind != "none" and decision.intervention is not None:
-                moves.append((f"intervention.{decision.kind}", decision.intervention))
         return moves, windows
+
+    @staticmethod
+    def _arguments(catalogue: Catalogue, state: CustomerState, step: _Step) -> dict[str, Any]:
+        """What :func:`explanation_needed` and :func:`decide` both read of one step."""
+        return {
+            "catalogue": catalogue,
+            "health": step.journey.score,
+            "previous_health": state.journey_score,
+            "is_new": is_new(state.profile, step.as_of, catalogue.policy),
+            "outcomes": step.applied.recorded,
+            "breaches": state.breaches,
+            "current": state.current,
+            "guard": state.guard,
+            "evidence": step.journey.evidence,
+        }
 
     def _keep_windows(
         self,
@@ -710,6 +755,31 @@ def _health_record(
         ),
         [("content-type", b"application/json")],
     )
+
+
+def _steps(state: CustomerState, pending: _Work, catalogue: Catalogue, whole: _Step) -> list[_Step]:
+    """The customer's batch event by event, for the decisions (``whole``: the batch's own
+    result, which a single event's batch, or a sweep's, is already). Folding the same
+    outcomes in the same order group by group gives the batch's floats exactly, and the
+    last step is the batch's state."""
+    bounds = pending.steps
+    if len(bounds) <= 1:
+        return [whole]
+    half_life = catalogue.policy.half_life_days
+    health: Mapping[str, TouchpointHealth] = state.health
+    current: Mapping[str, Outcome] = state.outcomes
+    as_of = state.as_of
+    steps: list[_Step] = []
+    start = 0
+    for at, end in bounds:
+        as_of = at if as_of is None or at > as_of else as_of
+        applied = apply_outcomes(
+            health, current, pending.outcomes[start:end], half_life_days=half_life
+        )
+        start = end
+        health, current = applied.health, applied.current
+        steps.append(_Step(as_of, applied, assess(health, catalogue, as_of)))
+    return steps
 
 
 def _journey_row(customer: str, journey: Journey, as_of: datetime, *, changed: bool) -> JourneyRow:

@@ -123,6 +123,7 @@ from touchpulse_scoring.domain.triggers import (
     ReopenGuard,
     decide,
     explanation_needed,
+    with_breaches,
 )
 
 __all__ = [
@@ -230,4 +231,5 @@ __all__ = [
     "touchpoint_values",
     "weakest_touchpoint",
     "window",
+    "with_breaches",
 ]

@@ -35,7 +35,7 @@ an intervention is **resolved**, a new one opens only once health has recovered 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -58,6 +58,24 @@ from touchpulse_scoring.domain.profile import CustomerProfile
 #: Per promise id, the event times of the customer's breaches recorded *before* the outcomes
 #: being decided on (the consumer queries the last ``within_days``; older ones are ignored).
 BreachHistory = Mapping[str, Sequence[datetime]]
+
+
+def with_breaches(
+    history: BreachHistory, recorded: Iterable[Outcome], superseded: Iterable[Outcome]
+) -> dict[str, list[datetime]]:
+    """The breach history once these outcomes are applied: the breaches they supersede
+    gone (those the history holds), their own breaches added. What the next decision of
+    the same customer reads, as if the state had been stored and read again."""
+    found = {promise: list(times) for promise, times in history.items()}
+    for old in superseded:
+        if not old.met:
+            times = found.get(old.promise_id)
+            if times is not None and old.occurred_at in times:
+                times.remove(old.occurred_at)
+    for new in recorded:
+        if not new.met:
+            found.setdefault(new.promise_id, []).append(new.occurred_at)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
