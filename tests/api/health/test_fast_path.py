@@ -5,7 +5,7 @@ the fast path taken out, so every request there goes through FastAPI's router, d
 and validation. Each request is sent to both and the answers compared: status, headers and
 body bytes, for every answer the route can give (200 for rich, calm and profile-only
 customers, 404, 401 in its three forms, 403, 422 for a bad ``trend_days``, 429 with its
-Retry-After). A counter on the fast path's inner app proves which requests the fast path
+Retry-After, 503 for a lost database session and for a key store out of reach). A counter on the fast path's inner app proves which requests the fast path
 answered itself and which it left to FastAPI, so the comparison cannot pass by both apps
 taking the same (FastAPI) path.
 """
@@ -185,6 +185,26 @@ async def test_the_fast_path_limits_the_rate_as_fastapi_does(open_pair: Opened) 
         _same(answer, reference, str(status))
         assert answer.status_code == status, answer.text
     assert answer.headers["retry-after"] == "1000"
+    assert pair.behind_fast.calls == 0
+
+
+async def test_the_fast_path_answers_503_as_fastapi_does(open_pair: Opened) -> None:
+    """The database gone: first the read's pool (the session-lost 503), then the pool the
+    keys are checked on (the key store's 503); each app's own pools are closed."""
+    pair = await open_pair(1_000_000.0, 1_000_000.0)
+    reader = {"Authorization": f"Bearer {pair.keys[Scope.HEALTH_READ]}"}
+    path = f"/v1/customers/{RICH}/health"
+    for closing, detail in (
+        ("reads", "The database session was lost; retry later"),
+        ("pool", "API keys cannot be checked right now; retry later"),
+    ):
+        for app in (pair.fast, pair.slow):
+            await getattr(app.state.api, closing).close()
+        answer, reference = await pair.both(path, reader)
+        _same(answer, reference, closing)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"] == detail
+        assert "retry-after" in answer.headers
     assert pair.behind_fast.calls == 0
 
 
