@@ -60,8 +60,6 @@ LEADER_MOVES_WITHIN_S = 30.0
 ACKS_RESUME_WITHIN_S = 90.0
 # A request answered 202 just after the kills had its records replicated before them.
 IN_FLIGHT_GRACE_S = 1.5
-# A leader drops followers that fetched nothing for replica.lag.time.max.ms (5 s here).
-ISR_SHRINKS_WITHIN_S = 30.0
 ACCEPTED_METRIC = "touchpulse_ingest_events_accepted_total"
 
 
@@ -280,13 +278,17 @@ class LeaderKill(Fault):
 @dataclass
 class BrokerPartitioned(Fault):
     """The leader of the busiest events partition cut off from clients and its peers: its
-    proxy blackholes every byte (its controller link stays, so it stays leader). Its
-    followers cannot fetch, so it shrinks the partition's ISR to itself (below
-    ``min.insync.replicas``: nothing more can be acknowledged there); on the heal they
-    catch up and the ISR is whole again."""
+    proxy blackholes every byte for longer than ingest's produce timeout (its controller
+    link stays, so it stays a live leader). Requests to it end in 503; the bytes held meanwhile
+    (produce requests ingest gave up on, fetches) arrive on the heal, late, as a healed
+    network delivers them; the followers then catch up.
+
+    The ISR does not shrink: no write reaches the leader while it is cut off, so its
+    followers never fall behind it.
+    """
 
     name: str = "cluster-broker-partitioned"
-    hold_s: float = 3.0  # after the ISR shrank
+    hold_s: float = 8.0
     victim: int = 0
 
     def inject(self, h: Harness) -> None:
@@ -294,24 +296,9 @@ class BrokerPartitioned(Fault):
         partition, self.victim = c.busiest_events_partition()
         proxy = c.proxies[self.victim - 1]
         c.loop.loop.call_soon_threadsafe(proxy.set_mode, "blackhole", 0.0)
-        cut = time.monotonic()
-        topic = c.settings.events_topic
-        shrunk = False
-        while not shrunk and time.monotonic() - cut < ISR_SHRINKS_WITHIN_S:
-            with contextlib.suppress(Exception):
-                shrunk = any(
-                    p["topic"] == topic and p["partition"] == partition and len(p["isr"]) == 1
-                    for p in c.partitions()
-                )
-            if not shrunk:
-                time.sleep(0.5)
-        if shrunk:
-            self.notes.append(
-                f"broker {self.victim} blackholed; partition {partition}'s ISR shrank to it"
-                f" after {time.monotonic() - cut:.1f} s"
-            )
-        else:
-            self.notes.append(f"FAIL: partition {partition}'s ISR did not shrink in time")
+        self.notes.append(
+            f"broker {self.victim} (leader of partition {partition}) blackholed {self.hold_s:.0f} s"
+        )
 
     def heal(self, h: Harness) -> None:
         c = _cluster(h)

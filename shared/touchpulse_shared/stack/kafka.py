@@ -397,9 +397,6 @@ class LocalKafkaCluster:
             # Fault runs fence a dead broker and move leadership within seconds, not 9 s.
             "broker.session.timeout.ms": "6000",
             "broker.heartbeat.interval.ms": "1000",
-            # A follower that fetched nothing for 5 s leaves the ISR (30 s by default), so a
-            # partitioned broker's effect shows within a fault's hold.
-            "replica.lag.time.max.ms": "5000",
         }
 
     @property
