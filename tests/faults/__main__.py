@@ -1,6 +1,7 @@
 """``python -m tests.faults --quick | --soak``: run faults under load and print the ledger
 check per fault; exit 1 unless every count is 0. The soak ends with the primary failover
-phase on its own stack (``--failover-only`` runs that phase alone)."""
+phase on its own stack (``--failover-only`` runs that phase alone), and the three-broker
+phase on a three-node Kafka cluster (``--cluster-only`` runs that phase alone)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import sys
 
 from tests.faults.check import table
+from tests.faults.cluster import ClusterHarness, cluster_faults
 from tests.faults.failover import run_failover
 from tests.faults.faults import Suite, all_faults, quick_faults, run_suite
 
@@ -30,9 +32,18 @@ def main() -> int:
     parser.add_argument(
         "--failover-minutes", type=float, default=6.0, help="deadline of the failover phase"
     )
+    # The three-broker faults need a cluster: their own stack too, after the failover.
+    parser.add_argument("--cluster-only", action="store_true", help="only the three-broker phase")
+    parser.add_argument(
+        "--cluster-rounds", type=int, default=2, help="rounds of the three-broker faults"
+    )
+    parser.add_argument(
+        "--cluster-minutes", type=float, default=10.0, help="deadline of the three-broker phase"
+    )
     args = parser.parse_args()
+    one_phase = args.failover_only or args.cluster_only
     suites: list[Suite] = []
-    if args.soak and not args.failover_only:
+    if args.soak and not one_phase:
         only = {n for n in args.only.split(",") if n}
         rounds = [
             [f for f in all_faults(n) if not only or f.name in only]
@@ -43,17 +54,27 @@ def main() -> int:
                 rounds, rate=args.rate, deadline_s=args.minutes * 60, scoring_members=args.members
             )
         )
-    elif not args.failover_only:
+    elif not one_phase:
         suites.append(
             run_suite([quick_faults()], rate=args.rate, deadline_s=240, scoring_members=1)
         )
-    if args.soak or args.failover_only:
+    if (args.soak and not one_phase) or args.failover_only:
         suites.append(
             run_failover(
                 rounds=args.rounds,
                 rate=args.rate,
                 deadline_s=args.failover_minutes * 60,
                 scoring_members=args.members,
+            )
+        )
+    if (args.soak and not one_phase) or args.cluster_only:
+        suites.append(
+            run_suite(
+                [cluster_faults(n) for n in range(1, args.cluster_rounds + 1)],
+                rate=args.rate,
+                deadline_s=args.cluster_minutes * 60,
+                scoring_members=args.members,
+                harness=ClusterHarness,
             )
         )
     for suite in suites:
