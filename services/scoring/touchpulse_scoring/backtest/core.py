@@ -67,6 +67,7 @@ from touchpulse_scoring.domain import (
     explanation_needed,
     is_new,
     judge_event,
+    record_breaches,
 )
 from touchpulse_scoring.domain.profile import DEFAULT_SEGMENT
 from touchpulse_shared.contract.events import ExperienceEventV1
@@ -334,16 +335,10 @@ class _Run:
         return {p: tuple(ts) for p, ts in self.breaches.items() if ts}
 
     def _record(self, recorded: Sequence[Outcome], superseded: Sequence[Outcome]) -> None:
-        for old in superseded:
-            if not old.met:
-                times = self.breaches[old.promise_id]
-                if old.occurred_at in times:
-                    times.remove(old.occurred_at)
-        standing, breaches = self.standing, self.breaches
+        record_breaches(self.breaches, recorded, superseded)
+        standing = self.standing
         for new in recorded:
             standing[new.outcome_key] = new
-            if not new.met:
-                breaches[new.promise_id].append(new.occurred_at)
 
     def finish(self, now: datetime) -> None:
         if self.deadlines:

@@ -123,6 +123,7 @@ from touchpulse_scoring.domain.triggers import (
     ReopenGuard,
     decide,
     explanation_needed,
+    record_breaches,
     with_breaches,
 )
 
@@ -222,6 +223,7 @@ __all__ = [
     "reassign",
     "rebase",
     "recommended_actions",
+    "record_breaches",
     "record_follow_up",
     "remove_outcome",
     "replace_outcome",

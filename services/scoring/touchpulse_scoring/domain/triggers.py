@@ -67,15 +67,23 @@ def with_breaches(
     gone (those the history holds), their own breaches added. What the next decision of
     the same customer reads, as if the state had been stored and read again."""
     found = {promise: list(times) for promise, times in history.items()}
+    record_breaches(found, recorded, superseded)
+    return found
+
+
+def record_breaches(
+    history: dict[str, list[datetime]], recorded: Iterable[Outcome], superseded: Iterable[Outcome]
+) -> None:
+    """:func:`with_breaches` in place, for a caller that owns ``history`` (the back-test
+    folds a customer's whole window through one)."""
     for old in superseded:
         if not old.met:
-            times = found.get(old.promise_id)
+            times = history.get(old.promise_id)
             if times is not None and old.occurred_at in times:
                 times.remove(old.occurred_at)
     for new in recorded:
         if not new.met:
-            found.setdefault(new.promise_id, []).append(new.occurred_at)
-    return found
+            history.setdefault(new.promise_id, []).append(new.occurred_at)
 
 
 @dataclass(frozen=True, slots=True)
