@@ -1,7 +1,8 @@
 """``python -m tests.faults --quick | --soak``: run faults under load and print the ledger
 check per fault; exit 1 unless every count is 0. The soak ends with the primary failover
 phase on its own stack (``--failover-only`` runs that phase alone), and the three-broker
-phase on a three-node Kafka cluster (``--cluster-only`` runs that phase alone)."""
+phase on a three-node Kafka cluster (``--cluster-only`` runs that phase alone).
+``--restore-drill`` runs the PostgreSQL restore drill alone."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.faults.check import table
 from tests.faults.cluster import ClusterHarness, cluster_faults
 from tests.faults.failover import run_failover
 from tests.faults.faults import Suite, all_faults, quick_faults, run_suite
+from tests.faults.restore import ArchivingHarness, run_drill
 
 
 def main() -> int:
@@ -40,7 +42,14 @@ def main() -> int:
     parser.add_argument(
         "--cluster-minutes", type=float, default=10.0, help="deadline of the three-broker phase"
     )
+    # The restore drill (issue 18): its own stack, PostgreSQL lost and restored to a point
+    # in time from a base backup and the WAL archive (tests/faults/restore.py).
+    parser.add_argument(
+        "--restore-drill", action="store_true", help="only the PostgreSQL restore drill"
+    )
     args = parser.parse_args()
+    if args.restore_drill:
+        return _restore_drill(args.rate)
     one_phase = args.failover_only or args.cluster_only
     suites: list[Suite] = []
     if args.soak and not one_phase:
@@ -85,6 +94,18 @@ def main() -> int:
             print(f"skipped for the deadline: {', '.join(suite.skipped)}")
         print(f"wall time {suite.seconds:.0f} s; {'ALL ZERO' if suite.ok else 'FAILED'}")
     return 0 if all(suite.ok for suite in suites) else 1
+
+
+def _restore_drill(rate: float) -> int:
+    h = ArchivingHarness(scoring_members=1)
+    with h:
+        drill = run_drill(h, rate=rate)
+    print(drill.report())
+    problems = drill.problems()
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    print("ALL ZERO" if not problems else "FAILED")
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":
