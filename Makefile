@@ -36,7 +36,7 @@ fuzz: setup ## Long abuse runs: Schemathesis with every check and the stateful p
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/abuse/test_fuzz.py tests/api/test_fuzz.py tests/abuse -p no:cacheprovider --durations=5; \
 	status=$$?; echo "make fuzz: $$(( $$(date +%s) - start )) s"; exit $$status
 
-soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL and its sessions, links, retention) under load, several rounds (38 min at most); then the primary failover and the three-broker phases on their own stacks (about 6 and 5 min)
+soak: setup ## Every fault (broker, scoring, ingest, PostgreSQL and its sessions, links, retention) under load, several rounds (38 min at most); then the primary failover and the three-broker phases on their own stacks (at most 6 and 10 min)
 	$(BIN)/python -m tests.faults --soak
 
 bench: setup ## Every benchmark on one broker and database: ingest, scoring, replay, scale-out, api, history, desk, backtest (about 16 min, estimated)
