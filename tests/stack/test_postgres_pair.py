@@ -7,12 +7,17 @@ second failover goes back (and that old primary is rewound too)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from touchpulse_scoring.main import _with_database
 from touchpulse_shared.db.pool import DATABASE_ERRORS, create_pool
 from touchpulse_shared.settings import Settings, load_settings, redact_url
 from touchpulse_shared.stack.local import new_run_dir
@@ -30,6 +35,25 @@ def test_a_multi_host_url_is_a_valid_database_url_and_its_password_is_masked() -
         "postgresql://tp:***@10.0.0.1:5432,10.0.0.2:5432/tp?target_session_attrs=read-write"
     )
     assert "s3cret" in settings.secret_values()
+    # The replay's scratch database: same hosts and options, another database.
+    assert _with_database(url, "scratch") == url.replace("/tp?", "/scratch?")
+
+
+def _cli(url: str, *commands: list[str]) -> list[tuple[int, str]]:
+    """``touchpulse`` commands side by side, on ``url`` alone (no other setting)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOUCHPULSE_", "KAFKA_"))}
+    env |= {"TOUCHPULSE_DATABASE_URL": url, "TOUCHPULSE_LOG_LEVEL": "ERROR"}
+    running = [
+        subprocess.Popen(  # noqa: S603 - the venv's own entry point
+            [str(Path(sys.executable).parent / "touchpulse"), *command],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command in commands
+    ]
+    return [(proc.wait(60), proc.communicate()[0]) for proc in running]
 
 
 async def _insert(pool: asyncpg.Pool, n: int) -> None:
@@ -127,6 +151,17 @@ async def test_failover_keeps_every_acknowledged_commit_and_the_pool_follows(
             for n in range(50, 60):  # the same pool, reconnecting by itself
                 await _insert_until_taken(pool, n)
                 acked.add(n)
+            # The CLI on the same URL, its first host down: it finds the new primary.
+            [(code, out)] = _cli(pair.url, ["migrate"])
+            assert code == 0, out
+            (status, status_out), (keys, keys_out) = _cli(
+                pair.url, ["migrate", "--status"], ["keys", "list"]
+            )
+            assert (status, status_out.splitlines()[-1]) == (0, "0 pending"), status_out
+            assert (keys, keys_out.strip()) == (
+                0,
+                "no keys yet: create one with `touchpulse keys create`",
+            ), keys_out
             rows = await _rows(pair.url)
             assert acked <= rows, sorted(acked - rows)
             assert -1 in rows, "the ambiguous commit was on the standby: it stays"
