@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ APPLIED_WAIT_S = 60.0
 # Scoring catches up in seconds here; a drill that does not finish within these is failed
 # with its report (a test timeout would show nothing).
 CATCH_UP_S = 90.0
+BACKUP_DIR = "base-backup"
+ARCHIVE_DIR = "wal-archive"
 FINAL_DRAIN_S = 60.0
 
 
@@ -65,7 +68,7 @@ class ArchivingHarness(Harness):
     archive: Path
 
     def start_postgres(self) -> tuple[str, str]:
-        self.archive = make_archive(self.workdir / "wal-archive")
+        self.archive = make_archive(self.workdir / ARCHIVE_DIR)
         self.postgres = LocalPostgres(
             workdir=self.workdir / "postgres", server_settings=archive_settings(self.archive)
         )
@@ -73,6 +76,13 @@ class ArchivingHarness(Harness):
         self.pg_proxy.target_port = self.postgres.port
         proxied = self.postgres.url.replace(f":{self.postgres.port}/", f":{self.pg_proxy.port}/")
         return self.postgres.url, proxied
+
+    def close(self) -> None:
+        super().close()
+        # The servers' logs stay with the run's other logs; the base backup and the archive
+        # (about 100 MB a run) go: the fault runs' folders are kept for their logs.
+        shutil.rmtree(self.workdir / BACKUP_DIR, ignore_errors=True)
+        shutil.rmtree(self.workdir / ARCHIVE_DIR, ignore_errors=True)
 
     def lose_database(self) -> None:
         """The machine is gone: every PostgreSQL process SIGKILLed at once (no shutdown
@@ -254,7 +264,7 @@ def run_drill(h: ArchivingHarness, *, rate: float, seed: int = 1, warm_s: float 
     )
     drill = Drill(result=Result(fault="restore-drill"))
     load = _Load(h, driver, rate)
-    backup = h.workdir / "base-backup"
+    backup = h.workdir / BACKUP_DIR
     try:
         # 1. A base backup while events are scored.
         load.switch("pitr-base")
