@@ -117,6 +117,8 @@ def test_three_brokers_keep_acknowledged_records_through_a_loss_and_a_wiped_disk
         assert resolved.topic_replication_factor == 3
         topic = resolved.events_topic
         run_async(lambda: ensure_topics_at(bootstrap, topic_specs(resolved)))
+        # A new topic's leaders and replicas reach every broker's metadata a moment later.
+        _wait(bootstrap, topic, lambda isr, leader: isr == [1, 2, 3])
         configs = run_async(lambda: _describe(bootstrap, topic))
         assert configs["min.insync.replicas"] == "2"
         assert run_async(lambda: _broker_config(bootstrap, "unclean.leader.election.enable")) == (
