@@ -6,7 +6,7 @@ resolving the key-check dependency, validating the query, wrapping the answer (a
 the api's profile was dependency resolution alone). :class:`HealthFastPath` sits ahead of
 FastAPI's router, inside the request id, metrics and NUL middlewares, and answers the common
 request itself with the very same pieces: :func:`admit` (key, scope, rate limit),
-:func:`read_customer_health` and the app's own exception handlers.
+:func:`health_answer` (the route's own) and the app's own exception handlers.
 
 Only a request whose answer cannot differ is taken: a GET whose path the health route's
 own pattern matches, with no ``trend_days`` or one given once as a plain integer within its
@@ -126,8 +126,7 @@ class HealthFastPath:
         context: ApiContext = self.api.state.api
         try:
             await admit(request, context, Scope.HEALTH_READ)
-            answer = await customers.read_customer_health(customer_id, context, trend_days=days)
-            body = answer.model_dump_json(by_alias=True).encode()
+            body = await customers.health_answer(customer_id, context, trend_days=days)
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:

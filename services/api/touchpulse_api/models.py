@@ -18,6 +18,7 @@ from pydantic import (
     PlainValidator,
     Strict,
     WithJsonSchema,
+    create_model,
 )
 
 from touchpulse_shared.contract.events import SLUG_PATTERN
@@ -219,6 +220,36 @@ class CustomerHealth(BaseModel):
     trend: list[TrendPoint]
     explanation: list[Explanation] = Field(description="the outcomes that move the score most")
     open_intervention_id: str | None
+
+
+def _part_of_health(name: str, *fields: str) -> type[BaseModel]:
+    """A model of some of :class:`CustomerHealth`'s fields, each declared as there (type,
+    bounds, description, serializer) and in the answer's order: its JSON members are the
+    answer's, byte for byte. The health read writes the answer from these parts, the
+    derived ones kept as bytes (touchpulse_api/explanations.py)."""
+    declared = CustomerHealth.model_fields
+    definitions: dict[str, Any] = {f: (declared[f].annotation, declared[f]) for f in fields}
+    return create_model(name, **definitions)
+
+
+#: The members read from the journey row on every health read.
+HealthRowPart = _part_of_health(
+    "HealthRowPart",
+    "customer_id",
+    "score",
+    "band",
+    "weakest_touchpoint",
+    "as_of",
+    "updated_at",
+    "trend",
+    "open_intervention_id",
+)
+#: The members computed from the touchpoint states (kept between reads): those that
+#: follow ``weakest_touchpoint``, and the explanation, before ``open_intervention_id``.
+HealthFiguresPart = _part_of_health(
+    "HealthFiguresPart", "evidence_weight", "confidence", "touchpoints"
+)
+HealthExplanationPart = _part_of_health("HealthExplanationPart", "explanation")
 
 
 class Page(BaseModel):

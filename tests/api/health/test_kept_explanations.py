@@ -9,8 +9,10 @@ database as it is), and fails when the check it is named for is dropped: the rev
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,10 @@ import pytest
 from fastapi import FastAPI
 
 from tests.api.health.rich import CALM, PROFILE_ONLY, READ_AT, RICH, START, score
+from touchpulse_api import queries
 from touchpulse_api.explanations import Derived, ExplanationCache
+from touchpulse_api.promises.terms import older_catalogues
+from touchpulse_api.routes.customers import _derived
 from touchpulse_scoring.catalogue_source import CatalogueSource
 from touchpulse_scoring.domain import explain, load_catalogue_file
 from touchpulse_shared.auth import Scope, create_key
@@ -196,7 +201,7 @@ async def test_a_catalogue_reload_recomputes(
 
 def test_the_cache_is_bounded_and_least_recently_used_goes_first() -> None:
     catalogue = load_catalogue_file(CATALOGUE_FILE)
-    parts = Derived(evidence_weight=0.0, confidence=0.0, touchpoints={}, explanation=[])
+    parts = Derived(figures=b"", explanation=b"")
     cache = ExplanationCache(2)
     for customer in ("a", "b"):
         assert cache.get(customer, catalogue) is None
@@ -223,3 +228,36 @@ def test_the_cache_is_bounded_and_least_recently_used_goes_first() -> None:
     assert none.get("a", catalogue) is None
     none.put("a", "1", catalogue, parts)
     assert none.get("a", catalogue) is None
+
+
+async def test_a_kept_entry_is_the_answer_s_bytes(
+    health_app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    """The rich customer's kept parts (20 explanations, 8 touchpoints) take under 12 kB: the
+    default capacity (docs/api.md) rests on it. Kept as models they took 43 kB."""
+    context = health_app.state.api
+    catalogue = context.catalogue()
+    async with context.read_pool.acquire() as conn:
+        read = await queries.read_health(conn, RICH, trend_since=READ_AT - timedelta(days=30))
+    assert read is not None
+    assert read.states is not None
+    assert read.breaches is not None
+    assert read.as_of is not None
+    older = await older_catalogues(context, read.breaches, catalogue)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [
+            _derived(read.states, read.breaches, catalogue, read.as_of, older) for _ in range(20)
+        ]
+        gc.collect()
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_entry < 12_000, per_entry
+    # And what is kept is the answer's own JSON: the very bytes a read writes.
+    answer = (await _uncached(health_app, api, HEALTH)).content
+    assert kept[0].figures in answer
+    assert kept[0].explanation in answer
+    assert b'"explanation":[{' in kept[0].explanation
