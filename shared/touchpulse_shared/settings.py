@@ -293,13 +293,13 @@ class Settings(BaseSettings):
     )
     api_rate_limit_burst: float = Field(200.0, gt=0, description="requests a key may burst")
     api_explanation_cache: int = Field(
-        2_000,
+        10_000,
         ge=0,
         le=1_000_000,
         description="customers whose health explanation each api process keeps between reads "
         "(checked against the journey row's revision and the catalogue on every read; least "
-        "recently used dropped first; 0 keeps none): about 50 kB each with a full "
-        "explanation, so this bounds the api's memory",
+        "recently used dropped first; 0 keeps none): about 8 kB each with a full "
+        "explanation (kept as the answer's JSON), so this bounds the api's memory",
     )
     # --- desk (the people's web pages under /desk) -------------------------------------
     desk_session_idle_minutes: int = Field(
