@@ -132,7 +132,7 @@ async def health_answer(customer_id: str, context: ApiContext, *, trend_days: in
         older = await older_catalogues(context, read.breaches, catalogue)
         derived = _derived(read.states, read.breaches, catalogue, at, older)
         cache.put(customer_id, read.revision, catalogue, derived)
-    row = HealthRowPart.model_validate(
+    return write_answer(
         {
             "customer_id": customer_id,
             "score": read.score,
@@ -142,8 +142,16 @@ async def health_answer(customer_id: str, context: ApiContext, *, trend_days: in
             "updated_at": read.updated_at,
             "trend": [{"at": t, "score": score} for t, score in read.trend],
             "open_intervention_id": read.open_intervention_id,
-        }
+        },
+        derived,
     )
+
+
+def write_answer(row_members: Mapping[str, Any], derived: Derived) -> bytes:
+    """The answer's JSON from the row's members (validated here, as :class:`HealthRowPart`)
+    and the derived members' JSON: what ``CustomerHealth.model_dump_json(by_alias=True)``
+    writes for the same members."""
+    row = HealthRowPart.model_validate(row_members)
     written: bytes = HealthRowPart.__pydantic_serializer__.to_json(row, by_alias=True)
     figures_at = written.index(_AS_OF)
     explanation_at = written.index(_OPEN_INTERVENTION, figures_at)
