@@ -5,9 +5,10 @@ the fast path taken out, so every request there goes through FastAPI's router, d
 and validation. Each request is sent to both and the answers compared: status, headers and
 body bytes, for every answer the route can give (200 for rich, calm and profile-only
 customers, 404, 401 in its three forms, 403, 422 for a bad ``trend_days``, 429 with its
-Retry-After, 503 for a lost database session and for a key store out of reach). A counter on the fast path's inner app proves which requests the fast path
-answered itself and which it left to FastAPI, so the comparison cannot pass by both apps
-taking the same (FastAPI) path.
+Retry-After, 503 for a lost database session and for a key store out of reach). A counter
+on the fast path's inner app proves which requests the fast path answered itself and which
+it left to FastAPI, so the comparison cannot pass by both apps taking the same (FastAPI)
+path.
 """
 
 from __future__ import annotations
