@@ -885,12 +885,16 @@ async def test_time_filters_take_rfc3339_date_times_only_and_the_whole_calendar(
             response = await api.http.get(path, params={name: value}, headers=headers)
             assert response.status_code == 422, (path, name, value, response.text)
             assert _names(response, f"/query/{name}"), response.text
+        # Two dates swapped: a client's slip, refused as the sources' quality read refuses it.
+        inverted = {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}
+        response = await api.http.get(path, params=inverted, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert _names(response, "/query/since"), response.text
         for params in [
             {"until": "0001-01-02T00:00:00Z"},  # the default window starts before year 1
             {"since": "0001-01-01T00:00:00+14:00"},  # before the first instant in UTC
             {"until": "9999-12-31T23:59:59-14:00"},  # after the last one
             {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999999Z"},
-            {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},  # inverted
             {"since": "2026-01-01T00:00:00.123456789+05:30"},
         ]:
             response = await api.http.get(path, params=params, headers=headers)

@@ -28,6 +28,7 @@ from touchpulse_api.models import (
     ProfileOut,
 )
 from touchpulse_api.promises.terms import judged_by, older_catalogues
+from touchpulse_api.windows import require_ordered
 from touchpulse_scoring.domain import (
     Catalogue,
     Outcome,
@@ -251,6 +252,7 @@ async def customer_gaps(
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> GapsPage:
     """Expected versus actual per promise for one customer, newest first."""
+    require_ordered(since, until)
     limit = min(limit, context.settings.api_max_page_size)
     after = cursors.decode_cursor(
         context.settings, "customer-gaps", cursor, (cursors.instant, cursors.text)

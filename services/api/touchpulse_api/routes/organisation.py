@@ -12,6 +12,7 @@ from touchpulse_api.context import ContextDep, HealthReader
 from touchpulse_api.models import UTC_MIN, Instant, OrgGap, OrgGaps, PromisesOut
 from touchpulse_api.promises.catalogues import catalogue_named
 from touchpulse_api.promises.models import CatalogueVersionText
+from touchpulse_api.windows import require_ordered
 from touchpulse_shared.http.app import AUTHENTICATED, problem_responses
 
 WINDOW = timedelta(days=7)
@@ -33,8 +34,9 @@ async def organisation_gaps(
 ) -> OrgGaps:
     """Per touchpoint and promise over a window (default the last 7 days): events, breach
     rate, median and p90 gap of the breaches, customers affected — weakest link first. A
-    window that ends before it starts holds nothing."""
+    window that ends before it starts is refused (422 naming ``since``)."""
     until = until or context.clock()
+    require_ordered(since, until)
     # At the start of the calendar the window is what there is of it.
     since = since or (until - WINDOW if until - UTC_MIN > WINDOW else UTC_MIN)
     async with context.pool.acquire() as conn:

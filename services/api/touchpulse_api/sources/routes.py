@@ -27,6 +27,7 @@ from touchpulse_api.sources.models import (
     DeadLettersPage,
     SourceQuality,
 )
+from touchpulse_api.windows import require_ordered
 from touchpulse_shared.auth import Principal, Scope
 from touchpulse_shared.contract.events import IDENTIFIER_PATTERN, MAX_SOURCE_LENGTH
 from touchpulse_shared.db.quality import hour_of
@@ -94,20 +95,7 @@ def _window(
 ) -> tuple[datetime, datetime]:
     end = until or now
     start = since or (end - DEFAULT_WINDOW if end - UTC_MIN > DEFAULT_WINDOW else UTC_MIN)
-    if start > end:
-        raise Problem(
-            422,
-            "invalid-request",
-            "Invalid Request",
-            "The window ends before it starts",
-            errors=[
-                {
-                    "pointer": "/query/since",
-                    "detail": "since must not be later than until",
-                    "code": "window_inverted",
-                }
-            ],
-        )
+    require_ordered(start, end)
     return hour_of(start), _ceil_hour(end)
 
 
