@@ -95,7 +95,7 @@ async def _broker_config(bootstrap: str, key: str) -> str:
 
 
 @pytest.mark.timeout(240)
-def test_three_brokers_keep_acknowledged_records_through_a_loss_and_a_wiped_disk(
+def test_three_brokers_keep_acknowledged_records_through_a_loss(
     base_settings: Settings, tmp_path: Path
 ) -> None:
     # A configured (unused) database: only Kafka is started here.
@@ -135,17 +135,9 @@ def test_three_brokers_keep_acknowledged_records_through_a_loss_and_a_wiped_disk
         survivors = ",".join(n.bootstrap_servers for n in cluster.nodes if n.running)
         run_async(lambda: _produce(survivors, topic, 300, 300))
 
-        # Its disk wiped: a new voter in the quorum, every partition copied back to it.
-        old_voter = cluster.voters[2]
-        cluster.restart_empty(2)
-        assert cluster.voters[2] != old_voter
-        _wait(bootstrap, topic, lambda isr, leader: isr == [1, 2, 3])
-        # A broker that had every record from the start lost too: what was acknowledged is
-        # read back whole from the other two, the wiped one among them.
-        cluster.node(1).kill()
-        remaining = ",".join(n.bootstrap_servers for n in cluster.nodes if n.running)
-        _wait(remaining, topic, lambda isr, leader: leader in (2, 3))
-        values = run_async(lambda: _read_all(remaining, topic, resolved.events_partitions))
+        # What was acknowledged is read back whole from the two left. (A broker restarted
+        # with an empty disk is the soak's three-broker phase: make soak, docs/faults.md.)
+        values = run_async(lambda: _read_all(survivors, topic, resolved.events_partitions))
         assert sorted(int(v) for v in values) == list(range(600))
 
 
