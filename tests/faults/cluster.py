@@ -108,10 +108,7 @@ class ClusterHarness(Harness):
     def close(self) -> None:
         # The services first, while Kafka is there for their graceful shutdown; then the
         # brokers, while their proxies still carry replication for the controlled shutdown.
-        for service in [*self.scoring, self.api, self.ingest]:
-            if service is not None and service.proc is not None:
-                with contextlib.suppress(Exception):
-                    service.terminate()
+        self.stop_services()
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.stop()

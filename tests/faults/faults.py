@@ -740,6 +740,10 @@ def summary_json(results: list[Result]) -> str:
     )
 
 
+#: The whole run's counts when nothing went wrong.
+ALL_ZERO = {"lost": 0, "rejected_present": 0, "twice": 0, "drift": 0, "api_mismatch": 0}
+
+
 @dataclass
 class Suite:
     results: list[Result]
@@ -750,6 +754,18 @@ class Suite:
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results) and not any(self.overall.values())
+
+    def assert_all_zero(self) -> None:
+        """What every fault test asserts: no fault skipped; each row and the run as a whole
+        at lost 0, counted twice 0, refused-but-stored 0, drift 0; no 5xx for bad input; the
+        api's reads equal to the stored state."""
+        assert not self.skipped, self.skipped
+        for result in self.results:
+            counts = (result.lost, result.twice, result.rejected_present, result.drift)
+            assert counts == (0, 0, 0, 0), table([result])
+            assert result.server_errors_bad_input == 0, table([result])
+            assert result.ok, table([result])
+        assert self.overall == ALL_ZERO, self.overall
 
 
 def run_suite(

@@ -307,11 +307,17 @@ class Harness:
         self.scoring.append(member)
         return member
 
-    def close(self) -> None:
+    def stop_services(self) -> None:
+        """SIGTERM every service still running, scoring members first (a topology's close
+        does this before it stops Kafka and PostgreSQL, which the services' graceful
+        shutdown still uses)."""
         for service in [*self.scoring, self.api, self.ingest]:
             if service is not None and service.proc is not None:
                 with contextlib.suppress(Exception):
                     service.terminate()
+
+    def close(self) -> None:
+        self.stop_services()
         if self.kafka is not None:
             with contextlib.suppress(Exception):
                 self.kafka.thaw()

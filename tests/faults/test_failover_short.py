@@ -28,22 +28,10 @@ def test_primary_failover_in_commit_loses_nothing_and_counts_nothing_twice() -> 
     )
     print(table(suite.results))
     print("overall:", suite.overall)
-    assert not suite.skipped, suite.skipped
+    suite.assert_all_zero()
     [result] = suite.results
     assert result.acked >= 500, table([result])
-    assert (result.lost, result.twice, result.rejected_present, result.drift) == (0, 0, 0, 0), (
-        table([result])
-    )
-    assert result.server_errors_bad_input == 0, table([result])
     notes = "\n".join(result.notes)
     assert "committed" in notes, notes  # the ambiguous commit happened, and was applied
     assert "scoring applying in" in notes, notes  # it found the new primary by itself
     assert "api ready in" in notes, notes
-    assert result.ok, table([result])
-    assert suite.overall == {
-        "lost": 0,
-        "rejected_present": 0,
-        "twice": 0,
-        "drift": 0,
-        "api_mismatch": 0,
-    }
