@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.abuse.conftest import started
+from touchpulse_scoring.main import GC_THRESHOLDS
 from touchpulse_shared.settings import Settings, redact_url
 from touchpulse_shared.stack.procs import free_port
 
@@ -173,6 +174,12 @@ async def test_every_line_of_a_service_log_is_json_without_secrets(
         for secret in (SIGNING_KEY, SIMULATOR_KEY):
             assert secret not in log_path.read_text(), name
             assert secret not in metrics[name], name
+    # Scoring set its collector for its long-lived heap before it started (main.py).
+    scoring_records = [
+        json.loads(line) for line in logs["scoring"].read_text().splitlines() if line
+    ]
+    tuned = [r for r in scoring_records if r["event"] == "scoring.collector"]
+    assert [r["thresholds"] for r in tuned] == [list(GC_THRESHOLDS)], scoring_records
     api_records = [json.loads(line) for line in logs["api"].read_text().splitlines() if line]
     # uvicorn's own lines (started, shutting down) are among them, as JSON.
     assert "uvicorn.error" in {r.get("logger") for r in api_records}
