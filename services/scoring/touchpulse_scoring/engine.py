@@ -556,7 +556,11 @@ class Engine:
                 arguments = self._arguments(catalogue, before, step)
                 if len(steps) == 1 or explanation_needed(**arguments):
                     explained = explain(
-                        step.applied.health, standing.values(), catalogue, step.as_of
+                        step.applied.health,
+                        standing.values(),
+                        catalogue,
+                        step.as_of,
+                        assessed=step.journey,
                     )
                     decision = decide(
                         **arguments,

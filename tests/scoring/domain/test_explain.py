@@ -18,9 +18,21 @@ from hypothesis import strategies as st
 
 from tests.scoring.domain.support import catalogue, outcome_lists, times
 from touchpulse_scoring.domain import Catalogue, Outcome, apply_outcomes
-from touchpulse_scoring.domain.explain import EXPLAIN_TOP, _Kept, _Variants, explain, window
+from touchpulse_scoring.domain.explain import (
+    EXPLAIN_TOP,
+    EXPLAIN_WINDOW,
+    _Kept,
+    _Variants,
+    explain,
+    window,
+)
 from touchpulse_scoring.domain.health import TouchpointHealth, health_at, replace_outcome
-from touchpulse_scoring.domain.journey import journey_health, score_of, touchpoint_values
+from touchpulse_scoring.domain.journey import (
+    assess,
+    journey_health,
+    score_of,
+    touchpoint_values,
+)
 
 TOUCHPOINTS = ["web", "app", "billing", "delivery", "call_centre", "survey", "sales"]
 
@@ -101,10 +113,39 @@ def test_explain_equals_its_definition(
     cat = catalogue(weakest_link_lambda=lam)
     applied = apply_outcomes({}, {}, outcomes, half_life_days=cat.policy.half_life_days)
     read_at = max(at, *(o.occurred_at for o in outcomes)) + timedelta(seconds=later)
-    got = [
-        (e.outcome.outcome_key, e.impact)
-        for e in explain(applied.health, applied.current.values(), cat, read_at)
-    ]
-    assert got == reference_explain(applied.health, applied.current.values(), cat, read_at)
+    expected = reference_explain(applied.health, applied.current.values(), cat, read_at)
+    # Scoring passes the journey it assessed at the same time (its values are not read
+    # twice); the api and the back-test's gaps do not: both give the definition's answer.
+    journey = assess(applied.health, cat, read_at)
+    for assessed in (None, journey):
+        got = [
+            (e.outcome.outcome_key, e.impact)
+            for e in explain(
+                applied.health, applied.current.values(), cat, read_at, assessed=assessed
+            )
+        ]
+        assert got == expected
     # A breach kept can only raise health: every impact is a cost.
     assert all(impact < 0 and math.isfinite(impact) for _, impact in got)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    outcomes=outcome_lists(min_size=EXPLAIN_WINDOW + 1, max_size=EXPLAIN_WINDOW + 80),
+    at=times,
+)
+def test_explain_beyond_its_window_equals_its_definition(
+    outcomes: list[Outcome], at: datetime
+) -> None:
+    """More standing outcomes than the window holds: only the newest count, whatever order
+    they are passed in (under the window, the order is not even looked at)."""
+    cat = catalogue(weakest_link_lambda=0.3)
+    applied = apply_outcomes({}, {}, outcomes, half_life_days=cat.policy.half_life_days)
+    read_at = max(at, *(o.occurred_at for o in outcomes))
+    standing = list(applied.current.values())
+    expected = reference_explain(applied.health, standing, cat, read_at)
+    for order in (standing, standing[::-1]):
+        got = explain(
+            applied.health, order, cat, read_at, assessed=assess(applied.health, cat, read_at)
+        )
+        assert [(e.outcome.outcome_key, e.impact) for e in got] == expected

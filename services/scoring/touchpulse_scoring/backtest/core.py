@@ -318,7 +318,7 @@ class _Run:
         }
         if not explanation_needed(**arguments):
             return
-        explained = explain(applied.health, standing.values(), catalogue, as_of)
+        explained = explain(applied.health, standing.values(), catalogue, as_of, assessed=journey)
         decision = decide(
             **arguments,
             customer_id=outcomes[0].customer_id,

@@ -20,6 +20,7 @@ from datetime import datetime
 from touchpulse_scoring.domain.catalogue import Catalogue
 from touchpulse_scoring.domain.health import TouchpointHealth, health_at, replace_outcome
 from touchpulse_scoring.domain.journey import (
+    Journey,
     counted,
     journey_health,
     score_of,
@@ -64,22 +65,31 @@ def explain(
     at: datetime,
     *,
     limit: int = EXPLAIN_TOP,
+    assessed: Journey | None = None,
 ) -> list[Explained]:
     """The breaches among ``outcomes`` (the customer's standing ones) that cost health now,
-    worst first; ties go to the newer breach, then by key, so the ranking is total."""
+    worst first; ties go to the newer breach, then by key, so the ranking is total.
+
+    ``assessed``: ``assess(states, catalogue, at)`` when the caller has it already (scoring
+    does, for every step it decides): its touchpoint values are the ones read here."""
     policy = catalogue.policy
     half_life = policy.half_life_days
     importance = catalogue.touchpoints
     # Filtered and clamped once; each breach below changes one touchpoint's value.
-    raw = touchpoint_values(states, catalogue, at)
-    values = counted(raw, importance)
+    values: Mapping[str, float] = (
+        counted(touchpoint_values(states, catalogue, at), importance)
+        if assessed is None
+        else assessed.touchpoints
+    )
     lam = policy.weakest_link_lambda
     score = score_of(values, importance, lam)
     if score is None:
         return []
     found: list[Explained] = []
     variants = _Variants(values, importance, lam)
-    for outcome in window(outcomes):
+    standing = outcomes if isinstance(outcomes, list | tuple) else list(outcomes)
+    # The ranking below is total, so the window's own order matters only where it cuts.
+    for outcome in standing if len(standing) <= EXPLAIN_WINDOW else window(standing):
         state = states.get(outcome.touchpoint)
         if state is None or outcome.met:
             continue
@@ -97,8 +107,12 @@ def explain(
                 other = score_of(trial, importance, lam)
             else:
                 other = variants.replacing(touchpoint, min(max(new, 0.0), 1.0))
+        elif new is None or math.isnan(new) or touchpoint not in importance:
+            other = score  # it counts neither now nor kept
         else:
-            other = journey_health({**raw, touchpoint: new}, importance, lam)
+            # A touchpoint without data now that would have some: in name order, as
+            # journey_health would sum it.
+            other = journey_health({**values, touchpoint: new}, importance, lam)
         # Rounded so that float noise between equal breaches cannot reorder them.
         impact = round(score - (other if other is not None else score), 6)
         if impact != 0:
