@@ -269,7 +269,20 @@ _COPIES = {
                coalesce(resolved_at, opened_at + interval '2 days') - d, outcome_note,
                coalesce(health_at_resolve, health_at_open),
                coalesce(closed_at, resolved_at, opened_at + interval '2 days') - d,
-               follow_up_at - d, follow_up_health, updated_at - d
+               -- A year's resolved cases were followed up when due, as the live loop does:
+               -- copies without one would be a year of follow-ups owed, which the measured
+               -- scoring processes would then work off beside the events.
+               coalesce(follow_up_at - d, CASE
+                   WHEN state <> 'expired' AND coalesce(resolved_at, opened_at
+                       + interval '2 days') - d + FOLLOW_UP <= now()
+                   THEN coalesce(resolved_at, opened_at + interval '2 days') - d + FOLLOW_UP
+               END),
+               coalesce(follow_up_health, CASE
+                   WHEN state <> 'expired' AND coalesce(resolved_at, opened_at
+                       + interval '2 days') - d + FOLLOW_UP <= now()
+                   THEN coalesce(health_at_resolve, health_at_open)
+               END),
+               updated_at - d
         FROM intervention WEEKS
     """,
 }
@@ -406,8 +419,9 @@ async def read_sizes(url: str) -> Sizes:
         await conn.close()
 
 
-async def copy_weeks(url: str, weeks: int) -> dict[str, float]:
+async def copy_weeks(url: str, weeks: int, follow_up_days: float) -> dict[str, float]:
     """The week scoring applied, copied back ``weeks - 1`` times; seconds per table."""
+    follow_up = f"interval '{float(follow_up_days)} days'"
     spent: dict[str, float] = {}
     conn = await asyncpg.connect(url)
     try:
@@ -415,7 +429,8 @@ async def copy_weeks(url: str, weeks: int) -> dict[str, float]:
         await conn.execute("SET synchronous_commit = off")
         for name, statement in _COPIES.items():
             at = clock()
-            await conn.execute(statement.replace("WEEKS", _WEEKS), weeks)
+            sql = statement.replace("WEEKS", _WEEKS).replace("FOLLOW_UP", follow_up)
+            await conn.execute(sql, weeks)
             spent[name] = clock() - at
     finally:
         await conn.close()
@@ -469,7 +484,8 @@ def build_year(bench: Bench, plan: Plan) -> Year:
     finally:
         server.stop()
     say(f"the year: copying the week back {WEEKS - 1} times ({plan.stored_events:,} events)")
-    copy_s = bench.runner.run(copy_weeks(url, WEEKS))
+    follow_up_days = bench.catalogue.policy.interventions.follow_up_days
+    copy_s = bench.runner.run(copy_weeks(url, WEEKS, follow_up_days))
     vacuum_s = bench.runner.run(vacuum(url, full=False))
     year = bench.runner.run(read_sizes(url))
     # A group with no offsets: the dedupe window counts back from the round's clock, as it

@@ -27,6 +27,7 @@ from touchpulse_api.app import build_app
 from touchpulse_api.metrics import ApiMetrics
 from touchpulse_api.webhooks import WebhookDispatcher
 from touchpulse_scoring.domain import EXPLAIN_WINDOW, Catalogue, load_catalogue_file
+from touchpulse_scoring.domain.triggers import NO_GUARD
 from touchpulse_scoring.engine import Engine, Source, Topics
 from touchpulse_scoring.lifecycle import (
     HISTORY_DEFAULT,
@@ -35,6 +36,7 @@ from touchpulse_scoring.lifecycle import (
     horizons,
     prune_round,
 )
+from touchpulse_scoring.store import load_state
 from touchpulse_shared.auth import Scope, create_key
 from touchpulse_shared.contract import EVENT_ADAPTER, encode_record
 from touchpulse_shared.db import Conn
@@ -1059,3 +1061,48 @@ async def test_finished_webhook_deliveries_leave_after_their_retention_with_thei
             "old-pending",
             "recent-delivered",
         }
+
+
+async def test_the_reopen_guard_is_read_from_the_newest_closed_case(db: asyncpg.Pool) -> None:
+    """A customer with a year of closed cases: the guard is the newest one's, and so is
+    "recovered since": health went back above the line after each older close, never after
+    the newest. A customer whose newest case expired is recovered by definition."""
+    closes = [NOW - (300 - 60 * n) * DAY for n in range(5)]  # the newest 60 days ago
+    async with db.acquire() as conn:
+        for n, close in enumerate(closes):
+            for customer, state in (("R-resolved", "resolved"), ("R-expired", "expired")):
+                last = n == len(closes) - 1
+                await conn.execute(
+                    """
+                    INSERT INTO intervention (intervention_id, customer_id, state, triggers,
+                        gaps, actions, priority, threshold, health_at_open, opened_at,
+                        resolved_at, health_at_resolve, closed_at, updated_at)
+                    VALUES ($1, $2, $3, '[]', '[]', '{}', 5, 50, 30, $4, $5, $6, $4, $4)
+                    """,
+                    f"iv-{customer}-{n}",
+                    customer,
+                    state if last else "resolved",
+                    close,
+                    close if state == "resolved" or not last else None,
+                    30.0 + n,
+                )
+                await conn.execute(ADD_POINT, customer, close - DAY, 35.0)
+                # Back above the line + margin after every close but the newest.
+                score = 45.0 if last else 80.0
+                await conn.execute(ADD_POINT, customer, close + 10 * DAY, score)
+        states = await load_state(
+            conn,
+            ["R-resolved", "R-expired", "R-none"],
+            deadline_refs=(),
+            breach_window_start=NOW - 30 * DAY,
+            recovery_margin=10.0,
+        )
+    resolved = states["R-resolved"].guard
+    assert (resolved.closed_at, resolved.health_at_close, resolved.recovered) == (
+        closes[-1],
+        34.0,
+        False,
+    )
+    expired = states["R-expired"].guard
+    assert (expired.closed_at, expired.recovered) == (closes[-1], True)
+    assert states["R-none"].guard == NO_GUARD

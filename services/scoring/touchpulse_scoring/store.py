@@ -240,14 +240,22 @@ async def load_state(
         customers,
     ):
         states[row["customer_id"]].current = decode(row)
+    # Each customer's newest closed case only, and the best health since it closed. Taken
+    # per customer (LATERAL ... LIMIT 1 on intervention_closed): with DISTINCT ON the best
+    # health was computed for every closed case of the customer, each over all the history
+    # since that case closed, so the read grew with the square of a customer's past.
     for row in await conn.fetch(
         """
-        SELECT DISTINCT ON (i.customer_id) i.*, i.xmin::text AS revision,
+        SELECT i.*,
             (SELECT max(h.score) FROM journey_health_history h
               WHERE h.customer_id = i.customer_id AND h.at > i.closed_at) AS best_since
-        FROM intervention i
-        WHERE i.customer_id = ANY($1::text[]) AND i.state IN ('resolved', 'expired')
-        ORDER BY i.customer_id, i.closed_at DESC
+        FROM unnest($1::text[]) AS c(id)
+        CROSS JOIN LATERAL (
+            SELECT *, xmin::text AS revision FROM intervention
+            WHERE customer_id = c.id AND state IN ('resolved', 'expired')
+            ORDER BY closed_at DESC, intervention_id DESC
+            LIMIT 1
+        ) i
         """,
         customers,
     ):
