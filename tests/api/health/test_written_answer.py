@@ -11,20 +11,17 @@ from typing import Any
 import pytest
 
 from touchpulse_api.explanations import Derived
-from touchpulse_api.models import CustomerHealth, HealthExplanationPart, HealthFiguresPart
+from touchpulse_api.models import (
+    CustomerHealth,
+    HealthExplanationPart,
+    HealthFiguresPart,
+    HealthRowPart,
+)
 from touchpulse_api.routes.customers import _members, write_answer
 
 GOLDEN = Path(__file__).parent / "golden"
-ROW = (
-    "customer_id",
-    "score",
-    "band",
-    "weakest_touchpoint",
-    "as_of",
-    "updated_at",
-    "trend",
-    "open_intervention_id",
-)
+#: The members the route reads from the journey row: the model's own list, not a copy.
+ROW = tuple(HealthRowPart.model_fields)
 
 
 def _written_in_parts(whole: dict[str, Any]) -> bytes:
